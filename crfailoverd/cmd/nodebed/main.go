@@ -1,0 +1,181 @@
+// Command nodebed runs crfailoverd's real multi-node test bed on this
+// machine: network-namespace nodes on a bridge, each with containerd, runc
+// and CRIU from a cached Debian testing root file system and a kubelet
+// checkpoint emulator, plus a loopback registry with the test images.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
+)
+
+const usage = `Usage: nodebed COMMAND [ARGS]
+
+Runs crfailoverd's multi-node test bed (as root).
+
+Commands:
+  up [-n N]              create a bed of N nodes (default 3), replacing any earlier one
+  down                   tear the bed down: processes, namespaces, links, cgroups, node files
+  status                 list the nodes, their addresses and sockets
+  leftovers              name anything a bed left on this machine (exit 1 if any)
+  run-app NODE [-name POD] [-a KEY=VALUE ...]
+                         run the counter test app as a pod on NODE (host network)
+  counter NODE           print the counter of the test app on NODE
+  kill NODE              power-cut NODE: kill every process of it, take its link down
+  start NODE             boot a killed NODE again
+  cut NODE | heal NODE   take NODE off the network / put it back
+
+Environment:
+  CRF_BED_CACHE          root file system cache (default /var/cache/crfailoverd-bed)
+  CRF_BED_DIR            state of the running bed (default /var/lib/crfailoverd-bed)
+  CRF_BED_SUBNET         bridge subnet, a /24 (default 10.77.0.0/24)
+  CRF_BED_REGISTRY_PORT  registry port on every loopback (default 5000)
+  CRF_BED_SUITE          Debian suite of the root file system (default forky)
+
+Run it from the crfailoverd source tree: "up" builds the test images.
+`
+
+func main() {
+	testbed.HelperMain()
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Print(usage)
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "nodebed:", err)
+		os.Exit(1)
+	}
+}
+
+type annotations map[string]string
+
+func (a annotations) String() string { return fmt.Sprint(map[string]string(a)) }
+func (a annotations) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", s)
+	}
+	a[k] = v
+	return nil
+}
+
+func run(ctx context.Context, cmd string, args []string) error {
+	cfg, err := testbed.ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
+	n := fs.Int("n", 3, "number of nodes (up)")
+	podName := fs.String("name", "counter", "pod name (run-app)")
+	ann := annotations{}
+	fs.Var(ann, "a", "pod annotation KEY=VALUE (run-app, repeatable)")
+	// Flags may follow the node argument.
+	var pos []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	nodeArg := func() (string, error) {
+		if len(pos) != 1 {
+			return "", fmt.Errorf("%s: want one NODE argument (n1, n2, ...)", cmd)
+		}
+		return pos[0], nil
+	}
+	switch cmd {
+	case "up":
+		_, err := testbed.Up(ctx, cfg, *n, os.Stdout)
+		return err
+	case "down":
+		return testbed.Down(ctx, cfg, os.Stdout)
+	case "leftovers":
+		if left := testbed.Leftovers(cfg); len(left) > 0 {
+			return fmt.Errorf("leftovers: %s", strings.Join(left, "; "))
+		}
+		fmt.Println("clean")
+		return nil
+	case "status":
+		b, err := testbed.Open(cfg)
+		if err != nil {
+			return err
+		}
+		return printStatus(os.Stdout, b)
+	}
+	node, err := nodeArg()
+	if err != nil {
+		return err
+	}
+	b, err := testbed.Open(cfg)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "run-app":
+		pod, err := b.RunTestApp(ctx, node, testbed.PodSpec{Name: *podName, Annotations: ann})
+		if err != nil {
+			return err
+		}
+		nd, _ := b.Node(node)
+		fmt.Printf("pod %s/%s on %s: sandbox %s container %s, app at %s\n", pod.Spec.Namespace, pod.Spec.Name, node, pod.SandboxID[:12], pod.ContainerID[:12], nd.AppURL())
+	case "counter":
+		c, err := b.Counter(ctx, node)
+		if err != nil {
+			return err
+		}
+		fmt.Println(c)
+	case "kill":
+		return b.KillNode(ctx, node)
+	case "start":
+		return b.StartNode(ctx, node)
+	case "cut":
+		return b.CutNode(ctx, node)
+	case "heal":
+		return b.HealNode(ctx, node)
+	default:
+		return fmt.Errorf("unknown command %q (see nodebed --help)", cmd)
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, b *testbed.Bed) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "NODE\tADDRESS\tCONTAINERD\tCRI SOCKET\tKUBELET\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, n := range b.Nodes() {
+		st := "down"
+		if n.ContainerdPID != 0 {
+			st = "not answering"
+			if err := testbed.PingCRI(ctx, n.Socket); err == nil {
+				st = "up"
+				if _, err := b.Counter(ctx, n.Name); err == nil {
+					st = "up, app running"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Addr, st, n.Socket, n.KubeletURL())
+	}
+	fmt.Fprintf(tw, "\n%s; PKI in %s\n", b.Versions(), b.PKI.Dir)
+	return tw.Flush()
+}

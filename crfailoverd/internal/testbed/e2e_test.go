@@ -1,0 +1,312 @@
+package testbed
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests run the real stack (containerd, runc, CRIU) and need
+// root; plain `go test ./...` skips them. `make test` sets CRF_E2E=1.
+func requireE2E(t *testing.T) Config {
+	t.Helper()
+	if os.Getenv("CRF_E2E") == "" {
+		t.Skip("end-to-end test on the real runtime: set CRF_E2E=1 (make test does)")
+	}
+	c, err := ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// upBed starts a bed of n nodes that is torn down when the test ends; the
+// teardown must leave nothing behind.
+func upBed(t *testing.T, c Config, n int) *Bed {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := Up(ctx, c, n, testWriter{t})
+	if err != nil {
+		t.Fatalf("bed up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, b)
+		}
+		if err := Down(context.Background(), c, testWriter{t}); err != nil {
+			t.Errorf("bed down: %v", err)
+		}
+		if left := Leftovers(c); len(left) > 0 {
+			t.Errorf("teardown left behind: %s", strings.Join(left, "; "))
+		}
+	})
+	return b
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func dumpLogs(t *testing.T, b *Bed) {
+	for _, n := range b.Nodes() {
+		for _, what := range []string{"containerd", "kubelet-emulator"} {
+			if tail, err := tailFile(n.logPath(what), 30); err == nil {
+				t.Logf("--- %s %s log:\n%s", n.Name, what, tail)
+			}
+		}
+	}
+}
+
+// TestE2ERestore checkpoints the counter on node n1 through the kubelet
+// emulator, restores the archive on node n2 through CRI, checks that the
+// counter went on from its checkpointed value, and power-cuts n1.
+func TestE2ERestore(t *testing.T) {
+	c := requireE2E(t)
+	b := upBed(t, c, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	spec := PodSpec{Name: "counter", Namespace: "default", Annotations: map[string]string{
+		"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "10",
+	}}
+	if _, err := b.RunTestApp(ctx, "n1", spec); err != nil {
+		t.Fatal(err)
+	}
+	var before int64
+	for before <= 20 {
+		v, err := b.Counter(ctx, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = v
+		if before <= 20 {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+
+	start := time.Now()
+	archive, err := b.CheckpointViaKubelet(ctx, "n1", "default", "counter", "counter", 30*time.Second)
+	checkpointTime := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, _ := b.Node("n1")
+	if !strings.HasPrefix(archive, filepath.Join(n1.KubeletDir, "checkpoints", "checkpoint-counter_default-counter-")) {
+		t.Fatalf("archive %s is not where kubelet puts it", archive)
+	}
+	st, err := os.Stat(archive)
+	if err != nil {
+		t.Fatalf("archive the kubelet named: %v", err)
+	}
+	members := archiveMembers(t, archive)
+	for _, want := range []string{"config.dump", "spec.dump", "stats-dump", "checkpoint/"} {
+		if !members[want] {
+			t.Errorf("archive lacks %s (has %v)", want, members)
+		}
+	}
+
+	// Ship the archive to n2, as crfailoverd's replication will.
+	n2, _ := b.Node("n2")
+	shipped := filepath.Join(n2.Dir, "archives", filepath.Base(archive))
+	if err := copyFile(archive, shipped); err != nil {
+		t.Fatal(err)
+	}
+	restoreSpec := spec
+	restoreSpec.UID = ""
+	pod, err := b.RestoreTestApp(ctx, "n2", restoreSpec, shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := b.Counter(ctx, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after < before {
+		t.Fatalf("restored counter %d is below the counter %d read before the checkpoint: state was lost", after, before)
+	}
+	time.Sleep(500 * time.Millisecond)
+	later, err := b.Counter(ctx, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if later <= after {
+		t.Fatalf("restored counter does not rise: %d then %d", after, later)
+	}
+
+	if err := b.KillNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Counter(ctx, "n1"); err == nil {
+		t.Fatal("the app on n1 still answers after the power cut")
+	}
+	if err := PingCRI(ctx, n1.Socket); err == nil {
+		t.Fatal("containerd of n1 still answers after the power cut")
+	}
+	if v, err := b.Counter(ctx, "n2"); err != nil || v < later {
+		t.Fatalf("n2 after n1's power cut: counter %d, %v", v, err)
+	}
+
+	fmt.Printf("E2E restore: checkpoint_ms=%d archive_bytes=%d restore_ms=%d counter_at_checkpoint=%d counter_after_restore=%d criu=%s\n",
+		checkpointTime.Milliseconds(), st.Size(), pod.StartTime.Milliseconds(), before, after, b.Versions().CRIU)
+}
+
+// TestE2EBedOperations covers the rest of what tests need from the bed on
+// the real runtime: the emulator's TLS and error answers, cutting and
+// healing a node, restarting a killed node, and a second Up over the
+// leftovers of a bed that was never torn down.
+func TestE2EBedOperations(t *testing.T) {
+	c := requireE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// A bed whose program "died": Up, then Up again without Down.
+	if _, err := Up(ctx, c, 1, testWriter{t}); err != nil {
+		t.Fatalf("first bed: %v", err)
+	}
+	if left := Leftovers(c); len(left) == 0 {
+		t.Fatal("a running bed shows no processes, namespaces or links: Leftovers cannot see them")
+	}
+	b := upBed(t, c, 2)
+	if _, err := b.RunTestApp(ctx, "n1", PodSpec{Name: "counter"}); err != nil {
+		t.Fatal(err)
+	}
+	n1, _ := b.Node("n1")
+
+	t.Run("kubelet emulator", func(t *testing.T) {
+		addr := strings.TrimPrefix(n1.KubeletURL(), "https://")
+		pool, err := loadPool(b.PKI.CACert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No client certificate: 401.
+		code := postStatus(t, &tls.Config{RootCAs: pool}, addr, "/checkpoint/default/counter/counter")
+		if code != 401 {
+			t.Errorf("no client certificate: %d, want 401", code)
+		}
+		// A certificate of another CA: the handshake fails.
+		other, _ := NewCA("stranger")
+		cp, kp, _ := other.Issue("stranger", true, false, nil, nil)
+		cert, _ := tls.X509KeyPair(cp, kp)
+		d := tls.Dialer{Config: &tls.Config{RootCAs: pool, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}}
+		if conn, err := d.DialContext(ctx, "tcp", addr); err == nil {
+			// TLS 1.3 reports a refused client certificate on first read.
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			_, werr := conn.Write([]byte("POST /checkpoint/default/counter/counter HTTP/1.1\r\nHost: x\r\n\r\n"))
+			_, rerr := conn.Read(make([]byte, 1))
+			conn.Close()
+			if werr == nil && rerr == nil {
+				t.Error("certificate of another CA: the TLS connection was accepted")
+			}
+		}
+		// Unknown container: 404.
+		tlsCfg, _ := b.PKI.ClientTLS()
+		if code := postStatus(t, tlsCfg, addr, "/checkpoint/default/counter/nothere"); code != 404 {
+			t.Errorf("unknown container: %d, want 404", code)
+		}
+	})
+
+	t.Run("cut and heal", func(t *testing.T) {
+		if err := b.CutNode(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Counter(ctx, "n1"); err == nil {
+			t.Fatal("app answers while its node is cut off")
+		}
+		if err := b.HealNode(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WaitApp(ctx, "n1", 10*time.Second); err != nil {
+			t.Fatalf("after heal: %v", err)
+		}
+	})
+
+	t.Run("kill and start", func(t *testing.T) {
+		if err := b.KillNode(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.StartNode(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		// The node boots empty of running containers, as after a power cut.
+		if _, err := b.Counter(ctx, "n1"); err == nil {
+			t.Fatal("the app survived the power cut")
+		}
+		if _, err := b.RunTestApp(ctx, "n1", PodSpec{Name: "counter2"}); err != nil {
+			t.Fatalf("run a pod on the restarted node: %v", err)
+		}
+	})
+}
+
+// TestE2EBadEnvironments checks that the bed fails fast, saying what to
+// do, where this machine cannot run it.
+func TestE2EBadEnvironments(t *testing.T) {
+	c := requireE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	t.Run("registry port taken", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		cc := c
+		cc.RegistryPort = ln.Addr().(*net.TCPAddr).Port
+		_, err = Up(ctx, cc, 1, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "is taken") || !strings.Contains(err.Error(), EnvRegistryPort) {
+			t.Fatalf("want an error naming the taken port and %s, got %v", EnvRegistryPort, err)
+		}
+	})
+
+	t.Run("debootstrap fails", func(t *testing.T) {
+		cc := c
+		cc.CacheDir = t.TempDir()
+		cc.Suite = "no-such-suite"
+		_, _, err := EnsureRootfs(ctx, cc, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "debootstrap no-such-suite") {
+			t.Fatalf("want an error naming the failed debootstrap, got %v", err)
+		}
+		if _, err := os.Stat(cc.RootfsDir()); !os.IsNotExist(err) {
+			t.Fatalf("a failed debootstrap left a root file system that looks usable: %v", err)
+		}
+	})
+
+	t.Run("not root", func(t *testing.T) {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(ctx, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-test.run=^TestHelperUpAsCaller$")
+		cmd.Env = append(os.Environ(), "CRF_BED_UP_AS_CALLER=1")
+		out, _ := cmd.CombinedOutput()
+		if !strings.Contains(string(out), "must run as root") {
+			t.Fatalf("Up as an unprivileged user: want a 'must run as root' error, got:\n%s", out)
+		}
+	})
+}
+
+// TestHelperUpAsCaller is run by TestE2EBadEnvironments as another user.
+func TestHelperUpAsCaller(t *testing.T) {
+	if os.Getenv("CRF_BED_UP_AS_CALLER") == "" {
+		t.Skip("run by TestE2EBadEnvironments")
+	}
+	c, err := ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Up(context.Background(), c, 1, io.Discard)
+	t.Log(err)
+	fmt.Println(err)
+}

@@ -1,0 +1,199 @@
+package testbed
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Node is one node of the bed.
+type Node struct {
+	Name          string     `json:"name"`
+	Index         int        `json:"index"`
+	Addr          netip.Addr `json:"addr"`
+	Dir           string     `json:"dir"`         // node state on the host, at the same path inside the node's mount namespace
+	Socket        string     `json:"socket"`      // containerd's CRI socket, reachable from the host
+	KubeletDir    string     `json:"kubelet_dir"` // where the kubelet emulator has containerd write checkpoints
+	Netns         string     `json:"netns"`       // path of the network namespace
+	ContainerdPID int        `json:"containerd_pid"`
+	EmulatorPID   int        `json:"emulator_pid"`
+}
+
+// KubeletURL is the base URL of the node's kubelet emulator.
+func (n Node) KubeletURL() string {
+	return "https://" + net.JoinHostPort(n.Addr.String(), strconv.Itoa(KubeletPort))
+}
+
+// AppURL is the base URL of the counter test application on the node.
+func (n Node) AppURL() string {
+	return "http://" + net.JoinHostPort(n.Addr.String(), strconv.Itoa(AppPort))
+}
+
+func (n Node) logPath(what string) string { return filepath.Join(n.Dir, what+".log") }
+
+func (b *Bed) newNode(i int) Node {
+	name := "n" + strconv.Itoa(i)
+	dir := filepath.Join(b.cfg.Dir, "nodes", name)
+	return Node{
+		Name:       name,
+		Index:      i,
+		Addr:       b.cfg.NodeAddr(i),
+		Dir:        dir,
+		Socket:     filepath.Join(dir, "containerd.sock"),
+		KubeletDir: filepath.Join(dir, "kubelet"),
+		Netns:      NetnsPath(name),
+	}
+}
+
+// containerdConfig is the node's containerd configuration: its own root,
+// state and socket, images from the bed's registry, runc as the runtime.
+func (b *Bed) containerdConfig(n Node) string {
+	extra := ""
+	if compareVersions(b.state.Versions.Containerd, "2.3.0") >= 0 {
+		// containerd 2.3 turned restore through CreateContainer off by default.
+		extra = "  enable_experimental_restore_via_create = true\n"
+	}
+	return fmt.Sprintf(`version = 3
+root = %q
+state = "/run/containerd"
+[grpc]
+  address = %q
+[ttrpc]
+  address = "/run/containerd/containerd.sock.ttrpc"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "%s/pause:3.10"
+[plugins.'io.containerd.cri.v1.runtime']
+  # This machine lacks CAP_SYS_RESOURCE: without it every sandbox fails.
+  restrict_oom_score_adj = true
+%s[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+`, filepath.Join(n.Dir, "containerd"), n.Socket, b.cfg.RegistryHost(), extra)
+}
+
+// containerdScript enters the cached root file system in a new mount
+// namespace with pivot_root (CRIU refuses a chroot) and runs containerd. The
+// bed directory is bound at its own path, so paths of sockets, archives and
+// logs are the same inside the node and on the host.
+const containerdScript = `set -e
+mount --make-rprivate /
+mount --bind "$ROOTFS" "$ROOTFS"
+mount -t proc proc "$ROOTFS/proc"
+mount --rbind /sys "$ROOTFS/sys"
+mount --rbind /dev "$ROOTFS/dev"
+mount -t tmpfs tmpfs "$ROOTFS/run"
+mount -t tmpfs tmpfs "$ROOTFS/tmp"
+mkdir -p "$ROOTFS$BEDDIR" "$ROOTFS/.oldroot"
+mount --bind "$BEDDIR" "$ROOTFS$BEDDIR"
+cd "$ROOTFS"
+pivot_root . .oldroot
+umount -l /.oldroot
+exec containerd --config "$CONFIG"
+`
+
+// startNode starts containerd and the kubelet emulator of node n and waits
+// until both answer.
+func (b *Bed) startNode(ctx context.Context, n *Node) error {
+	for _, d := range []string{n.Dir, n.KubeletDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	cfgPath := filepath.Join(n.Dir, "containerd.toml")
+	if err := os.WriteFile(cfgPath, []byte(b.containerdConfig(*n)), 0o644); err != nil {
+		return fmt.Errorf("node %s: write containerd config: %w", n.Name, err)
+	}
+	_ = os.Remove(n.Socket)
+	env := []string{
+		"ROOTFS=" + b.state.Rootfs, "BEDDIR=" + b.cfg.Dir, "CONFIG=" + cfgPath,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	}
+	pid, err := b.spawn(n.logPath("containerd"), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", containerdScript, "sh")
+	if err != nil {
+		return fmt.Errorf("node %s: start containerd: %w", n.Name, err)
+	}
+	n.ContainerdPID = pid
+	if err := waitFor(ctx, 60*time.Second, pid, n.logPath("containerd"), func(ctx context.Context) error {
+		return PingCRI(ctx, n.Socket)
+	}); err != nil {
+		return fmt.Errorf("node %s: containerd did not come up: %w", n.Name, err)
+	}
+
+	ea := emulatorArgs{
+		Node: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(KubeletPort)),
+		Socket: n.Socket, KubeletDir: n.KubeletDir,
+		Cert: b.PKI.ServerCert(n.Name), Key: b.PKI.ServerKey(n.Name), CA: b.PKI.CACert,
+	}
+	pid, err = b.spawnHelper(n.logPath("kubelet-emulator"), n.Netns, "emulator", ea)
+	if err != nil {
+		return fmt.Errorf("node %s: start kubelet emulator: %w", n.Name, err)
+	}
+	n.EmulatorPID = pid
+	tlsCfg, err := b.PKI.ClientTLS()
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 20*time.Second, pid, n.logPath("kubelet-emulator"), func(ctx context.Context) error {
+		d := tls.Dialer{Config: tlsCfg}
+		c, err := d.DialContext(ctx, "tcp", ea.Addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("node %s: kubelet emulator did not come up on %s: %w", n.Name, ea.Addr, err)
+	}
+	return nil
+}
+
+// waitFor polls ready until it succeeds, the process pid dies (its log's
+// tail is returned in the error), or within passes.
+func waitFor(ctx context.Context, within time.Duration, pid int, logPath string, ready func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	var last error
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		last = ready(actx)
+		acancel()
+		if last == nil {
+			return nil
+		}
+		if syscall.Kill(pid, 0) != nil || isZombie(pid) {
+			tail, _ := tailFile(logPath, 20)
+			return fmt.Errorf("process %d exited; end of %s:\n%s", pid, logPath, tail)
+		}
+		select {
+		case <-ctx.Done():
+			tail, _ := tailFile(logPath, 20)
+			return fmt.Errorf("%w (last error: %v); end of %s:\n%s", ctx.Err(), last, logPath, tail)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// killNodeProcesses kills every process in the node's network namespace:
+// containerd, shims, containers, the emulator, and anything else run there.
+func killNodeProcesses(netns string) error {
+	ino, err := nsInode(netns)
+	if err != nil {
+		return fmt.Errorf("network namespace %s: %w", netns, err)
+	}
+	if left := killAll(func(pid int) bool { return inNetns(pid, ino) }, 10*time.Second); len(left) > 0 {
+		return fmt.Errorf("processes in %s survived SIGKILL: %s", netns, describePids(left))
+	}
+	return nil
+}
+
+func nodeCgroupParent(node, podUID string) string {
+	return "/" + cgroupRoot + "/" + node + "/pod" + strings.ReplaceAll(podUID, "-", "")
+}

@@ -1,0 +1,129 @@
+// Command counter is the test application of crfailoverd, the seeds' counter
+// app rewritten in Go. It counts up every 100 ms and serves its state over
+// HTTP on port 8080 (plain TCP: CRIU cannot dump MPTCP sockets):
+//
+//	GET  /state    {"counter":N}
+//	POST /state    {"counter":N} sets the counter (pull-state baseline)
+//	GET  /restore  {"restore":bool,"counter":N}: restore is true once the
+//	               process finds itself restored from a checkpoint
+//	GET  /kill     answers, then exits with status 1
+//	GET  /health   200
+//
+// It writes one log line per second.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+type app struct {
+	mu       sync.Mutex
+	counter  int64
+	restored bool
+	bootID   int // pid at start; a restored process keeps it, so see lastTick
+	lastTick time.Time
+}
+
+func main() {
+	addr := flag.String("listen", ":8080", "listen address (must be a wildcard address so a restored process can serve on another node)")
+	flag.Parse()
+
+	a := &app{lastTick: time.Now(), bootID: os.Getpid()}
+	go a.count()
+	go a.logLoop()
+
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", *addr)
+	if err != nil {
+		log.Fatalf("counter: listen on %s: %v", *addr, err)
+	}
+	log.Printf("counter: listening on %s", ln.Addr())
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	// No keep-alive: an open connection makes a CRIU dump harder (tcp-close
+	// handles it, but fewer open sockets mean smaller, faster checkpoints).
+	srv.SetKeepAlivesEnabled(false)
+	log.Fatal(srv.Serve(ln))
+}
+
+// count increments the counter every 100 ms. A gap of more than two seconds
+// between ticks means the process was frozen and thawed elsewhere: the
+// process was restored from a checkpoint.
+func (a *app) count() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for now := range t.C {
+		a.mu.Lock()
+		a.counter++
+		if now.Sub(a.lastTick) > 2*time.Second {
+			a.restored = true
+		}
+		a.lastTick = now
+		a.mu.Unlock()
+	}
+}
+
+func (a *app) logLoop() {
+	for range time.Tick(time.Second) {
+		a.mu.Lock()
+		c, r := a.counter, a.restored
+		a.mu.Unlock()
+		log.Printf("counter=%d restored=%t", c, r)
+	}
+}
+
+func (a *app) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /state", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		writeJSON(w, map[string]int64{"counter": a.counter})
+	})
+	mux.HandleFunc("POST /state", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Counter *int64 `json:"counter"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body); err != nil || body.Counter == nil {
+			http.Error(w, `want a JSON body {"counter":N}`, http.StatusBadRequest)
+			return
+		}
+		a.mu.Lock()
+		a.counter = *body.Counter
+		a.mu.Unlock()
+		writeJSON(w, map[string]int64{"counter": *body.Counter})
+	})
+	mux.HandleFunc("GET /restore", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		writeJSON(w, map[string]any{"restore": a.restored, "counter": a.counter})
+	})
+	mux.HandleFunc("GET /kill", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "exiting with status 1")
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			log.Printf("counter: killed through /kill")
+			os.Exit(1)
+		}()
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
