@@ -24,7 +24,11 @@ const usage = `Usage: nodebed COMMAND [ARGS]
 Runs crfailoverd's multi-node test bed (as root).
 
 Commands:
+  prepare                build (or check) the cached runtime root file system
   up [-n N]              create a bed of N nodes (default 3), replacing any earlier one
+  demo [-keep]           create a 2-node bed, run the counter on n1, checkpoint it through
+                         n1's kubelet, restore it on n2 through CRI, power-cut n1, tear down
+                         (-keep leaves the bed up to look around)
   down                   tear the bed down: processes, namespaces, links, cgroups, node files
   status                 list the nodes, their addresses and sockets
   leftovers              name anything a bed left on this machine (exit 1 if any)
@@ -83,6 +87,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
 	n := fs.Int("n", 3, "number of nodes (up)")
 	podName := fs.String("name", "counter", "pod name (run-app)")
+	keep := fs.Bool("keep", false, "leave the bed up after the demo (demo)")
 	ann := annotations{}
 	fs.Var(ann, "a", "pod annotation KEY=VALUE (run-app, repeatable)")
 	// Flags may follow the node argument.
@@ -109,6 +114,18 @@ func run(ctx context.Context, cmd string, args []string) error {
 		return err
 	case "down":
 		return testbed.Down(ctx, cfg, os.Stdout)
+	case "prepare":
+		if err := testbed.CheckHost(cfg); err != nil {
+			return err
+		}
+		dir, v, err := testbed.EnsureRootfs(ctx, cfg, os.Stdout)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("root file system %s: %s\n", dir, v)
+		return nil
+	case "demo":
+		return demo(ctx, cfg, *keep)
 	case "leftovers":
 		if left := testbed.Leftovers(cfg); len(left) > 0 {
 			return fmt.Errorf("leftovers: %s", strings.Join(left, "; "))
@@ -178,4 +195,31 @@ func printStatus(w io.Writer, b *testbed.Bed) error {
 	}
 	fmt.Fprintf(tw, "\n%s; PKI in %s\n", b.Versions(), b.PKI.Dir)
 	return tw.Flush()
+}
+
+func demo(ctx context.Context, cfg testbed.Config, keep bool) (err error) {
+	b, err := testbed.Up(ctx, cfg, 2, os.Stdout)
+	if err != nil {
+		return err
+	}
+	if !keep {
+		defer func() {
+			if derr := testbed.Down(context.Background(), cfg, os.Stdout); derr != nil && err == nil {
+				err = derr
+			}
+		}()
+	}
+	r, err := b.RunRestoreScenario(ctx, "n1", "n2", 20, os.Stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nrestore: %s\n", r)
+	if r.CounterAfterRestore < r.CounterAtCheckpoint || r.CounterLater <= r.CounterAfterRestore {
+		return fmt.Errorf("the restored counter did not go on from %d (%d, then %d): state was lost", r.CounterAtCheckpoint, r.CounterAfterRestore, r.CounterLater)
+	}
+	fmt.Printf("the counter went on from %d on n2 after n1 lost power\n", r.CounterAtCheckpoint)
+	if keep {
+		fmt.Println("the bed stays up: nodebed status, nodebed counter n2, nodebed down")
+	}
+	return nil
 }

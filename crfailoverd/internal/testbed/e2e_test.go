@@ -78,88 +78,44 @@ func TestE2ERestore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	spec := PodSpec{Name: "counter", Namespace: "default", Annotations: map[string]string{
-		"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "10",
-	}}
-	if _, err := b.RunTestApp(ctx, "n1", spec); err != nil {
-		t.Fatal(err)
-	}
-	var before int64
-	for before <= 20 {
-		v, err := b.Counter(ctx, "n1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		before = v
-		if before <= 20 {
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-
-	start := time.Now()
-	archive, err := b.CheckpointViaKubelet(ctx, "n1", "default", "counter", "counter", 30*time.Second)
-	checkpointTime := time.Since(start)
+	r, err := b.RunRestoreScenario(ctx, "n1", "n2", 20, testWriter{t})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n1, _ := b.Node("n1")
-	if !strings.HasPrefix(archive, filepath.Join(n1.KubeletDir, "checkpoints", "checkpoint-counter_default-counter-")) {
-		t.Fatalf("archive %s is not where kubelet puts it", archive)
+	if !strings.HasPrefix(r.Archive, filepath.Join(n1.KubeletDir, "checkpoints", "checkpoint-counter_default-counter-")) {
+		t.Errorf("archive %s is not where kubelet puts it", r.Archive)
 	}
-	st, err := os.Stat(archive)
-	if err != nil {
-		t.Fatalf("archive the kubelet named: %v", err)
-	}
-	members := archiveMembers(t, archive)
+	members := archiveMembers(t, r.Shipped)
 	for _, want := range []string{"config.dump", "spec.dump", "stats-dump", "checkpoint/"} {
 		if !members[want] {
 			t.Errorf("archive lacks %s (has %v)", want, members)
 		}
 	}
-
-	// Ship the archive to n2, as crfailoverd's replication will.
-	n2, _ := b.Node("n2")
-	shipped := filepath.Join(n2.Dir, "archives", filepath.Base(archive))
-	if err := copyFile(archive, shipped); err != nil {
-		t.Fatal(err)
+	if r.CounterAtCheckpoint <= 20 {
+		t.Errorf("checkpointed at counter %d, want > 20", r.CounterAtCheckpoint)
 	}
-	restoreSpec := spec
-	restoreSpec.UID = ""
-	pod, err := b.RestoreTestApp(ctx, "n2", restoreSpec, shipped)
-	if err != nil {
-		t.Fatal(err)
+	if r.CounterAfterRestore < r.CounterAtCheckpoint {
+		t.Errorf("restored counter %d is below the counter %d read before the checkpoint: state was lost", r.CounterAfterRestore, r.CounterAtCheckpoint)
 	}
-	after, err := b.Counter(ctx, "n2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if after < before {
-		t.Fatalf("restored counter %d is below the counter %d read before the checkpoint: state was lost", after, before)
-	}
-	time.Sleep(500 * time.Millisecond)
-	later, err := b.Counter(ctx, "n2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if later <= after {
-		t.Fatalf("restored counter does not rise: %d then %d", after, later)
-	}
-
-	if err := b.KillNode(ctx, "n1"); err != nil {
-		t.Fatal(err)
+	if r.CounterLater <= r.CounterAfterRestore {
+		t.Errorf("restored counter does not rise: %d, then %d after %s", r.CounterAfterRestore, r.CounterLater, RiseWait)
 	}
 	if _, err := b.Counter(ctx, "n1"); err == nil {
-		t.Fatal("the app on n1 still answers after the power cut")
+		t.Error("the app on n1 still answers after the power cut")
 	}
 	if err := PingCRI(ctx, n1.Socket); err == nil {
-		t.Fatal("containerd of n1 still answers after the power cut")
+		t.Error("containerd of n1 still answers after the power cut")
 	}
-	if v, err := b.Counter(ctx, "n2"); err != nil || v < later {
-		t.Fatalf("n2 after n1's power cut: counter %d, %v", v, err)
+	if v, err := b.Counter(ctx, "n2"); err != nil || v < r.CounterLater {
+		t.Errorf("n2 after n1's power cut: counter %d, %v", v, err)
 	}
-
-	fmt.Printf("E2E restore: checkpoint_ms=%d archive_bytes=%d restore_ms=%d counter_at_checkpoint=%d counter_after_restore=%d criu=%s\n",
-		checkpointTime.Milliseconds(), st.Size(), pod.StartTime.Milliseconds(), before, after, b.Versions().CRIU)
+	if compareVersions(r.CRIU, minVersions.CRIU) < 0 {
+		t.Errorf("criu %s", r.CRIU)
+	}
+	if !t.Failed() {
+		fmt.Printf("E2E restore: %s\n", r)
+	}
 }
 
 // TestE2EBedOperations covers the rest of what tests need from the bed on

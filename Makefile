@@ -1,0 +1,42 @@
+# crfailoverd: build, test and demo. Everything that touches the real
+# runtime (containerd, runc, CRIU in network-namespace nodes) needs root.
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+NODEBED := $(GO) run ./crfailoverd/cmd/nodebed
+
+.PHONY: all build setup demo test unit e2e vet down clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+# Host packages and the cached runtime root file system (once, about a minute).
+setup:
+	bash scripts/setup-host.sh
+	$(NODEBED) prepare
+
+# The main job: a 2-node bed; checkpoint the counter on n1 through the kubelet
+# emulator, restore it on n2 through CRI, power-cut n1.
+demo: setup
+	$(NODEBED) demo
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+unit:
+	$(GO) test -count=1 ./...
+
+# End-to-end tests on the real runtime; they print the E2E result lines.
+e2e:
+	CRF_E2E=1 $(GO) test -count=1 -v -run 'E2E' -timeout 30m ./...
+
+# The test command (.ci/run calls it).
+test: setup vet unit e2e
+
+down:
+	$(NODEBED) down
+
+clean: down
+	rm -rf bin dist
