@@ -14,60 +14,11 @@ import (
 	"time"
 )
 
-// The end-to-end tests run the real stack (containerd, runc, CRIU) and need
-// root; plain `go test ./...` skips them. `make test` sets CRF_E2E=1.
-func requireE2E(t *testing.T) Config {
-	t.Helper()
-	if os.Getenv("CRF_E2E") == "" {
-		t.Skip("end-to-end test on the real runtime: set CRF_E2E=1 (make test does)")
-	}
-	c, err := ConfigFromEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+func requireE2E(t *testing.T) Config { return RequireE2E(t) }
 
-// upBed starts a bed of n nodes that is torn down when the test ends; the
-// teardown must leave nothing behind.
-func upBed(t *testing.T, c Config, n int) *Bed {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	b, err := Up(ctx, c, n, testWriter{t})
-	if err != nil {
-		t.Fatalf("bed up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, b)
-		}
-		if err := Down(context.Background(), c, testWriter{t}); err != nil {
-			t.Errorf("bed down: %v", err)
-		}
-		if left := Leftovers(c); len(left) > 0 {
-			t.Errorf("teardown left behind: %s", strings.Join(left, "; "))
-		}
-	})
-	return b
-}
+func upBed(t *testing.T, c Config, n int) *Bed { return UpT(t, c, n) }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func dumpLogs(t *testing.T, b *Bed) {
-	for _, n := range b.Nodes() {
-		for _, what := range []string{"containerd", "kubelet-emulator"} {
-			if tail, err := tailFile(n.logPath(what), 30); err == nil {
-				t.Logf("--- %s %s log:\n%s", n.Name, what, tail)
-			}
-		}
-	}
-}
+type testWriter = TestWriter
 
 // TestE2ERestore checkpoints the counter on node n1 through the kubelet
 // emulator, restores the archive on node n2 through CRI, checks that the

@@ -1,0 +1,151 @@
+// Package admin is crfailoverd's local admin API: HTTP with JSON over a
+// unix socket (mode 0600, so only root and the daemon's user reach it),
+// used by the CLI.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+)
+
+// Backend answers the admin requests.
+type Backend interface {
+	Status() api.Status
+	Checkpoints(workload string) ([]api.CheckpointInfo, error)
+}
+
+// Handler returns the admin API's HTTP handler.
+func Handler(b Backend, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, b.Status())
+	})
+	mux.HandleFunc("GET /v1/checkpoints", func(w http.ResponseWriter, r *http.Request) {
+		cs, err := b.Checkpoints(r.URL.Query().Get("workload"))
+		if err != nil {
+			log.Warn("admin: list checkpoints", "err", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, cs)
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Listen opens the admin socket at path: its directory is created 0700, a
+// stale socket is replaced, and the socket is made 0600. A live daemon
+// already listening there is an error.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin socket %s: another crfailoverd is listening there", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// Serve serves h on ln until ctx ends.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Client calls a daemon's admin socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the daemon listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, into any) error {
+	u := "http://crfailoverd" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach crfailoverd at %s (is it running? systemctl status crfailoverd): %w", c.socket, unwrapURL(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("crfailoverd: %s", strings.TrimSpace(string(b)))
+	}
+	return json.NewDecoder(resp.Body).Decode(into)
+}
+
+func unwrapURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// Status asks for the daemon's status.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var s api.Status
+	return s, c.get(ctx, "/v1/status", nil, &s)
+}
+
+// Checkpoints lists stored checkpoints, of one workload or all.
+func (c *Client) Checkpoints(ctx context.Context, workload string) ([]api.CheckpointInfo, error) {
+	var cs []api.CheckpointInfo
+	q := url.Values{}
+	if workload != "" {
+		q.Set("workload", workload)
+	}
+	return cs, c.get(ctx, "/v1/checkpoints", q, &cs)
+}

@@ -1,0 +1,64 @@
+// Package api holds the JSON types of crfailoverd's admin socket, shared by
+// the daemon and its CLI.
+package api
+
+import "time"
+
+// Status is the answer to GET /v1/status.
+type Status struct {
+	Node       string           `json:"node"`
+	Version    string           `json:"version"`
+	Runtime    string           `json:"runtime"`       // "containerd 2.1.9", or empty while unreachable
+	RuntimeErr string           `json:"runtime_error"` // why the runtime is unreachable
+	Method     string           `json:"method"`        // configured checkpoint method
+	Started    time.Time        `json:"started"`
+	ConfigFile string           `json:"config_file"`
+	DataDir    string           `json:"data_dir"`
+	Workloads  []WorkloadStatus `json:"workloads"`
+	Problems   []string         `json:"problems"` // annotated pods that were skipped, with why
+}
+
+// WorkloadStatus is one checkpointed container.
+type WorkloadStatus struct {
+	ID                  string          `json:"id"` // namespace/pod/container
+	SandboxID           string          `json:"sandbox_id"`
+	ContainerID         string          `json:"container_id"`
+	State               string          `json:"state"` // running, exited, restoring, failed (gave up)
+	Interval            time.Duration   `json:"interval_ns"`
+	Checkpoints         int             `json:"checkpoints"` // taken since the daemon started
+	Last                *CheckpointInfo `json:"last,omitempty"`
+	NextDue             time.Time       `json:"next_due"`
+	CheckpointFailures  int             `json:"checkpoint_failures"`
+	ConsecutiveFailures int             `json:"consecutive_failures"`
+	LastError           string          `json:"last_error,omitempty"`
+	ProbeFailures       int             `json:"probe_failures"` // in a row, now
+	Restores            int             `json:"restores"`
+	LastRestore         *RestoreInfo    `json:"last_restore,omitempty"`
+}
+
+// CheckpointInfo describes one checkpoint in the store.
+type CheckpointInfo struct {
+	Workload string        `json:"workload"`
+	Seq      uint64        `json:"seq"`
+	Path     string        `json:"path"`
+	SHA256   string        `json:"sha256"`
+	Size     int64         `json:"size"`
+	Created  time.Time     `json:"created"`
+	Duration time.Duration `json:"duration_ns"`
+	Method   string        `json:"method"`
+	Source   string        `json:"source"`
+	Bad      bool          `json:"bad"`
+}
+
+// RestoreInfo describes the last restore of a workload.
+type RestoreInfo struct {
+	At         time.Time     `json:"at"`
+	Reason     string        `json:"reason"`
+	Seq        uint64        `json:"seq"`
+	Age        time.Duration `json:"checkpoint_age_ns"` // age of the checkpoint used
+	Duration   time.Duration `json:"duration_ns"`       // the CRI calls
+	Attempts   int           `json:"attempts"`
+	OK         bool          `json:"ok"`
+	Error      string        `json:"error,omitempty"`
+	NewSandbox string        `json:"new_sandbox_id,omitempty"`
+}

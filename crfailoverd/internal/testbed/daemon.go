@@ -1,0 +1,98 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// DaemonDir is where crfailoverd on node keeps its data, config, socket
+// and log.
+func (n Node) DaemonDir() string { return filepath.Join(n.Dir, "crfailoverd") }
+
+// DaemonSocket is the admin socket of crfailoverd on the node.
+func (n Node) DaemonSocket() string { return filepath.Join(n.DaemonDir(), "admin.sock") }
+
+// DaemonConfigPath is the configuration file of crfailoverd on the node.
+func (n Node) DaemonConfigPath() string { return filepath.Join(n.DaemonDir(), "config.toml") }
+
+// DaemonLog is crfailoverd's log (stderr) on the node.
+func (n Node) DaemonLog() string { return n.logPath("crfailoverd") }
+
+// DaemonConfig returns a crfailoverd configuration for node: its runtime,
+// its kubelet emulator with the bed's client certificate, data under the
+// node directory. extra is appended (TOML tables such as [cluster]).
+func (b *Bed) DaemonConfig(node, method string, extra string) (string, error) {
+	n, err := b.Node(node)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`# crfailoverd on test bed node %s
+[node]
+name = %q
+data_dir = %q
+admin_socket = %q
+log_level = "debug"
+log_format = "text"
+
+[runtime]
+endpoint = %q
+
+[checkpoint]
+method = %q
+default_interval = "10s"
+timeout = "30s"
+retention = 3
+
+[kubelet]
+url = %q
+client_cert = %q
+client_key = %q
+ca = %q
+
+[probe]
+period = "500ms"
+timeout = "1s"
+failure_threshold = 3
+
+[restore]
+max_attempts = 4
+backoff_initial = "500ms"
+backoff_max = "5s"
+%s`, n.Name, n.Name, n.DaemonDir(), n.DaemonSocket(), "unix://"+n.Socket, method, n.KubeletURL(),
+		b.PKI.ClientCert, b.PKI.ClientKey, b.PKI.CACert, extra), nil
+}
+
+// StartDaemon writes config as the node's crfailoverd configuration and
+// runs binary ("crfailoverd") with it inside the node's network namespace,
+// so that a power cut kills it too. It waits until the admin socket
+// answers and returns the daemon's process id.
+func (b *Bed) StartDaemon(ctx context.Context, node, binary, config string) (int, error) {
+	n, err := b.Node(node)
+	if err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(n.DaemonDir(), 0o700); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(n.DaemonConfigPath(), []byte(config), 0o600); err != nil {
+		return 0, fmt.Errorf("write crfailoverd config: %w", err)
+	}
+	pid, err := b.spawn(n.DaemonLog(), n.Netns, nil, binary, "run", "--config", n.DaemonConfigPath())
+	if err != nil {
+		return 0, fmt.Errorf("node %s: start crfailoverd: %w", node, err)
+	}
+	if err := waitFor(ctx, 20*time.Second, pid, n.DaemonLog(), func(ctx context.Context) error {
+		_, err := os.Stat(n.DaemonSocket())
+		return err
+	}); err != nil {
+		return pid, fmt.Errorf("node %s: crfailoverd did not come up: %w", node, err)
+	}
+	return pid, nil
+}
+
+// Signal sends sig to a process the bed started (the daemon, say).
+func Signal(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }

@@ -1,0 +1,68 @@
+package testbed
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// RequireE2E skips t unless end-to-end tests on the real runtime were asked
+// for (CRF_E2E=1, which `make test` sets), and returns the bed's
+// configuration.
+func RequireE2E(t testing.TB) Config {
+	t.Helper()
+	if os.Getenv("CRF_E2E") == "" {
+		t.Skip("end-to-end test on the real runtime: set CRF_E2E=1 (make test does)")
+	}
+	c, err := ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// UpT starts a bed of n nodes for a test and tears it down when the test
+// ends, failing the test if anything is left behind. On failure it logs
+// the end of every node's logs.
+func UpT(t testing.TB, c Config, n int) *Bed {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := Up(ctx, c, n, TestWriter{t})
+	if err != nil {
+		t.Fatalf("bed up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b.DumpLogs(t)
+		}
+		if err := Down(context.Background(), c, TestWriter{t}); err != nil {
+			t.Errorf("bed down: %v", err)
+		}
+		if left := Leftovers(c); len(left) > 0 {
+			t.Errorf("teardown left behind: %s", strings.Join(left, "; "))
+		}
+	})
+	return b
+}
+
+// TestWriter writes to a test's log.
+type TestWriter struct{ T testing.TB }
+
+func (w TestWriter) Write(p []byte) (int, error) {
+	w.T.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// DumpLogs logs the end of every node's logs.
+func (b *Bed) DumpLogs(t testing.TB) {
+	for _, n := range b.Nodes() {
+		for _, what := range []string{"containerd", "kubelet-emulator", "crfailoverd"} {
+			if tail, err := tailFile(n.logPath(what), 40); err == nil {
+				t.Logf("--- %s %s log:\n%s", n.Name, what, tail)
+			}
+		}
+	}
+}
