@@ -28,7 +28,8 @@ type Client struct {
 }
 
 // Options configure a client. Key may be empty when Cert holds the key too
-// (kubelet-client-current.pem does).
+// (kubelet-client-current.pem does); Cert empty means no client
+// certificate, CA empty the system's trust store.
 type Options struct {
 	URL  string
 	Cert string
@@ -43,30 +44,33 @@ func New(o Options) (*Client, error) {
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("kubelet url %q: want https://HOST:PORT", o.URL)
 	}
-	key := o.Key
-	if key == "" {
-		key = o.Cert
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.Cert != "" {
+		key := o.Key
+		if key == "" {
+			key = o.Cert
+		}
+		cert, err := tls.LoadX509KeyPair(o.Cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("load kubelet client certificate %s (key %s): %w", o.Cert, key, err)
+		}
+		// Present the certificate whatever CAs the server names, so that a
+		// CA mismatch fails loudly in the handshake instead of as 401.
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	}
-	cert, err := tls.LoadX509KeyPair(o.Cert, key)
-	if err != nil {
-		return nil, fmt.Errorf("load kubelet client certificate %s (key %s): %w", o.Cert, key, err)
-	}
-	caPEM, err := os.ReadFile(o.CA)
-	if err != nil {
-		return nil, fmt.Errorf("read kubelet CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("kubelet CA %s holds no PEM certificate", o.CA)
+	if o.CA != "" { // else the system's trust store
+		caPEM, err := os.ReadFile(o.CA)
+		if err != nil {
+			return nil, fmt.Errorf("read kubelet CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, fmt.Errorf("kubelet CA %s holds no PEM certificate", o.CA)
+		}
+		tlsCfg.RootCAs = pool
 	}
 	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{
-			RootCAs:    pool,
-			MinVersion: tls.VersionTLS12,
-			// Present the certificate whatever CAs the server names, so that
-			// a CA mismatch fails loudly in the handshake instead of as 401.
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil },
-		},
+		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}

@@ -1,0 +1,332 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// Workload states shown in the status.
+const (
+	stateRunning   = "running"
+	stateExited    = "exited"
+	stateRestoring = "restoring"
+	stateFailed    = "failed"
+)
+
+func isRuntimeFailure(err error) bool { return kubelet.IsRuntimeFailure(err) }
+
+func removeQuiet(path string) { _ = os.Remove(path) }
+
+// worker looks after one workload: its checkpoint schedule, its liveness
+// probe, and its restore. One goroutine runs it, so a workload never has
+// two checkpoints, or a checkpoint and a restore, at once.
+type worker struct {
+	a       *Agent
+	id      store.Workload
+	updates chan discovery.Workload // latest discovery result; capacity 1
+	stop    chan struct{}
+	once    sync.Once
+
+	mu            sync.Mutex // guards what status() reads
+	spec          discovery.Workload
+	state         string
+	busy          bool
+	checkpoints   int
+	failures      int
+	consecutive   int
+	lastErr       string
+	last          *store.Entry
+	next          time.Time
+	probeFailures int
+	restores      int
+	lastRestore   *api.RestoreInfo
+	removed       map[string]bool // sandboxes the worker removed: stale reports of them are ignored
+	probeAddr     string
+}
+
+func newWorker(a *Agent, w discovery.Workload) *worker {
+	wk := &worker{a: a, id: w.ID, updates: make(chan discovery.Workload, 1), stop: make(chan struct{}),
+		spec: w, state: string(w.State), removed: map[string]bool{}}
+	if e, ok, err := a.store.Latest(w.ID); err == nil && ok {
+		wk.last = &e
+	}
+	return wk
+}
+
+func (w *worker) update(d discovery.Workload) {
+	select {
+	case <-w.updates:
+	default:
+	}
+	w.updates <- d
+}
+
+func (w *worker) close() { w.once.Do(func() { close(w.stop) }) }
+
+func (w *worker) isBusy() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.busy
+}
+
+func (w *worker) set(f func()) {
+	w.mu.Lock()
+	f()
+	w.mu.Unlock()
+}
+
+func (w *worker) run(ctx context.Context) {
+	log := w.a.log.With("workload", w.id.String())
+	w.adopt(ctx, w.spec)
+	ckpt := time.NewTimer(0)
+	defer ckpt.Stop()
+	probe := time.NewTimer(w.spec.Probe.Period)
+	defer probe.Stop()
+	h := &health{threshold: w.spec.Probe.FailureThreshold}
+	if w.spec.State == cri.StateExited {
+		w.restore(ctx, "container exited")
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.stop:
+			return
+		case d := <-w.updates:
+			w.mu.Lock()
+			stale := w.removed[d.SandboxID]
+			gaveUp := w.state == stateFailed
+			sameCtr := d.ContainerID == w.spec.ContainerID
+			w.mu.Unlock()
+			if stale || (gaveUp && sameCtr) {
+				continue
+			}
+			if d.SandboxID != w.spec.SandboxID || !sameCtr {
+				w.adopt(ctx, d)
+			}
+			w.set(func() { w.spec = d; w.state = string(d.State) })
+			h.threshold = d.Probe.FailureThreshold
+			if d.State == cri.StateExited {
+				w.restore(ctx, "container exited")
+				resetTimer(ckpt, w.spec.Interval)
+			}
+		case <-ckpt.C:
+			if w.spec.State != cri.StateRunning {
+				resetTimer(ckpt, w.spec.Interval)
+				continue
+			}
+			start := w.a.now()
+			e, err := w.a.takeCheckpoint(ctx, w.spec)
+			if ctx.Err() != nil {
+				return
+			}
+			w.set(func() {
+				if err != nil {
+					w.failures++
+					w.consecutive++
+					w.lastErr = err.Error()
+				} else {
+					w.checkpoints++
+					w.consecutive = 0
+					w.lastErr = ""
+					w.last = &e
+				}
+				w.next = nextDue(start, w.a.now(), w.spec.Interval)
+			})
+			if err != nil {
+				log.Error("checkpoint failed", "container_id", short(w.spec.ContainerID), "err", err, "consecutive_failures", w.consecutive)
+			} else {
+				log.Debug("checkpointed", "seq", e.Seq, "method", e.Method, "bytes", e.Size, "duration_ms", e.Duration.Milliseconds())
+			}
+			resetTimer(ckpt, time.Until(w.next))
+		case <-probe.C:
+			p := w.spec.Probe
+			if p.Port > 0 && w.spec.State == cri.StateRunning {
+				err := w.probe(ctx, p)
+				failed := h.observe(err == nil)
+				w.set(func() { w.probeFailures = h.failures })
+				if err != nil {
+					log.Warn("liveness probe failed", "err", err, "failures", h.failures, "threshold", h.threshold)
+				}
+				if failed {
+					w.restore(ctx, fmt.Sprintf("liveness probe failed %d times: %v", h.failures, err))
+					h.failures = 0
+					resetTimer(ckpt, w.spec.Interval)
+				}
+			}
+			resetTimer(probe, p.Period)
+		}
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(max(d, 0))
+}
+
+// adopt records what a restore of this workload needs (the sandbox and
+// container configuration) and where its probe goes.
+func (w *worker) adopt(ctx context.Context, d discovery.Workload) {
+	log := w.a.log.With("workload", w.id.String())
+	if err := saveWorkloadConfig(ctx, w.a.rt, w.a.dataDir, w.id, d.SandboxID, d.ContainerID); err != nil {
+		log.Error("cannot record the workload's configuration; restores will use the last recorded one", "err", err)
+	}
+	ip, hostNet, err := w.a.rt.PodNetwork(ctx, d.SandboxID)
+	addr := "127.0.0.1"
+	if err == nil && !hostNet && ip != "" {
+		addr = ip
+	}
+	w.set(func() { w.probeAddr = addr })
+}
+
+func (w *worker) probe(ctx context.Context, p discovery.Probe) error {
+	w.mu.Lock()
+	addr := w.probeAddr
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, w.a.cfg().ProbeTimeout)
+	defer cancel()
+	u := "http://" + net.JoinHostPort(addr, strconv.Itoa(p.Port)) + p.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", u, err)
+	}
+	resp.Body.Close()
+	// As kubelet: 200-399 is healthy.
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return nil
+}
+
+// probeClient keeps no connection open: CRIU cannot dump an established
+// TCP connection without tcp-close, and each would be lost on restore.
+var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// restore brings the workload back from its newest good checkpoint, trying
+// older ones and backing off as the restore policy says, and gives up
+// loudly when the attempts run out.
+func (w *worker) restore(ctx context.Context, reason string) {
+	log := w.a.log.With("workload", w.id.String())
+	set := w.a.cfg()
+	w.set(func() { w.busy, w.state = true, stateRestoring })
+	defer w.set(func() { w.busy = false })
+	detected := w.a.now()
+	log.Warn("application failed; restoring from a checkpoint", "reason", reason)
+
+	old := w.spec.SandboxID
+	cfg, err := loadWorkloadConfig(w.a.dataDir, w.id)
+	if err != nil {
+		w.giveUp(log, reason, detected, 0, fmt.Errorf("no recorded configuration to restore with: %w", err))
+		return
+	}
+	entries, err := w.a.store.List(w.id)
+	if err != nil {
+		w.giveUp(log, reason, detected, 0, err)
+		return
+	}
+	var candidates []store.Entry
+	for _, e := range entries {
+		if !e.Bad {
+			candidates = append(candidates, e)
+		}
+	}
+	if err := w.a.rt.RemovePod(ctx, old); err != nil {
+		log.Warn("removing the failed pod failed; restoring anyway", "sandbox_id", short(old), "err", err)
+	}
+	w.set(func() { w.removed[old] = true })
+
+	var lastErr error = errors.New("no checkpoint to restore from")
+	for attempt := 0; ; attempt++ {
+		e, wait, giveUp := set.Restore.Next(attempt, candidates)
+		if giveUp {
+			w.giveUp(log, reason, detected, attempt, lastErr)
+			return
+		}
+		if wait > 0 {
+			log.Info("waiting before the next restore attempt", "wait", wait, "attempt", attempt+1)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		if err := w.a.store.Verify(e); err != nil {
+			lastErr = err
+			log.Error("checkpoint is corrupt; marking it bad", "seq", e.Seq, "err", err)
+			_ = w.a.store.MarkBad(w.id, e.Seq, err.Error())
+			continue
+		}
+		sb := cloneSandbox(cfg.Sandbox)
+		if sb.Metadata != nil {
+			sb.Metadata.Attempt++
+			cfg.Sandbox.Metadata.Attempt = sb.Metadata.Attempt
+		}
+		start := w.a.now()
+		sbID, ctrID, err := w.a.rt.RestoreContainer(ctx, sb, cfg.Container, e.Path)
+		took := w.a.now().Sub(start)
+		ri := &api.RestoreInfo{At: start, Reason: reason, Seq: e.Seq, Age: start.Sub(e.Created), Duration: took, Attempts: attempt + 1, OK: err == nil, NewSandbox: sbID}
+		if err != nil {
+			lastErr = err
+			ri.Error = err.Error()
+			w.set(func() { w.lastRestore = ri })
+			log.Error("restore attempt failed", "seq", e.Seq, "attempt", attempt+1, "err", err)
+			continue
+		}
+		w.set(func() {
+			w.restores++
+			w.lastRestore = ri
+			w.state = stateRunning
+			w.spec.SandboxID, w.spec.ContainerID, w.spec.State = sbID, ctrID, cri.StateRunning
+			w.probeFailures = 0
+		})
+		log.Info("restored", "seq", e.Seq, "checkpoint_age_ms", ri.Age.Milliseconds(), "restore_ms", took.Milliseconds(),
+			"detect_to_restored_ms", w.a.now().Sub(detected).Milliseconds(), "sandbox_id", short(sbID), "container_id", short(ctrID))
+		return
+	}
+}
+
+func (w *worker) giveUp(log interface {
+	Error(string, ...any)
+}, reason string, detected time.Time, attempts int, err error) {
+	w.set(func() {
+		w.state = stateFailed
+		w.lastRestore = &api.RestoreInfo{At: detected, Reason: reason, Attempts: attempts, Error: err.Error()}
+	})
+	log.Error("GIVING UP: the workload stays down until it is started again by hand", "reason", reason, "attempts", attempts, "err", err)
+}
+
+func (w *worker) status() api.WorkloadStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := api.WorkloadStatus{ID: w.id.String(), SandboxID: w.spec.SandboxID, ContainerID: w.spec.ContainerID, State: w.state,
+		Interval: w.spec.Interval, Checkpoints: w.checkpoints, NextDue: w.next, CheckpointFailures: w.failures,
+		ConsecutiveFailures: w.consecutive, LastError: w.lastErr, ProbeFailures: w.probeFailures, Restores: w.restores,
+		LastRestore: w.lastRestore}
+	if w.last != nil {
+		i := infoOf(*w.last)
+		s.Last = &i
+	}
+	return s
+}

@@ -1,0 +1,219 @@
+// Package config loads, defaults and validates the crfailoverd configuration
+// file (TOML, by default at [DefaultPath]).
+//
+// Decoding is strict: unknown keys, values of the wrong type and invalid
+// values are all reported together, each as "<file>:<line>: <key>: <problem>"
+// (the line is left out when the value is a default because the key is absent).
+// The documented example lives in configs/crfailoverd.toml.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where the daemon looks for its configuration file.
+const DefaultPath = "/etc/crfailoverd/config.toml"
+
+// Config is the whole daemon configuration; each field is one TOML table.
+type Config struct {
+	Node       Node
+	Runtime    Runtime
+	Checkpoint Checkpoint
+	Kubelet    Kubelet
+	Probe      Probe
+	Restore    Restore
+	Cluster    Cluster
+	Metrics    Metrics
+}
+
+// Node is the [node] table: identity, local storage and logging.
+type Node struct {
+	Name        string     // name; default os.Hostname()
+	DataDir     string     // data_dir; absolute path
+	AdminSocket string     // admin_socket; absolute path
+	LogLevel    slog.Level // log_level: "debug", "info", "warn" or "error"
+	LogFormat   string     // log_format: "auto", "journal", "text" or "json"
+}
+
+// Runtime is the [runtime] table: the CRI runtime and how restores are made.
+type Runtime struct {
+	Endpoint     string        // endpoint: "unix:///abs/path" or "/abs/path", as written; see SocketPath
+	CallTimeout  time.Duration // call_timeout: per CRI call; > 0
+	RestoreMode  string        // restore_mode: "cri", "static-pod" or "auto"
+	StaticPodDir string        // static_pod_dir: absolute path
+}
+
+// Checkpoint is the [checkpoint] table.
+type Checkpoint struct {
+	Method          string        // method: "kubelet", "cri" or "auto"
+	DefaultInterval time.Duration // default_interval: >= 100ms
+	Timeout         time.Duration // timeout: per checkpoint; > 0
+	Retention       int           // retention: checkpoints kept per workload; >= 1
+	MaxConcurrent   int           // max_concurrent: checkpoints at once on this node; >= 1
+}
+
+// Kubelet is the [kubelet] table: how to reach the kubelet checkpoint API.
+type Kubelet struct {
+	URL        string // url: https URL with a host
+	ClientCert string // client_cert: "" (no client certificate) or absolute path
+	ClientKey  string // client_key: "" (key is in client_cert's file) or absolute path
+	CA         string // ca: "" (system trust store) or absolute path
+}
+
+// Probe is the [probe] table: health probing of protected workloads.
+type Probe struct {
+	Period           time.Duration // period: > 0
+	Timeout          time.Duration // timeout: > 0 (may exceed period)
+	FailureThreshold int           // failure_threshold: consecutive failures; >= 1
+	InitialDelay     time.Duration // initial_delay: >= 0
+}
+
+// Restore is the [restore] table.
+type Restore struct {
+	Policy         string        // policy: "peer" or "local"
+	MaxAttempts    int           // max_attempts: >= 1
+	BackoffInitial time.Duration // backoff_initial: > 0
+	BackoffMax     time.Duration // backoff_max: >= backoff_initial
+}
+
+// Cluster is the [cluster] table, used by the gossip + Raft cluster feature.
+type Cluster struct {
+	Enabled           bool          // enabled
+	BindAddr          string        // bind_addr: gossip "host:port" (host may be empty)
+	AdvertiseAddr     string        // advertise_addr: "" (derived) or "host:port"
+	RPCAddr           string        // rpc_addr: gRPC "host:port" (host may be empty)
+	Join              []string      // join: "host:port" peers; nil when empty
+	BootstrapExpect   int           // bootstrap_expect: >= 1
+	GossipKeyFile     string        // gossip_key_file: "" or absolute path
+	TLSCert           string        // tls_cert: "" or absolute path; required when Enabled
+	TLSKey            string        // tls_key: "" or absolute path; required when Enabled
+	TLSCA             string        // tls_ca: "" or absolute path; required when Enabled
+	ReplicationFactor int           // replication_factor: >= 0
+	FailureProfile    string        // failure_profile: "lan", "wan" or "local"
+	Lease             time.Duration // lease: > 0
+	DeadServerGrace   time.Duration // dead_server_grace: > 0
+	MaxVoters         int           // max_voters: odd, >= 1
+}
+
+// Metrics is the [metrics] table, used by the metrics feature.
+type Metrics struct {
+	PostgresDSN    string // postgres_dsn: "" disables the PostgreSQL sink
+	PrometheusAddr string // prometheus_addr: "" (off) or "host:port"
+	QueueSize      int    // queue_size: >= 1
+}
+
+// Default returns the configuration used for every key the file leaves out.
+// Node.Name is the host name, or "" if it cannot be determined (which
+// Validate rejects).
+func Default() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Node: Node{
+			Name:        host,
+			DataDir:     "/var/lib/crfailoverd",
+			AdminSocket: "/run/crfailoverd/admin.sock",
+			LogLevel:    slog.LevelInfo,
+			LogFormat:   "auto",
+		},
+		Runtime: Runtime{
+			Endpoint:     "unix:///run/containerd/containerd.sock",
+			CallTimeout:  10 * time.Second,
+			RestoreMode:  "cri",
+			StaticPodDir: "/etc/kubernetes/manifests",
+		},
+		Checkpoint: Checkpoint{
+			Method:          "auto",
+			DefaultInterval: 10 * time.Second,
+			Timeout:         30 * time.Second,
+			Retention:       3,
+			MaxConcurrent:   2,
+		},
+		Kubelet: Kubelet{
+			URL:        "https://127.0.0.1:10250",
+			ClientCert: "/var/lib/kubelet/pki/kubelet-client-current.pem",
+			CA:         "/etc/kubernetes/pki/ca.crt",
+		},
+		Probe: Probe{
+			Period:           time.Second,
+			Timeout:          time.Second,
+			FailureThreshold: 3,
+		},
+		Restore: Restore{
+			Policy:         "peer",
+			MaxAttempts:    5,
+			BackoffInitial: time.Second,
+			BackoffMax:     30 * time.Second,
+		},
+		Cluster: Cluster{
+			BindAddr:          "0.0.0.0:7946",
+			RPCAddr:           "0.0.0.0:7947",
+			BootstrapExpect:   3,
+			ReplicationFactor: 1,
+			FailureProfile:    "lan",
+			Lease:             5 * time.Second,
+			DeadServerGrace:   30 * time.Second,
+			MaxVoters:         5,
+		},
+		Metrics: Metrics{QueueSize: 10000},
+	}
+}
+
+// Load reads the file at path and returns it decoded over Default() and
+// validated, like Parse. A missing file is an error (errors.Is
+// fs.ErrNotExist).
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// SocketPath returns the CRI socket path of Endpoint: "unix:///run/x.sock"
+// and "/run/x.sock" both give "/run/x.sock".
+func (r Runtime) SocketPath() string {
+	p := strings.TrimPrefix(r.Endpoint, "unix://")
+	if p == "" {
+		return ""
+	}
+	return filepath.Clean(p)
+}
+
+// problem is one configuration error. It prints as
+// "<name>:<line>: <key>: <msg>", leaving out the name and line when unknown.
+type problem struct {
+	name string
+	line int
+	key  []string
+	msg  string
+}
+
+func (p *problem) Error() string {
+	var b strings.Builder
+	if p.name != "" {
+		b.WriteString(p.name)
+		if p.line > 0 {
+			fmt.Fprintf(&b, ":%d", p.line)
+		}
+		b.WriteString(": ")
+	}
+	b.WriteString(keyString(p.key))
+	b.WriteString(": ")
+	b.WriteString(p.msg)
+	return b.String()
+}
+
+// joinProblems returns the problems as one error, one per line, or nil.
+func joinProblems(probs []problem) error {
+	errs := make([]error, len(probs))
+	for i := range probs {
+		errs[i] = &probs[i]
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"reflect"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// shutdownGrace bounds how long SIGTERM may take.
+const shutdownGrace = 10 * time.Second
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := newFlags("run", "run [--config FILE]",
+		"Runs the daemon: discovers annotated containers through the runtime, checkpoints them on\n"+
+			"their interval, and restores a failed one from its newest checkpoint. SIGHUP reloads the\n"+
+			"configuration (an invalid one is refused and the running one kept); SIGTERM stops it.", stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: run takes no arguments", errUsage)
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return fmt.Errorf("configuration %s:\n%w", *cfgPath, err)
+	}
+	level := new(slog.LevelVar)
+	level.Set(cfg.Node.LogLevel)
+	log, format := logging.New(cfg.Node.LogFormat, level, stderr)
+	d := &daemonRun{cfgPath: *cfgPath, cfg: cfg, level: level, log: log}
+	if err := d.run(format); err != nil {
+		log.Error("crfailoverd stopped", "err", err)
+		return err
+	}
+	return nil
+}
+
+type daemonRun struct {
+	cfgPath string
+	cfg     config.Config
+	level   *slog.LevelVar
+	log     *slog.Logger
+	agent   *agent.Agent
+}
+
+func settingsOf(c config.Config) agent.Settings {
+	return agent.Settings{
+		Node:   c.Node.Name,
+		Method: c.Checkpoint.Method,
+		Defaults: discovery.Defaults{Interval: c.Checkpoint.DefaultInterval, ProbePeriod: c.Probe.Period,
+			FailureThreshold: c.Probe.FailureThreshold},
+		CheckpointTimeout: c.Checkpoint.Timeout,
+		Retention:         c.Checkpoint.Retention,
+		ProbeTimeout:      c.Probe.Timeout,
+		Restore: agent.RestorePolicy{MaxAttempts: c.Restore.MaxAttempts, BackoffInitial: c.Restore.BackoffInitial,
+			BackoffMax: c.Restore.BackoffMax},
+	}
+}
+
+// newKubelet builds the kubelet client when the method may use it. With
+// "auto", a kubelet that cannot be set up means CRI only.
+func newKubelet(c config.Config, log *slog.Logger) (agent.Kubelet, error) {
+	if c.Checkpoint.Method == agent.MethodCRI {
+		return nil, nil
+	}
+	k, err := kubelet.New(kubelet.Options{URL: c.Kubelet.URL, Cert: c.Kubelet.ClientCert, Key: c.Kubelet.ClientKey, CA: c.Kubelet.CA})
+	if err != nil {
+		if c.Checkpoint.Method == agent.MethodKubelet {
+			return nil, fmt.Errorf("checkpoint method kubelet: %w", err)
+		}
+		log.Warn("kubelet client unavailable; checkpointing through the CRI", "err", err)
+		return nil, nil
+	}
+	return k, nil
+}
+
+func (d *daemonRun) run(format string) error {
+	c := d.cfg
+	d.log.Info("crfailoverd starting", "version", versionString(), "node", c.Node.Name, "config", d.cfgPath,
+		"runtime_endpoint", c.Runtime.SocketPath(), "method", c.Checkpoint.Method, "data_dir", c.Node.DataDir, "log_format", format)
+	st, err := store.Open(filepath.Join(c.Node.DataDir, "checkpoints"), c.Checkpoint.Retention)
+	if err != nil {
+		return fmt.Errorf("open checkpoint store: %w", err)
+	}
+	rt, err := cri.Dial(c.Runtime.SocketPath(), c.Runtime.CallTimeout)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	kc, err := newKubelet(c, d.log)
+	if err != nil {
+		return err
+	}
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, DataDir: c.Node.DataDir,
+		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
+
+	ln, err := admin.Listen(c.Node.AdminSocket)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 2)
+	go func() { done <- admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, d.log)) }()
+	go func() { done <- d.agent.Run(ctx) }()
+	defer os.Remove(c.Node.AdminSocket)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	statusTick := time.NewTicker(5 * time.Second)
+	defer statusTick.Stop()
+	var watchdog <-chan time.Time
+	if wd, err := daemon.SdWatchdogEnabled(false); err == nil && wd > 0 {
+		t := time.NewTicker(wd / 2)
+		defer t.Stop()
+		watchdog = t.C
+		d.log.Info("systemd watchdog enabled", "interval", wd)
+	}
+	ready := d.agent.Ready()
+	for {
+		select {
+		case <-ready:
+			ready = nil
+			d.notify("READY=1\nSTATUS=" + d.agent.StatusLine())
+			d.log.Info("crfailoverd ready", "status", d.agent.StatusLine())
+		case <-statusTick.C:
+			d.notify("STATUS=" + d.agent.StatusLine())
+		case <-watchdog:
+			if d.agent.Alive(3 * time.Second) {
+				d.notify("WATCHDOG=1")
+			} else {
+				d.log.Error("discovery loop stuck; withholding the watchdog ping")
+			}
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+			d.log.Info("stopping", "signal", s.String())
+			d.notify("STOPPING=1")
+			cancel()
+			return d.waitStopped(done)
+		case err := <-done:
+			if err != nil {
+				return err
+			}
+			return errors.New("a component stopped unexpectedly")
+		}
+	}
+}
+
+func (d *daemonRun) waitStopped(done chan error) error {
+	deadline := time.After(shutdownGrace)
+	for i := 0; i < 2; i++ {
+		select {
+		case <-done:
+		case <-deadline:
+			d.log.Error("shutdown took too long; exiting anyway", "grace", shutdownGrace)
+			return nil
+		}
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+func (d *daemonRun) notify(state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		d.log.Debug("sd_notify failed", "err", err)
+	}
+}
+
+// reload re-reads the configuration: an invalid one is refused and the
+// running one kept. Settings that need a restart are named.
+func (d *daemonRun) reload() {
+	d.notify("RELOADING=1\nMONOTONIC_USEC=" + daemon.SdNotifyMonotonicUsec())
+	defer d.notify("READY=1")
+	c, err := config.Load(d.cfgPath)
+	if err != nil {
+		d.log.Error("configuration reload refused; keeping the running configuration", "config", d.cfgPath, "err", err)
+		return
+	}
+	old := d.cfg
+	var restart []string
+	if c.Node.Name != old.Node.Name || c.Node.DataDir != old.Node.DataDir || c.Node.AdminSocket != old.Node.AdminSocket || c.Node.LogFormat != old.Node.LogFormat {
+		restart = append(restart, "node")
+	}
+	if c.Runtime != old.Runtime {
+		restart = append(restart, "runtime")
+	}
+	if c.Checkpoint.MaxConcurrent != old.Checkpoint.MaxConcurrent {
+		restart = append(restart, "checkpoint.max_concurrent")
+	}
+	if !reflect.DeepEqual(c.Cluster, old.Cluster) {
+		restart = append(restart, "cluster")
+	}
+	if c.Metrics != old.Metrics {
+		restart = append(restart, "metrics")
+	}
+	if c.Kubelet != old.Kubelet || c.Checkpoint.Method != old.Checkpoint.Method {
+		kc, err := newKubelet(c, d.log)
+		if err != nil {
+			d.log.Error("configuration reload refused; keeping the running configuration", "config", d.cfgPath, "err", err)
+			return
+		}
+		d.agent.SetKubelet(kc)
+	}
+	d.level.Set(c.Node.LogLevel)
+	s := settingsOf(c)
+	s.Node = old.Node.Name
+	d.agent.Reload(s)
+	d.cfg.Checkpoint, d.cfg.Probe, d.cfg.Restore, d.cfg.Kubelet, d.cfg.Node.LogLevel = c.Checkpoint, c.Probe, c.Restore, c.Kubelet, c.Node.LogLevel
+	d.cfg.Checkpoint.MaxConcurrent = old.Checkpoint.MaxConcurrent
+	d.log.Info("configuration reloaded", "config", d.cfgPath, "method", c.Checkpoint.Method, "default_interval", c.Checkpoint.DefaultInterval,
+		"retention", c.Checkpoint.Retention, "log_level", c.Node.LogLevel.String(), "need_restart", restart)
+}
+
+// statusWithVersion adds the daemon's version and config path to the
+// agent's status.
+type statusWithVersion struct{ d *daemonRun }
+
+func (s statusWithVersion) Status() api.Status {
+	st := s.d.agent.Status()
+	st.Version = versionString()
+	st.ConfigFile = s.d.cfgPath
+	return st
+}
+
+func (s statusWithVersion) Checkpoints(w string) ([]api.CheckpointInfo, error) {
+	return s.d.agent.Checkpoints(w)
+}
