@@ -72,7 +72,9 @@ func (a *app) tick(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.counter++
-	if now.Sub(a.lastTick) > restoreGap {
+	// Wall clock, not Go's monotonic reading: CRIU restores the container's
+	// time namespace so that its monotonic clock shows no gap.
+	if now.Round(0).Sub(a.lastTick.Round(0)) > restoreGap {
 		a.restored = true
 	}
 	a.lastTick = now

@@ -30,6 +30,12 @@ type Runtime interface {
 	SandboxConfig(ctx context.Context, sandboxID string) (*runtimeapi.PodSandboxConfig, error)
 	ContainerConfig(ctx context.Context, containerID string) (*runtimeapi.ContainerConfig, error)
 	CheckpointContainer(ctx context.Context, containerID, location string, timeout time.Duration) error
+	// CheckpointPod and RestorePod are the pod-level calls of cri-api
+	// v0.37 (alpha): they return an error wrapping cri.ErrUnsupported where
+	// the runtime lacks them, and the agent then uses the per-container
+	// calls.
+	CheckpointPod(ctx context.Context, sandboxID string, containerIDs []string, outDir string, timeout time.Duration) error
+	RestorePod(ctx context.Context, dir string, sb *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig) (sandboxID string, containerIDs []string, err error)
 	RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, archive string) (sandboxID, containerID string, err error)
 	RemovePod(ctx context.Context, sandboxID string) error
 }
@@ -45,6 +51,9 @@ const (
 	MethodKubelet = "kubelet"
 	MethodCRI     = "cri"
 	MethodAuto    = "auto"
+	// MethodCRIPod marks checkpoints taken with the pod-level CheckpointPod:
+	// a tar of the runtime's checkpoint directory.
+	MethodCRIPod = "cri-pod"
 )
 
 // Settings are the parts of the configuration the agent uses; Reload
@@ -98,6 +107,7 @@ type Agent struct {
 	runtimeErr    string
 	kubeletPaused time.Time // "auto" uses the CRI until then
 	lastLoop      time.Time // last pass of the discovery loop
+	podLevel      podLevelSupport
 	wg            sync.WaitGroup
 }
 
@@ -377,6 +387,21 @@ func (a *Agent) takeCheckpoint(ctx context.Context, w discovery.Workload) (store
 	tmp, err := a.store.TempPath(w.ID)
 	if err != nil {
 		return store.Entry{}, err
+	}
+	if a.podLevelMayWork() {
+		err := a.checkpointPod(ctx, w, tmp, set.CheckpointTimeout)
+		if err == nil {
+			meta.Method, meta.Duration = MethodCRIPod, a.now().Sub(start)
+			return a.store.Commit(w.ID, tmp, meta)
+		}
+		removeQuiet(tmp)
+		if !errors.Is(err, cri.ErrUnsupported) {
+			return store.Entry{}, err
+		}
+		a.setPodLevel(podLevelUnsupported)
+		a.log.Info("the runtime has no pod-level CheckpointPod; using CheckpointContainer", "err", err)
+		start = a.now()
+		meta.Created = start
 	}
 	if err := a.rt.CheckpointContainer(ctx, w.ContainerID, tmp, set.CheckpointTimeout); err != nil {
 		removeQuiet(tmp)

@@ -73,6 +73,33 @@ type fakeRuntime struct {
 	removed      []string
 	active       map[string]time.Time // checkpoints running now, per container
 	overlap      bool
+	podLevel     bool // implements CheckpointPod/RestorePod
+	podCalls     int
+}
+
+func (f *fakeRuntime) CheckpointPod(_ context.Context, sandboxID string, ids []string, outDir string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.podCalls++
+	if !f.podLevel {
+		return fmt.Errorf("CRI CheckpointPod: %w", cri.ErrUnsupported)
+	}
+	if len(ids) != 1 || ids[0] != f.pod.Containers[0].ID || sandboxID != f.pod.SandboxID {
+		return fmt.Errorf("wrong pod checkpoint request %s %v", sandboxID, ids)
+	}
+	if err := os.MkdirAll(outDir+"/checkpoint", 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(outDir+"/checkpoint/pages-1.img", []byte("pages"), 0o600)
+}
+
+func (f *fakeRuntime) RestorePod(_ context.Context, dir string, sb *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig) (string, []string, error) {
+	b, err := os.ReadFile(dir + "/checkpoint/pages-1.img")
+	if err != nil || string(b) != "pages" {
+		return "", nil, fmt.Errorf("pod checkpoint not unpacked: %v", err)
+	}
+	sbID, ctrID, err := f.RestoreContainer(context.Background(), sb, ctrs[0], dir)
+	return sbID, []string{ctrID}, err
 }
 
 func (f *fakeRuntime) Version(context.Context) (string, error) { return "fake 1.0", nil }
@@ -237,4 +264,29 @@ func TestAgentFallsBackToOlderCheckpointThenGivesUp(t *testing.T) {
 		t.Errorf("restores went on after giving up: %d calls", len(rt.restores))
 	}
 	rt.mu.Unlock()
+}
+
+func TestAgentUsesPodLevelCallsWhereImplemented(t *testing.T) {
+	rt := newFake()
+	rt.podLevel = true
+	a, st := startAgent(t, rt, 3)
+	eventually(t, "2 checkpoints", func() bool { s := a.Status(); return len(s.Workloads) == 1 && s.Workloads[0].Checkpoints >= 2 })
+	es, err := st.List(wl)
+	if err != nil || len(es) == 0 || es[0].Method != MethodCRIPod {
+		t.Fatalf("checkpoints %+v (%v): want method %s", es, err, MethodCRIPod)
+	}
+	rt.exit()
+	eventually(t, "a restore", func() bool { return a.Status().Workloads[0].Restores == 1 })
+
+	// A runtime without the calls: asked once, then per-container calls.
+	rt2 := newFake()
+	a2, st2 := startAgent(t, rt2, 3)
+	eventually(t, "3 checkpoints", func() bool { s := a2.Status(); return len(s.Workloads) == 1 && s.Workloads[0].Checkpoints >= 3 })
+	es, _ = st2.List(wl)
+	rt2.mu.Lock()
+	calls := rt2.podCalls
+	rt2.mu.Unlock()
+	if calls != 1 || es[0].Method != MethodCRI {
+		t.Fatalf("CheckpointPod asked %d times, newest method %q: want 1 and %q", calls, es[0].Method, MethodCRI)
+	}
 }

@@ -284,7 +284,11 @@ func (w *worker) restore(ctx context.Context, reason string) {
 			cfg.Sandbox.Metadata.Attempt = sb.Metadata.Attempt
 		}
 		start := w.a.now()
-		sbID, ctrID, err := w.a.rt.RestoreContainer(ctx, sb, cfg.Container, e.Path)
+		restoreFn := w.a.rt.RestoreContainer
+		if e.Method == MethodCRIPod {
+			restoreFn = w.a.restorePod
+		}
+		sbID, ctrID, err := restoreFn(ctx, sb, cfg.Container, e.Path)
 		took := w.a.now().Sub(start)
 		ri := &api.RestoreInfo{At: start, Reason: reason, Seq: e.Seq, Age: start.Sub(e.Created), Duration: took, Attempts: attempt + 1, OK: err == nil, NewSandbox: sbID}
 		if err != nil {

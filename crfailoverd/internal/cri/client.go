@@ -206,19 +206,25 @@ func (c *Client) CheckpointPod(ctx context.Context, sandboxID string, containerI
 // RestorePod restores a pod checkpoint directory made by CheckpointPod
 // into a new sandbox and starts its containers. It returns ErrUnsupported
 // when the runtime lacks the call.
-func (c *Client) RestorePod(ctx context.Context, dir string, sb *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig) (string, error) {
-	cctx, cancel := c.call(ctx)
+func (c *Client) RestorePod(ctx context.Context, dir string, sb *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig) (sandboxID string, containerIDs []string, err error) {
+	cctx, cancel := context.WithTimeout(ctx, 4*c.timeout)
 	defer cancel()
 	resp, err := c.rt.RestorePod(cctx, &runtimeapi.RestorePodRequest{CheckpointPath: dir, Config: sb, ContainerConfigs: ctrs})
 	if err != nil {
-		return "", c.wrap("RestorePod", err)
+		return "", nil, c.wrap("RestorePod", err)
 	}
+	defer func() {
+		if err != nil {
+			_ = c.RemovePod(context.WithoutCancel(ctx), resp.PodSandboxId)
+		}
+	}()
 	for _, rc := range resp.RestoredContainers {
 		if err := c.start(ctx, rc.ContainerId); err != nil {
-			return resp.PodSandboxId, err
+			return resp.PodSandboxId, containerIDs, err
 		}
+		containerIDs = append(containerIDs, rc.ContainerId)
 	}
-	return resp.PodSandboxId, nil
+	return resp.PodSandboxId, containerIDs, nil
 }
 
 // RestoreContainer restores a container archive (a path on this node, or a
