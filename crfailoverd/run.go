@@ -73,6 +73,7 @@ func settingsOf(c config.Config) agent.Settings {
 		CheckpointTimeout: c.Checkpoint.Timeout,
 		Retention:         c.Checkpoint.Retention,
 		ProbeTimeout:      c.Probe.Timeout,
+		ProbeInitialDelay: c.Probe.InitialDelay,
 		Restore: agent.RestorePolicy{MaxAttempts: c.Restore.MaxAttempts, BackoffInitial: c.Restore.BackoffInitial,
 			BackoffMax: c.Restore.BackoffMax},
 	}
@@ -99,6 +100,9 @@ func (d *daemonRun) run(format string) error {
 	c := d.cfg
 	d.log.Info("crfailoverd starting", "version", versionString(), "node", c.Node.Name, "config", d.cfgPath,
 		"runtime_endpoint", c.Runtime.SocketPath(), "method", c.Checkpoint.Method, "data_dir", c.Node.DataDir, "log_format", format)
+	if c.Runtime.RestoreMode != "cri" {
+		d.log.Warn("runtime.restore_mode other than \"cri\" is not available in this version; restoring through the CRI", "restore_mode", c.Runtime.RestoreMode)
+	}
 	st, err := store.Open(filepath.Join(c.Node.DataDir, "checkpoints"), c.Checkpoint.Retention)
 	if err != nil {
 		return fmt.Errorf("open checkpoint store: %w", err)

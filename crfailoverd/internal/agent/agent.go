@@ -65,6 +65,7 @@ type Settings struct {
 	CheckpointTimeout time.Duration
 	Retention         int
 	ProbeTimeout      time.Duration
+	ProbeInitialDelay time.Duration // no probe this soon after a start or restore
 	Restore           RestorePolicy
 }
 

@@ -93,7 +93,7 @@ func (w *worker) run(ctx context.Context) {
 	w.adopt(ctx, w.spec)
 	ckpt := time.NewTimer(0)
 	defer ckpt.Stop()
-	probe := time.NewTimer(w.spec.Probe.Period)
+	probe := time.NewTimer(max(w.spec.Probe.Period, w.a.cfg().ProbeInitialDelay))
 	defer probe.Stop()
 	h := &health{threshold: w.spec.Probe.FailureThreshold}
 	if w.spec.State == cri.StateExited {
@@ -165,6 +165,8 @@ func (w *worker) run(ctx context.Context) {
 					w.restore(ctx, fmt.Sprintf("liveness probe failed %d times: %v", h.failures, err))
 					h.failures = 0
 					resetTimer(ckpt, w.spec.Interval)
+					resetTimer(probe, max(p.Period, w.a.cfg().ProbeInitialDelay))
+					continue
 				}
 			}
 			resetTimer(probe, p.Period)
