@@ -30,7 +30,7 @@ unit:
 
 # End-to-end tests on the real runtime; they print the E2E result lines.
 e2e:
-	CRF_E2E=1 $(GO) test -count=1 -v -run 'E2E' -timeout 30m ./...
+	CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m ./...
 
 # The test command (.ci/run calls it).
 test: setup vet unit e2e

@@ -83,6 +83,13 @@ func run(ctx context.Context, cmd string, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cmd != "leftovers" && cmd != "status" && cmd != "counter" && !isHelp(args) {
+		unlock, err := testbed.LockBed(cfg, false)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
 	n := fs.Int("n", 3, "number of nodes (up)")
@@ -222,4 +229,13 @@ func demo(ctx context.Context, cfg testbed.Config, keep bool) (err error) {
 		fmt.Println("the bed stays up: nodebed status, nodebed counter n2, nodebed down")
 	}
 	return nil
+}
+
+func isHelp(args []string) bool {
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			return true
+		}
+	}
+	return false
 }

@@ -28,9 +28,16 @@ func RequireE2E(t testing.TB) Config {
 // the end of every node's logs.
 func UpT(t testing.TB, c Config, n int) *Bed {
 	t.Helper()
+	unlock, err := LockBed(c, true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b, err := Up(ctx, c, n, TestWriter{t})
+	if err != nil {
+		unlock()
+	}
 	if err != nil {
 		t.Fatalf("bed up: %v", err)
 	}
@@ -44,6 +51,7 @@ func UpT(t testing.TB, c Config, n int) *Bed {
 		if left := Leftovers(c); len(left) > 0 {
 			t.Errorf("teardown left behind: %s", strings.Join(left, "; "))
 		}
+		unlock()
 	})
 	return b
 }
