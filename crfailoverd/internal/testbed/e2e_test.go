@@ -79,10 +79,17 @@ func TestE2EBedOperations(t *testing.T) {
 	defer cancel()
 
 	// A bed whose program "died": Up, then Up again without Down.
-	if _, err := Up(ctx, c, 1, testWriter{t}); err != nil {
+	unlock, err := LockBed(c, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Up(ctx, c, 1, testWriter{t})
+	left := Leftovers(c)
+	unlock()
+	if err != nil {
 		t.Fatalf("first bed: %v", err)
 	}
-	if left := Leftovers(c); len(left) == 0 {
+	if len(left) == 0 {
 		t.Fatal("a running bed shows no processes, namespaces or links: Leftovers cannot see them")
 	}
 	b := upBed(t, c, 2)
@@ -171,7 +178,12 @@ func TestE2EBadEnvironments(t *testing.T) {
 		defer ln.Close()
 		cc := c
 		cc.RegistryPort = ln.Addr().(*net.TCPAddr).Port
+		unlock, err := LockBed(c, true)
+		if err != nil {
+			t.Fatal(err)
+		}
 		_, err = Up(ctx, cc, 1, io.Discard)
+		unlock()
 		if err == nil || !strings.Contains(err.Error(), "is taken") || !strings.Contains(err.Error(), EnvRegistryPort) {
 			t.Fatalf("want an error naming the taken port and %s, got %v", EnvRegistryPort, err)
 		}
