@@ -1,0 +1,495 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// serviceName is the gRPC service: /crfailoverd.peer.v1.Peer/<Method>.
+const serviceName = "crfailoverd.peer.v1.Peer"
+
+// chunkSize is the most archive bytes one chunk message carries.
+const chunkSize = 256 << 10
+
+// peerService is what serviceDesc's handlers need of the registered value.
+type peerService interface {
+	push(grpc.ServerStream) error
+	fetch(grpc.ServerStream) error
+	apply(context.Context, *applyRequest) (*applyReply, error)
+	migrate(context.Context, *migrateRequest) (*migrateReply, error)
+}
+
+// Indexes into serviceDesc.Streams.
+const (
+	pushStream  = 0
+	fetchStream = 1
+)
+
+// serviceDesc is hand-written in place of generated code.
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: serviceName,
+	HandlerType: (*peerService)(nil),
+	Methods: []grpc.MethodDesc{
+		{MethodName: "Apply", Handler: unaryHandler("Apply", peerService.apply)},
+		{MethodName: "Migrate", Handler: unaryHandler("Migrate", peerService.migrate)},
+	},
+	Streams: []grpc.StreamDesc{
+		pushStream: {
+			StreamName:    "Push",
+			Handler:       func(srv any, ss grpc.ServerStream) error { return srv.(peerService).push(ss) },
+			ClientStreams: true,
+		},
+		fetchStream: {
+			StreamName:    "Fetch",
+			Handler:       func(srv any, ss grpc.ServerStream) error { return srv.(peerService).fetch(ss) },
+			ServerStreams: true,
+		},
+	},
+	Metadata: "crfailoverd/internal/peer/service.go",
+}
+
+func fullMethod(name string) string { return "/" + serviceName + "/" + name }
+
+// unaryHandler adapts a typed method to grpc.MethodHandler.
+func unaryHandler[Req, Resp any](name string, call func(peerService, context.Context, *Req) (*Resp, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+		req := new(Req)
+		if err := dec(req); err != nil {
+			return nil, err
+		}
+		s := srv.(peerService)
+		if icpt == nil {
+			return call(s, ctx, req)
+		}
+		info := &grpc.UnaryServerInfo{Server: srv, FullMethod: fullMethod(name)}
+		return icpt(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return call(s, ctx, req.(*Req))
+		})
+	}
+}
+
+// Handlers is what the daemon supplies to serve the Peer service. A nil
+// field makes the calls that need it fail with codes.Unimplemented.
+type Handlers struct {
+	// Store receives pushed archives and serves fetched ones.
+	Store *store.Store
+	// Apply applies a Raft command forwarded by a follower (when this node
+	// leads; otherwise it returns an error such as "not the leader; leader
+	// is X").
+	Apply func(ctx context.Context, cmd []byte) error
+	// Migrate moves the workload to node to.
+	Migrate func(ctx context.Context, workload, to string) (seq uint64, downtime time.Duration, err error)
+	// Log receives failed calls (nil: discarded).
+	Log *slog.Logger
+}
+
+// server implements peerService.
+type server struct{ h Handlers }
+
+// NewServer returns a gRPC server for the Peer service, to Serve on
+// Mux.GRPCListener. It logs failed calls (keys method, peer, code, err)
+// and turns plain errors into gRPC status errors.
+func NewServer(h Handlers) *grpc.Server { return newServer(h) }
+
+// newServer is NewServer with extra options, which tests use to add
+// interceptors (they run inside the logging one).
+func newServer(h Handlers, opts ...grpc.ServerOption) *grpc.Server {
+	if h.Log == nil {
+		h.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &server{h: h}
+	g := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.Creds(muxCreds{}),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	}, opts...)...)
+	g.RegisterService(&serviceDesc, s)
+	return g
+}
+
+func (s *server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if err != nil {
+		return nil, s.failed(ctx, info.FullMethod, err)
+	}
+	return resp, nil
+}
+
+func (s *server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := handler(srv, ss); err != nil {
+		return s.failed(ss.Context(), info.FullMethod, err)
+	}
+	return nil
+}
+
+// failed logs a failed call and returns err as a status error.
+func (s *server) failed(ctx context.Context, method string, err error) error {
+	st := toStatus(err)
+	s.h.Log.LogAttrs(ctx, slog.LevelWarn, "peer call failed",
+		slog.String("method", method), slog.String("peer", PeerName(ctx)),
+		slog.String("code", st.Code().String()), slog.String("err", st.Message()))
+	return st.Err()
+}
+
+// toStatus maps err to a gRPC status, keeping the code of a status it wraps.
+func toStatus(err error) *status.Status {
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case isBadRequest(err):
+		code = codes.InvalidArgument
+	case errors.Is(err, store.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, store.ErrPruned):
+		code = codes.FailedPrecondition
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		code = codes.ResourceExhausted
+	}
+	return status.New(code, err.Error())
+}
+
+// PeerName returns the node name (certificate CommonName) of the peer
+// calling a gRPC handler, or its address if it has no certificate.
+func PeerName(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		return ti.State.PeerCertificates[0].Subject.CommonName
+	}
+	if p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// push receives an archive into the store. The store verifies the digest,
+// fsyncs and renames before the reply is sent; on any error nothing new is
+// visible.
+func (s *server) push(ss grpc.ServerStream) error {
+	if s.h.Store == nil {
+		return status.Error(codes.Unimplemented, "push: this node has no store")
+	}
+	var h header
+	if err := ss.RecvMsg(&h); errors.Is(err, io.EOF) {
+		return invalid("push: stream ended before the header")
+	} else if err != nil {
+		return fmt.Errorf("push: receive header: %w", err)
+	}
+	w, meta, err := h.entry()
+	if err != nil {
+		return fmt.Errorf("push %s seq %d: %w", h.Workload, h.Seq, err)
+	}
+	r := &chunkReader{stream: ss, size: h.Size}
+	e, err := s.h.Store.Import(ss.Context(), w, r, meta)
+	if err != nil {
+		return fmt.Errorf("push %s seq %d from %s: %w", w, h.Seq, PeerName(ss.Context()), err)
+	}
+	return ss.SendMsg(&pushReply{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size})
+}
+
+// fetch sends a header and the chunks of a stored archive.
+func (s *server) fetch(ss grpc.ServerStream) error {
+	if s.h.Store == nil {
+		return status.Error(codes.Unimplemented, "fetch: this node has no store")
+	}
+	var req fetchRequest
+	if err := ss.RecvMsg(&req); err != nil {
+		return fmt.Errorf("fetch: receive request: %w", err)
+	}
+	w, err := store.ParseWorkload(req.Workload)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", badRequest{err})
+	}
+	e, err := s.lookup(w, req.Seq)
+	if err != nil {
+		return fmt.Errorf("fetch %s seq %d: %w", w, req.Seq, err)
+	}
+	f, err := os.Open(e.Path)
+	if errors.Is(err, fs.ErrNotExist) { // deleted by retention since lookup
+		return fmt.Errorf("fetch %s seq %d: %w", w, e.Seq, store.ErrNotFound)
+	} else if err != nil {
+		return fmt.Errorf("fetch %s seq %d: %w", w, e.Seq, err)
+	}
+	defer f.Close()
+	h := headerOf(e)
+	if err := ss.SendMsg(&h); err != nil {
+		return fmt.Errorf("fetch %s seq %d: send header: %w", w, e.Seq, err)
+	}
+	if _, err := sendChunks(ss, io.LimitReader(f, e.Size), nil); err != nil {
+		return fmt.Errorf("fetch %s seq %d: %w", w, e.Seq, err)
+	}
+	return nil
+}
+
+// lookup returns entry seq of w, or the newest good one for seq 0.
+func (s *server) lookup(w store.Workload, seq uint64) (store.Entry, error) {
+	if seq != 0 {
+		return s.h.Store.Get(w, seq)
+	}
+	e, ok, err := s.h.Store.Latest(w)
+	if err == nil && !ok {
+		err = store.ErrNotFound
+	}
+	return e, err
+}
+
+func (s *server) apply(ctx context.Context, req *applyRequest) (*applyReply, error) {
+	if s.h.Apply == nil {
+		return nil, status.Error(codes.Unimplemented, "apply: not served by this node")
+	}
+	if err := s.h.Apply(ctx, req.Command); err != nil {
+		return &applyReply{Error: err.Error()}, nil
+	}
+	return &applyReply{}, nil
+}
+
+func (s *server) migrate(ctx context.Context, req *migrateRequest) (*migrateReply, error) {
+	if s.h.Migrate == nil {
+		return nil, status.Error(codes.Unimplemented, "migrate: not served by this node")
+	}
+	seq, downtime, err := s.h.Migrate(ctx, req.Workload, req.To)
+	reply := &migrateReply{Seq: seq, DowntimeMS: downtime.Milliseconds()}
+	if err != nil {
+		reply.Error = err.Error()
+	}
+	return reply, nil
+}
+
+// chunkReader reads the archive bytes of a stream of chunks, which must
+// total exactly size bytes before the stream ends.
+type chunkReader struct {
+	stream   interface{ RecvMsg(any) error }
+	size     int64
+	received int64
+	buf      chunk
+	off      int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for r.off == len(r.buf.Data) {
+		r.off = 0
+		r.buf.Data = r.buf.Data[:0]
+		err := r.stream.RecvMsg(&r.buf)
+		if errors.Is(err, io.EOF) {
+			if r.received < r.size {
+				return 0, invalid("stream ended after %d of %d bytes", r.received, r.size)
+			}
+			return 0, io.EOF
+		} else if err != nil {
+			return 0, fmt.Errorf("receive chunk after %d of %d bytes: %w", r.received, r.size, err)
+		}
+		if int64(len(r.buf.Data)) > r.size-r.received {
+			return 0, invalid("stream carries more than the announced %d bytes", r.size)
+		}
+		r.received += int64(len(r.buf.Data))
+	}
+	n := copy(p, r.buf.Data[r.off:])
+	r.off += n
+	return n, nil
+}
+
+// sendChunks sends r in chunks, reporting the running total to progress
+// (if not nil). An error from SendMsg is returned as is (io.EOF: the other
+// side has ended the stream; its status follows on the receive side).
+func sendChunks(s interface{ SendMsg(any) error }, r io.Reader, progress func(int64)) (int64, error) {
+	buf := make([]byte, chunkSize)
+	var sent int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if err := s.SendMsg(&chunk{Data: buf[:n]}); err != nil {
+				return sent, err
+			}
+			sent += int64(n)
+			if progress != nil {
+				progress(sent)
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return sent, nil
+		} else if err != nil {
+			return sent, fmt.Errorf("read archive after %d bytes: %w", sent, err)
+		}
+	}
+}
+
+// Client calls the Peer service of one peer. It connects on first use,
+// reconnects as needed and is safe for concurrent use.
+type Client struct {
+	name string
+	conn *grpc.ClientConn
+}
+
+// RemoteError is an error the peer's handler returned (as opposed to a
+// failure to reach it), such as "not the leader; leader is X".
+type RemoteError struct {
+	Peer   string // node name
+	Method string // "apply", "migrate"
+	Msg    string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("peer %s: %s: %s", e.Peer, e.Method, e.Msg)
+}
+
+// Dial returns a client for the peer nodeName at addr ("host:port"). It
+// does not connect yet. The peer's certificate must be signed by the
+// cluster CA and valid for nodeName.
+func Dial(nodeName, addr string, t *TLS) (*Client, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(t.ClientConfig(nodeName, alpnGRPC))),
+		grpc.WithDefaultCallOptions(grpc.CallContentSubtype(codecName)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("peer: dial %s at %s: %w", nodeName, addr, err)
+	}
+	return &Client{name: nodeName, conn: conn}, nil
+}
+
+// Name returns the peer's node name.
+func (c *Client) Name() string { return c.name }
+
+// Close closes the connection; calls in progress fail.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Push sends the archive of e to the peer, which stores it under e's
+// workload and sequence number once its sha256 checks out. progress (if
+// not nil) is called with the bytes sent so far after each chunk.
+func (c *Client) Push(ctx context.Context, e store.Entry, progress func(sent int64)) error {
+	f, err := os.Open(e.Path)
+	if err != nil {
+		return fmt.Errorf("peer %s: push %s seq %d: %w", c.name, e.Workload, e.Seq, err)
+	}
+	defer f.Close()
+	if err := c.push(ctx, headerOf(e), f, progress); err != nil {
+		return fmt.Errorf("peer %s: push %s seq %d: %w", c.name, e.Workload, e.Seq, err)
+	}
+	return nil
+}
+
+// push sends h and then h.Size bytes of r.
+func (c *Client) push(ctx context.Context, h header, r io.Reader, progress func(int64)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // on an early return, aborts the stream: the peer keeps nothing
+	stream, err := c.conn.NewStream(ctx, &serviceDesc.Streams[pushStream], fullMethod("Push"))
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	// io.EOF means the peer ended the stream early (with an error, or
+	// because it already has the entry); RecvMsg returns its answer.
+	if err := sendArchive(stream, h, r, progress); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	var reply pushReply
+	if err := stream.RecvMsg(&reply); err != nil {
+		return err
+	}
+	if reply.Seq != h.Seq || !strings.EqualFold(reply.SHA256, h.SHA256) {
+		return fmt.Errorf("peer acknowledged seq %d sha256 %s, sent seq %d sha256 %s", reply.Seq, reply.SHA256, h.Seq, h.SHA256)
+	}
+	return nil
+}
+
+// sendArchive sends h, then h.Size bytes of r, then closes the sending side.
+func sendArchive(stream grpc.ClientStream, h header, r io.Reader, progress func(int64)) error {
+	if err := stream.SendMsg(&h); err != nil {
+		return err
+	}
+	sent, err := sendChunks(stream, io.LimitReader(r, h.Size), progress)
+	if err != nil {
+		return err
+	}
+	if sent != h.Size {
+		return fmt.Errorf("local archive has %d bytes, entry says %d", sent, h.Size)
+	}
+	return stream.CloseSend()
+}
+
+// Apply forwards a Raft command to the peer (normally the leader). An
+// error from the peer's handler is a *RemoteError.
+func (c *Client) Apply(ctx context.Context, cmd []byte) error {
+	var reply applyReply
+	if err := c.conn.Invoke(ctx, fullMethod("Apply"), &applyRequest{Command: cmd}, &reply); err != nil {
+		return fmt.Errorf("peer %s: apply: %w", c.name, err)
+	}
+	if reply.Error != "" {
+		return &RemoteError{Peer: c.name, Method: "apply", Msg: reply.Error}
+	}
+	return nil
+}
+
+// Migrate asks the peer to migrate workload to node to, returning the
+// checkpoint it restored from and the downtime (millisecond resolution).
+// An error from the peer's handler is a *RemoteError.
+func (c *Client) Migrate(ctx context.Context, workload, to string) (uint64, time.Duration, error) {
+	var reply migrateReply
+	if err := c.conn.Invoke(ctx, fullMethod("Migrate"), &migrateRequest{Workload: workload, To: to}, &reply); err != nil {
+		return 0, 0, fmt.Errorf("peer %s: migrate %s to %s: %w", c.name, workload, to, err)
+	}
+	downtime := time.Duration(reply.DowntimeMS) * time.Millisecond
+	if reply.Error != "" {
+		return reply.Seq, downtime, &RemoteError{Peer: c.name, Method: "migrate", Msg: reply.Error}
+	}
+	return reply.Seq, downtime, nil
+}
+
+// Fetch pulls the peer's entry seq of w (0: its newest good one) into st,
+// verifying its sha256, and returns the local entry.
+func (c *Client) Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error) {
+	e, err := c.fetch(ctx, st, w, seq)
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("peer %s: fetch %s seq %d: %w", c.name, w, seq, err)
+	}
+	return e, nil
+}
+
+func (c *Client) fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream if the import stops early
+	stream, err := c.conn.NewStream(ctx, &serviceDesc.Streams[fetchStream], fullMethod("Fetch"))
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("open stream: %w", err)
+	}
+	if err := stream.SendMsg(&fetchRequest{Workload: w.String(), Seq: seq}); err != nil && !errors.Is(err, io.EOF) {
+		return store.Entry{}, fmt.Errorf("send request: %w", err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		return store.Entry{}, fmt.Errorf("close stream: %w", err)
+	}
+	var h header
+	if err := stream.RecvMsg(&h); err != nil {
+		return store.Entry{}, err
+	}
+	hw, meta, err := h.entry()
+	if err != nil {
+		return store.Entry{}, err
+	}
+	if hw != w || (seq != 0 && h.Seq != seq) {
+		return store.Entry{}, fmt.Errorf("peer sent %s seq %d", hw, h.Seq)
+	}
+	return st.Import(ctx, w, &chunkReader{stream: stream, size: h.Size}, meta)
+}
