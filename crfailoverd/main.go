@@ -47,6 +47,11 @@ Commands:
   checkpoints [WORKLOAD]
                         stored checkpoints, newest first (WORKLOAD is namespace/pod/container)
   inspect ARCHIVE       what is inside a checkpoint archive, with CRIU's dump statistics
+  members               the cluster's members: gossip status, Raft role, leader
+  raft peers            the Raft configuration as this node sees it
+  workloads             the cluster's workloads: owner, epoch, status, newest checkpoint, holders
+  migrate WORKLOAD --to NODE
+                        move a workload to NODE with its state
   config check FILE     validate a configuration file without running
   version               print the version
 
@@ -82,6 +87,14 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheckpoints(ctx, rest, stdout, stderr)
 	case "inspect":
 		err = cmdInspect(rest, stdout, stderr)
+	case "members":
+		err = cmdMembers(ctx, rest, stdout, stderr)
+	case "raft":
+		err = cmdRaft(ctx, rest, stdout, stderr)
+	case "workloads":
+		err = cmdWorkloads(ctx, rest, stdout, stderr)
+	case "migrate":
+		err = cmdMigrate(ctx, rest, stdout, stderr)
 	case "config":
 		err = cmdConfig(rest, stdout, stderr)
 	case "version", "--version":

@@ -18,11 +18,14 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -62,6 +65,36 @@ type daemonRun struct {
 	level   *slog.LevelVar
 	log     *slog.Logger
 	agent   *agent.Agent
+	cluster *cluster.Cluster
+}
+
+func (d *daemonRun) statusLine() string {
+	s := d.agent.StatusLine()
+	if d.cluster != nil {
+		s += "; " + d.cluster.StatusLine()
+	}
+	return s
+}
+
+// newCluster sets up the cluster side from the [cluster] configuration.
+func newCluster(c config.Config, st *store.Store, log *slog.Logger) (*cluster.Cluster, error) {
+	t, err := peer.LoadTLS(c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("cluster TLS: %w", err)
+	}
+	var key []byte
+	if c.Cluster.GossipKeyFile != "" {
+		if key, err = membership.ReadKey(c.Cluster.GossipKeyFile); err != nil {
+			return nil, fmt.Errorf("cluster.gossip_key_file: %w", err)
+		}
+	}
+	return cluster.New(cluster.Options{
+		Node: c.Node.Name, DataDir: c.Node.DataDir, BindAddr: c.Cluster.BindAddr, AdvertiseAddr: c.Cluster.AdvertiseAddr,
+		RPCAddr: c.Cluster.RPCAddr, Join: c.Cluster.Join, BootstrapExpect: c.Cluster.BootstrapExpect, GossipKey: key, TLS: t,
+		ReplicationFactor: c.Cluster.ReplicationFactor, Profile: c.Cluster.FailureProfile, Lease: c.Cluster.Lease,
+		DeadServerGrace: c.Cluster.DeadServerGrace, MaxVoters: c.Cluster.MaxVoters, Policy: c.Restore.Policy,
+		MaxAttempts: c.Restore.MaxAttempts, Store: st, Log: log,
+	})
 }
 
 func settingsOf(c config.Config) agent.Settings {
@@ -116,8 +149,17 @@ func (d *daemonRun) run(format string) error {
 	if err != nil {
 		return err
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, DataDir: c.Node.DataDir,
+	var cl *cluster.Cluster
+	var gate agent.Gate
+	if c.Cluster.Enabled {
+		if cl, err = newCluster(c, st, d.log); err != nil {
+			return err
+		}
+		gate = cl
+	}
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, DataDir: c.Node.DataDir,
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
+	d.cluster = cl
 
 	ln, err := admin.Listen(c.Node.AdminSocket)
 	if err != nil {
@@ -125,8 +167,16 @@ func (d *daemonRun) run(format string) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan error, 2)
-	go func() { done <- admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, d.log)) }()
+	parts := 2
+	done := make(chan error, 3)
+	var cb admin.ClusterBackend
+	if cl != nil {
+		cl.SetLocal(d.agent)
+		cb = cl
+		parts++
+		go func() { done <- cl.Run(ctx) }()
+	}
+	go func() { done <- admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, cb, d.log)) }()
 	go func() { done <- d.agent.Run(ctx) }()
 	defer os.Remove(c.Node.AdminSocket)
 
@@ -147,10 +197,10 @@ func (d *daemonRun) run(format string) error {
 		select {
 		case <-ready:
 			ready = nil
-			d.notify("READY=1\nSTATUS=" + d.agent.StatusLine())
-			d.log.Info("crfailoverd ready", "status", d.agent.StatusLine())
+			d.notify("READY=1\nSTATUS=" + d.statusLine())
+			d.log.Info("crfailoverd ready", "status", d.statusLine())
 		case <-statusTick.C:
-			d.notify("STATUS=" + d.agent.StatusLine())
+			d.notify("STATUS=" + d.statusLine())
 		case <-watchdog:
 			if d.agent.Alive(3 * time.Second) {
 				d.notify("WATCHDOG=1")
@@ -165,7 +215,7 @@ func (d *daemonRun) run(format string) error {
 			d.log.Info("stopping", "signal", s.String())
 			d.notify("STOPPING=1")
 			cancel()
-			return d.waitStopped(done)
+			return d.waitStopped(done, parts)
 		case err := <-done:
 			if err != nil {
 				return err
@@ -175,9 +225,9 @@ func (d *daemonRun) run(format string) error {
 	}
 }
 
-func (d *daemonRun) waitStopped(done chan error) error {
+func (d *daemonRun) waitStopped(done chan error, parts int) error {
 	deadline := time.After(shutdownGrace)
-	for i := 0; i < 2; i++ {
+	for i := 0; i < parts; i++ {
 		select {
 		case <-done:
 		case <-deadline:

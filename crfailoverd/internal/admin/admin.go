@@ -27,9 +27,43 @@ type Backend interface {
 	Checkpoints(workload string) ([]api.CheckpointInfo, error)
 }
 
+// ClusterBackend answers the cluster requests; nil when clustering is off.
+type ClusterBackend interface {
+	Members() []api.Member
+	RaftPeers() api.RaftInfo
+	Workloads() []api.ClusterWorkload
+	Migrate(ctx context.Context, workload, to string) (uint64, time.Duration, error)
+}
+
 // Handler returns the admin API's HTTP handler.
-func Handler(b Backend, log *slog.Logger) http.Handler {
+func Handler(b Backend, cb ClusterBackend, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	clustered := func(f func(w http.ResponseWriter, r *http.Request)) func(w http.ResponseWriter, r *http.Request) {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if cb == nil {
+				http.Error(w, "clustering is off on this node (cluster.enabled = false)", http.StatusServiceUnavailable)
+				return
+			}
+			f(w, r)
+		}
+	}
+	mux.HandleFunc("GET /v1/members", clustered(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, cb.Members()) }))
+	mux.HandleFunc("GET /v1/raft", clustered(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, cb.RaftPeers()) }))
+	mux.HandleFunc("GET /v1/workloads", clustered(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, cb.Workloads()) }))
+	mux.HandleFunc("POST /v1/migrate", clustered(func(w http.ResponseWriter, r *http.Request) {
+		var req api.MigrateRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil || req.Workload == "" || req.To == "" {
+			http.Error(w, `want {"workload":"namespace/pod/container","to":"NODE"}`, http.StatusBadRequest)
+			return
+		}
+		seq, d, err := cb.Migrate(r.Context(), req.Workload, req.To)
+		if err != nil {
+			log.Warn("admin: migrate", "workload", req.Workload, "to", req.To, "err", err)
+			http.Error(w, "migrate "+req.Workload+" to "+req.To+": "+err.Error(), http.StatusConflict)
+			return
+		}
+		writeJSON(w, api.MigrateResult{Seq: seq, Downtime: d})
+	}))
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, b.Status())
 	})
@@ -97,7 +131,7 @@ type Client struct {
 // NewClient returns a client of the daemon listening on socket.
 func NewClient(socket string) *Client {
 	return &Client{socket: socket, http: &http.Client{
-		Timeout: 30 * time.Second,
+		Timeout: 5 * time.Minute, // a migration waits for the target
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
@@ -106,11 +140,23 @@ func NewClient(socket string) *Client {
 }
 
 func (c *Client) get(ctx context.Context, path string, q url.Values, into any) error {
+	return c.do(ctx, http.MethodGet, path, q, nil, into)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body any, into any) error {
 	u := "http://crfailoverd" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return err
 	}
@@ -148,4 +194,28 @@ func (c *Client) Checkpoints(ctx context.Context, workload string) ([]api.Checkp
 		q.Set("workload", workload)
 	}
 	return cs, c.get(ctx, "/v1/checkpoints", q, &cs)
+}
+
+// Members lists the cluster's members.
+func (c *Client) Members(ctx context.Context) ([]api.Member, error) {
+	var ms []api.Member
+	return ms, c.get(ctx, "/v1/members", nil, &ms)
+}
+
+// RaftPeers shows the Raft configuration.
+func (c *Client) RaftPeers(ctx context.Context) (api.RaftInfo, error) {
+	var r api.RaftInfo
+	return r, c.get(ctx, "/v1/raft", nil, &r)
+}
+
+// Workloads lists the cluster's workloads.
+func (c *Client) Workloads(ctx context.Context) ([]api.ClusterWorkload, error) {
+	var ws []api.ClusterWorkload
+	return ws, c.get(ctx, "/v1/workloads", nil, &ws)
+}
+
+// Migrate moves a workload to a node and waits until it runs there.
+func (c *Client) Migrate(ctx context.Context, workload, to string) (api.MigrateResult, error) {
+	var r api.MigrateResult
+	return r, c.do(ctx, http.MethodPost, "/v1/migrate", nil, api.MigrateRequest{Workload: workload, To: to}, &r)
 }

@@ -46,6 +46,29 @@ type Kubelet interface {
 	Checkpoint(ctx context.Context, namespace, pod, container string, timeout time.Duration) (string, error)
 }
 
+// Admission is a cluster's verdict on a local copy of a workload.
+type Admission int
+
+// Verdicts.
+const (
+	AdmitRun  Admission = iota // this node owns it: checkpoint and watch it
+	AdmitWait                  // not known to the cluster yet: ask again later
+	AdmitStop                  // another node owns it, or this node is cut off: stop the copy
+)
+
+// Gate is the cluster's say over local copies; nil means a single node
+// that runs and restores everything it finds.
+type Gate interface {
+	// Admit judges a running copy that discovery found. It must not block.
+	Admit(w discovery.Workload) Admission
+	// Checkpointed is told of every committed checkpoint. It must not block.
+	Checkpointed(w discovery.Workload, e store.Entry)
+	// Failed is told that the application failed. It returns true when
+	// the agent should restore it here itself; false hands it to the
+	// cluster, and the agent removes the failed copy.
+	Failed(w discovery.Workload, reason string) (restoreLocally bool)
+}
+
 // Checkpoint methods.
 const (
 	MethodKubelet = "kubelet"
@@ -75,6 +98,7 @@ type Options struct {
 	Runtime       Runtime
 	Kubelet       Kubelet // nil: the kubelet is not configured
 	Store         *store.Store
+	Gate          Gate // nil: single node
 	DataDir       string
 	MaxConcurrent int
 	Log           *slog.Logger
@@ -92,6 +116,7 @@ type Agent struct {
 	rt      Runtime
 	kubelet Kubelet
 	store   *store.Store
+	gate    Gate
 	dataDir string
 	log     *slog.Logger
 	now     func() time.Time
@@ -109,6 +134,7 @@ type Agent struct {
 	kubeletPaused time.Time // "auto" uses the CRI until then
 	lastLoop      time.Time // last pass of the discovery loop
 	podLevel      podLevelSupport
+	fencing       map[string]bool // sandboxes being stopped on the cluster's word
 	wg            sync.WaitGroup
 }
 
@@ -124,7 +150,7 @@ func New(o Options) *Agent {
 		o.MaxConcurrent = 1
 	}
 	return &Agent{
-		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, dataDir: o.DataDir, log: o.Log, now: o.Now,
+		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
 		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{},
 	}
@@ -233,22 +259,38 @@ func (a *Agent) discover(ctx context.Context) error {
 	a.problems = msgs
 	seen := map[store.Workload]bool{}
 	for _, w := range found {
+		if a.gate != nil {
+			switch a.gate.Admit(w) {
+			case AdmitStop:
+				if wk, ok := a.workers[w.ID]; ok && !wk.isBusy() {
+					wk.close()
+					delete(a.workers, w.ID)
+				}
+				a.fence(ctx, w)
+				continue
+			case AdmitWait:
+				if _, ok := a.workers[w.ID]; !ok {
+					continue
+				}
+			}
+		}
 		seen[w.ID] = true
-		if wk, ok := a.workers[w.ID]; ok {
+		if wk, ok := a.workers[w.ID]; ok && !wk.exited() {
 			wk.update(w)
 			continue
 		}
 		wk := newWorker(a, w)
 		a.workers[w.ID] = wk
-		a.log.Info("workload found", "workload", w.ID.String(), "container_id", short(w.ContainerID), "interval", w.Interval, "probe_port", w.Probe.Port)
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			defer close(wk.done)
 			wk.run(ctx)
 		}()
+		a.log.Info("workload found", "workload", w.ID.String(), "container_id", short(w.ContainerID), "interval", w.Interval, "probe_port", w.Probe.Port, "epoch", w.Epoch)
 	}
 	for id, wk := range a.workers {
-		if !seen[id] && !wk.isBusy() {
+		if !seen[id] && (!wk.isBusy() || wk.exited()) {
 			a.log.Info("workload gone", "workload", id.String())
 			wk.close()
 			delete(a.workers, id)

@@ -38,6 +38,8 @@ type worker struct {
 	id      store.Workload
 	updates chan discovery.Workload // latest discovery result; capacity 1
 	stop    chan struct{}
+	done    chan struct{} // closed when run returns
+	reqs    chan checkpointRequest
 	once    sync.Once
 
 	mu            sync.Mutex // guards what status() reads
@@ -59,6 +61,7 @@ type worker struct {
 
 func newWorker(a *Agent, w discovery.Workload) *worker {
 	wk := &worker{a: a, id: w.ID, updates: make(chan discovery.Workload, 1), stop: make(chan struct{}),
+		done: make(chan struct{}), reqs: make(chan checkpointRequest),
 		spec: w, state: string(w.State), removed: map[string]bool{}}
 	if e, ok, err := a.store.Latest(w.ID); err == nil && ok {
 		wk.last = &e
@@ -75,6 +78,25 @@ func (w *worker) update(d discovery.Workload) {
 }
 
 func (w *worker) close() { w.once.Do(func() { close(w.stop) }) }
+
+func (w *worker) exited() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// checkpointRequest asks the worker for a checkpoint now (migration).
+type checkpointRequest struct {
+	reply chan checkpointResult
+}
+
+type checkpointResult struct {
+	entry store.Entry
+	err   error
+}
 
 func (w *worker) isBusy() bool {
 	w.mu.Lock()
@@ -96,8 +118,8 @@ func (w *worker) run(ctx context.Context) {
 	probe := time.NewTimer(max(w.spec.Probe.Period, w.a.cfg().ProbeInitialDelay))
 	defer probe.Stop()
 	h := &health{threshold: w.spec.Probe.FailureThreshold}
-	if w.spec.State == cri.StateExited {
-		w.restore(ctx, "container exited")
+	if w.spec.State == cri.StateExited && !w.restore(ctx, "container exited") {
+		return
 	}
 	for {
 		select {
@@ -120,36 +142,23 @@ func (w *worker) run(ctx context.Context) {
 			w.set(func() { w.spec = d; w.state = string(d.State) })
 			h.threshold = d.Probe.FailureThreshold
 			if d.State == cri.StateExited {
-				w.restore(ctx, "container exited")
+				if !w.restore(ctx, "container exited") {
+					return
+				}
 				resetTimer(ckpt, w.spec.Interval)
 			}
+		case req := <-w.reqs:
+			e, err := w.checkpoint(ctx, log, w.a.now())
+			req.reply <- checkpointResult{e, err}
+			resetTimer(ckpt, time.Until(w.next))
 		case <-ckpt.C:
 			if w.spec.State != cri.StateRunning {
 				resetTimer(ckpt, w.spec.Interval)
 				continue
 			}
-			start := w.a.now()
-			e, err := w.a.takeCheckpoint(ctx, w.spec)
+			_, _ = w.checkpoint(ctx, log, w.a.now())
 			if ctx.Err() != nil {
 				return
-			}
-			w.set(func() {
-				if err != nil {
-					w.failures++
-					w.consecutive++
-					w.lastErr = err.Error()
-				} else {
-					w.checkpoints++
-					w.consecutive = 0
-					w.lastErr = ""
-					w.last = &e
-				}
-				w.next = nextDue(start, w.a.now(), w.spec.Interval)
-			})
-			if err != nil {
-				log.Error("checkpoint failed", "container_id", short(w.spec.ContainerID), "err", err, "consecutive_failures", w.consecutive)
-			} else {
-				log.Debug("checkpointed", "seq", e.Seq, "method", e.Method, "bytes", e.Size, "duration_ms", e.Duration.Milliseconds())
 			}
 			resetTimer(ckpt, time.Until(w.next))
 		case <-probe.C:
@@ -162,7 +171,9 @@ func (w *worker) run(ctx context.Context) {
 					log.Warn("liveness probe failed", "err", err, "failures", h.failures, "threshold", h.threshold)
 				}
 				if failed {
-					w.restore(ctx, fmt.Sprintf("liveness probe failed %d times: %v", h.failures, err))
+					if !w.restore(ctx, fmt.Sprintf("liveness probe failed %d times: %v", h.failures, err)) {
+						return
+					}
 					h.failures = 0
 					resetTimer(ckpt, w.spec.Interval)
 					resetTimer(probe, max(p.Period, w.a.cfg().ProbeInitialDelay))
@@ -172,6 +183,42 @@ func (w *worker) run(ctx context.Context) {
 			resetTimer(probe, p.Period)
 		}
 	}
+}
+
+// checkpoint takes one checkpoint of the workload and records the outcome.
+func (w *worker) checkpoint(ctx context.Context, log interface {
+	Error(string, ...any)
+	Debug(string, ...any)
+}, start time.Time) (store.Entry, error) {
+	if w.spec.State != cri.StateRunning {
+		return store.Entry{}, fmt.Errorf("workload %s is not running (%s)", w.id, w.spec.State)
+	}
+	e, err := w.a.takeCheckpoint(ctx, w.spec)
+	if ctx.Err() != nil {
+		return e, ctx.Err()
+	}
+	w.set(func() {
+		if err != nil {
+			w.failures++
+			w.consecutive++
+			w.lastErr = err.Error()
+		} else {
+			w.checkpoints++
+			w.consecutive = 0
+			w.lastErr = ""
+			w.last = &e
+		}
+		w.next = nextDue(start, w.a.now(), w.spec.Interval)
+	})
+	if err != nil {
+		log.Error("checkpoint failed", "container_id", short(w.spec.ContainerID), "err", err, "consecutive_failures", w.consecutive)
+		return e, err
+	}
+	log.Debug("checkpointed", "seq", e.Seq, "method", e.Method, "bytes", e.Size, "duration_ms", e.Duration.Milliseconds())
+	if w.a.gate != nil {
+		w.a.gate.Checkpointed(w.spec, e)
+	}
+	return e, nil
 }
 
 func resetTimer(t *time.Timer, d time.Duration) {
@@ -228,9 +275,19 @@ var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: tru
 
 // restore brings the workload back from its newest good checkpoint, trying
 // older ones and backing off as the restore policy says, and gives up
-// loudly when the attempts run out.
-func (w *worker) restore(ctx context.Context, reason string) {
+// loudly when the attempts run out. In a cluster the gate may take the
+// workload over instead: then the failed copy is removed and restore
+// returns false (the worker ends).
+func (w *worker) restore(ctx context.Context, reason string) bool {
 	log := w.a.log.With("workload", w.id.String())
+	if w.a.gate != nil && !w.a.gate.Failed(w.spec, reason) {
+		log.Warn("application failed; the cluster restores it", "reason", reason)
+		if err := w.a.rt.RemovePod(ctx, w.spec.SandboxID); err != nil {
+			log.Warn("removing the failed pod failed", "sandbox_id", short(w.spec.SandboxID), "err", err)
+		}
+		w.set(func() { w.state = "handed over"; w.removed[w.spec.SandboxID] = true })
+		return false
+	}
 	set := w.a.cfg()
 	w.set(func() { w.busy, w.state = true, stateRestoring })
 	defer w.set(func() { w.busy = false })
@@ -241,12 +298,12 @@ func (w *worker) restore(ctx context.Context, reason string) {
 	cfg, err := loadWorkloadConfig(w.a.dataDir, w.id)
 	if err != nil {
 		w.giveUp(log, reason, detected, 0, fmt.Errorf("no recorded configuration to restore with: %w", err))
-		return
+		return true
 	}
 	entries, err := w.a.store.List(w.id)
 	if err != nil {
 		w.giveUp(log, reason, detected, 0, err)
-		return
+		return true
 	}
 	var candidates []store.Entry
 	for _, e := range entries {
@@ -264,13 +321,13 @@ func (w *worker) restore(ctx context.Context, reason string) {
 		e, wait, giveUp := set.Restore.Next(attempt, candidates)
 		if giveUp {
 			w.giveUp(log, reason, detected, attempt, lastErr)
-			return
+			return true
 		}
 		if wait > 0 {
 			log.Info("waiting before the next restore attempt", "wait", wait, "attempt", attempt+1)
 			select {
 			case <-ctx.Done():
-				return
+				return false
 			case <-time.After(wait):
 			}
 		}
@@ -309,7 +366,7 @@ func (w *worker) restore(ctx context.Context, reason string) {
 		})
 		log.Info("restored", "seq", e.Seq, "checkpoint_age_ms", ri.Age.Milliseconds(), "restore_ms", took.Milliseconds(),
 			"detect_to_restored_ms", w.a.now().Sub(detected).Milliseconds(), "sandbox_id", short(sbID), "container_id", short(ctrID))
-		return
+		return true
 	}
 }
 

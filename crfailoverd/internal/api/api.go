@@ -62,3 +62,70 @@ type RestoreInfo struct {
 	Error      string        `json:"error,omitempty"`
 	NewSandbox string        `json:"new_sandbox_id,omitempty"`
 }
+
+// Member is a node of the cluster as the answering node sees it.
+type Member struct {
+	Name      string    `json:"name"`
+	Addr      string    `json:"addr"`
+	RPCAddr   string    `json:"rpc_addr"`
+	Status    string    `json:"status"` // alive, suspect, dead, left
+	DeadSince time.Time `json:"dead_since"`
+	Raft      string    `json:"raft"` // Voter, Nonvoter, or "" when not in Raft
+	Leader    bool      `json:"leader"`
+}
+
+// RaftInfo is the Raft view of the answering node.
+type RaftInfo struct {
+	Node         string        `json:"node"`
+	State        string        `json:"state"`
+	Leader       string        `json:"leader"`
+	LeaderAddr   string        `json:"leader_addr"`
+	LastIndex    uint64        `json:"last_index"`
+	AppliedIndex uint64        `json:"applied_index"`
+	LastContact  time.Duration `json:"last_contact_ns"`
+	Fenced       bool          `json:"fenced"`
+	Peers        []RaftPeer    `json:"peers"`
+}
+
+// RaftPeer is a server of the Raft configuration.
+type RaftPeer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+	Leader  bool   `json:"leader"`
+}
+
+// ClusterWorkload is a workload in the cluster state.
+type ClusterWorkload struct {
+	ID        string             `json:"id"`
+	Owner     string             `json:"owner"`
+	Epoch     uint64             `json:"epoch"`
+	Status    string             `json:"status"`
+	Reason    string             `json:"reason"`
+	Since     time.Time          `json:"since"`
+	Interval  time.Duration      `json:"interval_ns"`
+	Newest    *ClusterCheckpoint `json:"newest,omitempty"`
+	Tried     []string           `json:"tried,omitempty"`
+	LastError string             `json:"last_error,omitempty"`
+}
+
+// ClusterCheckpoint is a checkpoint recorded in the cluster state.
+type ClusterCheckpoint struct {
+	Seq     uint64    `json:"seq"`
+	SHA256  string    `json:"sha256"`
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+	Holders []string  `json:"holders"`
+}
+
+// MigrateRequest asks for a planned migration.
+type MigrateRequest struct {
+	Workload string `json:"workload"`
+	To       string `json:"to"`
+}
+
+// MigrateResult reports a migration.
+type MigrateResult struct {
+	Seq      uint64        `json:"seq"`
+	Downtime time.Duration `json:"downtime_ns"`
+}

@@ -36,6 +36,9 @@ const (
 	AnnProbePeriod      = Prefix + "cr_probe_period"
 	AnnProbeThreshold   = Prefix + "cr_probe_failure_threshold"
 	ModeCheckpointValue = "cr"
+	// AnnEpoch is set by crfailoverd on pods it restores: the cluster epoch
+	// of the placement the copy belongs to. Pods without it are originals.
+	AnnEpoch = "crfailoverd.io/epoch"
 )
 
 // Defaults come from the configuration.
@@ -62,6 +65,7 @@ type Workload struct {
 	State       cri.ContainerState
 	Interval    time.Duration
 	Probe       Probe
+	Epoch       uint64 // AnnEpoch of the pod; 0 for an original pod
 }
 
 // Problem is a pod that asks for checkpointing but cannot be handled.
@@ -117,6 +121,13 @@ func workloadOf(p cri.Pod, d Defaults) (Workload, error) {
 		return w, err
 	}
 	w.ContainerID, w.State = ctr.ID, ctr.State
+	if v, ok := a[AnnEpoch]; ok {
+		e, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return w, fmt.Errorf("annotation %s=%q: want a whole number", AnnEpoch, v)
+		}
+		w.Epoch = e
+	}
 	w.ID = store.Workload{Namespace: p.Namespace, Pod: p.Name, Container: ctr.Name}
 	if v, ok := a[AnnProbePort]; ok {
 		port, err := strconv.Atoi(strings.TrimSpace(v))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -96,3 +97,34 @@ func (b *Bed) StartDaemon(ctx context.Context, node, binary, config string) (int
 
 // Signal sends sig to a process the bed started (the daemon, say).
 func Signal(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }
+
+// ClusterConfig is the [cluster] table for crfailoverd on node: the bed's
+// peer certificate and gossip key, gossip on 7946 and RPC on 7947 of the
+// node's address, joining every other node of the bed. extra lines are
+// added to the table (for example "replication_factor = 2").
+func (b *Bed) ClusterConfig(node string, bootstrapExpect int, extra ...string) (string, error) {
+	n, err := b.Node(node)
+	if err != nil {
+		return "", err
+	}
+	var join []string
+	for _, o := range b.Nodes() {
+		if o.Name != node {
+			join = append(join, fmt.Sprintf("%q", o.Addr.String()+":7946"))
+		}
+	}
+	return fmt.Sprintf(`
+[cluster]
+enabled = true
+bind_addr = "%s:7946"
+rpc_addr = "%s:7947"
+join = [%s]
+bootstrap_expect = %d
+gossip_key_file = %q
+tls_cert = %q
+tls_key = %q
+tls_ca = %q
+%s
+`, n.Addr, n.Addr, strings.Join(join, ", "), bootstrapExpect, b.PKI.GossipKey(), b.PKI.PeerCert(node), b.PKI.PeerKey(node), b.PKI.CACert,
+		strings.Join(extra, "\n")), nil
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -35,6 +36,15 @@ func pkiAt(dir string) PKI {
 		ClientKey:  filepath.Join(dir, "client.key"),
 	}
 }
+
+// PeerCert and PeerKey are a node's crfailoverd cluster certificate
+// (client and server; node name in the common name and DNS names, node
+// address in the IP addresses).
+func (p PKI) PeerCert(node string) string { return filepath.Join(p.Dir, "peer-"+node+".crt") }
+func (p PKI) PeerKey(node string) string  { return filepath.Join(p.Dir, "peer-"+node+".key") }
+
+// GossipKey is the cluster's gossip encryption key file.
+func (p PKI) GossipKey() string { return filepath.Join(p.Dir, "gossip.key") }
 
 // ServerCert and ServerKey are the kubelet serving certificate of a node.
 func (p PKI) ServerCert(node string) string { return filepath.Join(p.Dir, "kubelet-"+node+".crt") }
@@ -142,7 +152,17 @@ func writePKI(p PKI, nodes map[string]net.IP) error {
 			return err
 		}
 		files[p.ServerCert(node)], files[p.ServerKey(node)] = c, k
+		c, k, err = ca.Issue(node, true, true, []net.IP{addr}, []string{node})
+		if err != nil {
+			return err
+		}
+		files[p.PeerCert(node)], files[p.PeerKey(node)] = c, k
 	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	files[p.GossipKey()] = []byte(base64.StdEncoding.EncodeToString(key) + "\n")
 	for path, b := range files {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)

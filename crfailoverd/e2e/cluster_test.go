@@ -1,0 +1,412 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
+)
+
+const counterWL = "default/counter/counter"
+
+// clusterBed is a bed of n nodes with crfailoverd clustered on each.
+type clusterBed struct {
+	t    *testing.T
+	b    *testbed.Bed
+	bin  string
+	pids map[string]int
+}
+
+// startCluster starts crfailoverd on every node of a new bed (checkpoint
+// method cri, the [cluster] table joining all nodes) and waits until all
+// are alive members with a leader.
+func startCluster(t *testing.T, n int, extra ...string) *clusterBed {
+	c := testbed.RequireE2E(t)
+	bin := daemonBinary(t, c)
+	b := testbed.UpT(t, c, n)
+	cb := &clusterBed{t: t, b: b, bin: bin, pids: map[string]int{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, nd := range b.Nodes() {
+		cfg, err := b.DaemonConfig(nd.Name, "cri", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := b.ClusterConfig(nd.Name, n, extra...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := b.StartDaemon(ctx, nd.Name, bin, cfg+cl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cb.pids[nd.Name] = pid
+	}
+	waitUntil(t, 60*time.Second, fmt.Sprintf("%d alive members with a leader", n), func() (bool, error) {
+		ms, err := cb.admin("n1").Members(ctx)
+		if err != nil {
+			return false, err
+		}
+		alive, leader := 0, false
+		for _, m := range ms {
+			if m.Status == "alive" && m.Raft != "" {
+				alive++
+			}
+			leader = leader || m.Leader
+		}
+		return alive == n && leader, nil
+	})
+	return cb
+}
+
+func (cb *clusterBed) admin(node string) *admin.Client {
+	n, err := cb.b.Node(node)
+	if err != nil {
+		cb.t.Fatal(err)
+	}
+	return admin.NewClient(n.DaemonSocket())
+}
+
+// workload returns the cluster's view of the counter, asked on node.
+func (cb *clusterBed) workload(ctx context.Context, node string) (api.ClusterWorkload, error) {
+	ws, err := cb.admin(node).Workloads(ctx)
+	if err != nil {
+		return api.ClusterWorkload{}, err
+	}
+	for _, w := range ws {
+		if w.ID == counterWL {
+			return w, nil
+		}
+	}
+	return api.ClusterWorkload{}, fmt.Errorf("no %s in the cluster yet", counterWL)
+}
+
+// runCounter runs the counter on node, checkpointed every second, and
+// waits until the cluster owns it with a checkpoint held by 2 nodes.
+func (cb *clusterBed) runCounter(ctx context.Context, node, probe string) {
+	cb.t.Helper()
+	ann := map[string]string{"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1"}
+	if probe != "" {
+		ann["hitachienergy.com/cr_probe_port"] = probe
+	}
+	if _, err := cb.b.RunTestApp(ctx, node, testbed.PodSpec{Name: "counter", Annotations: ann}); err != nil {
+		cb.t.Fatal(err)
+	}
+	waitUntil(cb.t, 60*time.Second, "the counter registered and replicated", func() (bool, error) {
+		w, err := cb.workload(ctx, node)
+		if err != nil {
+			return false, err
+		}
+		return w.Owner == node && w.Status == "running" && w.Newest != nil && len(w.Newest.Holders) >= 2, nil
+	})
+}
+
+// copies counts the running counter containers on every node, through
+// each node's CRI socket (reachable even when the node is cut off).
+func (cb *clusterBed) copies(ctx context.Context) (map[string]int, error) {
+	out := map[string]int{}
+	for _, n := range cb.b.Nodes() {
+		cri, err := testbed.DialCRI(n.Socket)
+		if err != nil {
+			return nil, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		resp, err := cri.Runtime.ListContainers(cctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+			State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+			LabelSelector: map[string]string{testbed.LabelPodName: "counter"},
+		}})
+		cancel()
+		cri.Close()
+		if err != nil {
+			continue // a killed node's containerd does not answer: no copies there
+		}
+		out[n.Name] = len(resp.Containers)
+	}
+	return out, nil
+}
+
+func total(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// findServing returns the first node (other than skip) whose app answers.
+func (cb *clusterBed) findServing(ctx context.Context, skip string) (string, int64, bool) {
+	for _, n := range cb.b.Nodes() {
+		if n.Name == skip {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+		v, err := cb.b.Counter(cctx, n.Name)
+		cancel()
+		if err == nil {
+			return n.Name, v, true
+		}
+	}
+	return "", 0, false
+}
+
+func (cb *clusterBed) leader(ctx context.Context, ask string) string {
+	r, err := cb.admin(ask).RaftPeers(ctx)
+	if err != nil {
+		cb.t.Fatal(err)
+	}
+	return r.Leader
+}
+
+// TestE2EFailover power-cuts the node running the counter and measures
+// detection, downtime and the state lost until it serves from a peer.
+func TestE2EFailover(t *testing.T) {
+	cb := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cb.runCounter(ctx, "n1", "8080")
+	smp := startSampler(cb.b, "n1")
+	time.Sleep(3 * time.Second)
+	w, _ := cb.workload(ctx, "n2")
+
+	cut := time.Now()
+	if err := cb.b.KillNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	samples := smp.halt()
+	last, ok := before(samples, cut)
+	if !ok {
+		t.Fatal("no counter reading before the power cut")
+	}
+	var detected time.Time
+	var servedAt time.Time
+	var servedOn string
+	var after int64
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) && (detected.IsZero() || servedAt.IsZero()) {
+		if detected.IsZero() {
+			if ms, err := cb.admin("n2").Members(ctx); err == nil {
+				for _, m := range ms {
+					if m.Name == "n1" && m.Status == "dead" {
+						detected = time.Now()
+					}
+				}
+			}
+		}
+		if servedAt.IsZero() {
+			if node, v, ok := cb.findServing(ctx, "n1"); ok {
+				servedAt, servedOn, after = time.Now(), node, v
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if detected.IsZero() || servedAt.IsZero() {
+		t.Fatalf("after the power cut of n1: dead declared %t, served again %t", !detected.IsZero(), !servedAt.IsZero())
+	}
+	nw, err := cb.workload(ctx, servedOn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := last.value - after
+	ckptMS := int64(0)
+	if cs, err := cb.admin(servedOn).Checkpoints(ctx, counterWL); err == nil {
+		for _, c := range cs {
+			ckptMS = max(ckptMS, c.Duration.Milliseconds())
+		}
+	}
+	bound := (1000 + ckptMS + 99) / 100
+	t.Logf("n1 cut at counter %d; dead declared after %s; serving on %s (owner %s, epoch %d -> %d, reason %q) after %s at counter %d",
+		last.value, detected.Sub(cut), servedOn, nw.Owner, w.Epoch, nw.Epoch, nw.Reason, servedAt.Sub(last.at), after)
+	if nw.Owner != servedOn || nw.Epoch <= w.Epoch {
+		t.Errorf("cluster says owner %s epoch %d; serving on %s", nw.Owner, nw.Epoch, servedOn)
+	}
+	if lost > bound {
+		t.Errorf("lost %d ticks of state, more than (interval + checkpoint time)/100 ms = %d", lost, bound)
+	}
+	if n := total(mustCopies(t, cb, ctx)); n != 1 {
+		t.Errorf("%d running copies after the failover, want 1", n)
+	}
+	if !t.Failed() {
+		fmt.Printf("E2E failover: interval_ms=1000 detect_ms=%d downtime_ms=%d counter_lost=%d\n",
+			detected.Sub(cut).Milliseconds(), servedAt.Sub(last.at).Milliseconds(), lost)
+	}
+}
+
+func mustCopies(t *testing.T, cb *clusterBed, ctx context.Context) map[string]int {
+	t.Helper()
+	m, err := cb.copies(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestE2EPartition cuts the counter's node off the network: the majority
+// restores it, the cut-off node stops its copy within the lease, and after
+// the heal exactly one copy runs.
+func TestE2EPartition(t *testing.T) {
+	cb := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cb.runCounter(ctx, "n1", "8080")
+	time.Sleep(2 * time.Second)
+	cut := time.Now()
+	if err := cb.b.CutNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "the majority to restore the counter", func() (bool, error) {
+		_, _, ok := cb.findServing(ctx, "n1")
+		return ok, nil
+	})
+	var stopped time.Duration
+	waitUntil(t, 30*time.Second, "the cut-off node to stop its copy", func() (bool, error) {
+		m, err := cb.copies(ctx)
+		if err != nil {
+			return false, err
+		}
+		if m["n1"] == 0 {
+			stopped = time.Since(cut)
+			return true, nil
+		}
+		return false, nil
+	})
+	t.Logf("the cut-off node stopped its copy %s after the cut (lease 3 s + detection)", stopped.Round(time.Millisecond))
+	if err := cb.b.HealNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	// Give the healed node time to rejoin and learn the new epoch, checking
+	// all along that no second copy appears.
+	var copies int
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		m, err := cb.copies(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if copies = total(m); copies != 1 {
+			t.Fatalf("after the heal: %d running copies (%v), want exactly 1", copies, m)
+		}
+	}
+	waitUntil(t, 30*time.Second, "n1 to rejoin as alive", func() (bool, error) {
+		ms, err := cb.admin("n2").Members(ctx)
+		if err != nil {
+			return false, err
+		}
+		for _, m := range ms {
+			if m.Name == "n1" && m.Status == "alive" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if !t.Failed() {
+		fmt.Printf("E2E partition: copies_after_heal=%d\n", copies)
+	}
+}
+
+// TestE2ELeaderKill kills the counter's application and, while the
+// cluster fails it over, power-cuts the Raft leader.
+func TestE2ELeaderKill(t *testing.T) {
+	cb := startCluster(t, 3, "replication_factor = 2")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	leader := cb.leader(ctx, "n1")
+	app := "n1"
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if n != leader {
+			app = n
+			break
+		}
+	}
+	cb.runCounter(ctx, app, "8080")
+	time.Sleep(2 * time.Second)
+	n, _ := cb.b.Node(app)
+	resp, err := http.Get(n.AppURL() + "/kill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitUntil(t, 30*time.Second, "the failover to start", func() (bool, error) {
+		w, err := cb.workload(ctx, app)
+		return err == nil && (w.Status == "app-failed" || w.Status == "restoring" || w.Owner != app), err
+	})
+	if err := cb.b.KillNode(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed the leader %s during the failover of the counter from %s", leader, app)
+	restored := false
+	waitUntil(t, 90*time.Second, "the counter to serve again", func() (bool, error) {
+		_, _, ok := cb.findServing(ctx, leader)
+		restored = ok
+		return ok, nil
+	})
+	var other string
+	for _, x := range []string{"n1", "n2", "n3"} {
+		if x != leader {
+			other = x
+		}
+	}
+	waitUntil(t, 30*time.Second, "the cluster to record it running", func() (bool, error) {
+		w, err := cb.workload(ctx, other)
+		return err == nil && w.Status == "running", err
+	})
+	if n := total(mustCopies(t, cb, ctx)); n != 1 {
+		t.Errorf("%d running copies, want 1", n)
+	}
+	if !t.Failed() {
+		fmt.Printf("E2E leader-kill: restored=%t\n", restored)
+	}
+}
+
+// TestE2EMigrate moves the counter to another node with crfailoverd
+// migrate and measures the downtime and the state lost.
+func TestE2EMigrate(t *testing.T) {
+	cb := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cb.runCounter(ctx, "n1", "8080")
+	time.Sleep(2 * time.Second)
+	n1, _ := cb.b.Node("n1")
+	src := startSampler(cb.b, "n1")
+	dst := startSampler(cb.b, "n3")
+	time.Sleep(time.Second)
+	out, err := exec.CommandContext(ctx, cb.bin, "migrate", counterWL, "--to", "n3", "--socket", n1.DaemonSocket()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crfailoverd migrate: %v\n%s", err, out)
+	}
+	t.Logf("crfailoverd migrate: %s", strings.TrimSpace(string(out)))
+	time.Sleep(time.Second)
+	ss, ds := src.halt(), dst.halt()
+	if len(ss) == 0 || len(ds) == 0 {
+		t.Fatalf("counter readings: %d on n1, %d on n3", len(ss), len(ds))
+	}
+	lastSrc, firstDst := ss[len(ss)-1], ds[0]
+	downtime := firstDst.at.Sub(lastSrc.at)
+	lost := lastSrc.value - firstDst.value
+	w, err := cb.workload(ctx, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Owner != "n3" || w.Status != "running" {
+		t.Errorf("after the migration the cluster says %s on %s", w.Status, w.Owner)
+	}
+	if lost > 5 {
+		t.Errorf("the migration lost %d ticks of state", lost)
+	}
+	if n := total(mustCopies(t, cb, ctx)); n != 1 {
+		t.Errorf("%d running copies, want 1", n)
+	}
+	if !t.Failed() {
+		fmt.Printf("E2E migrate: downtime_ms=%d counter_lost=%d\n", downtime.Milliseconds(), lost)
+	}
+}
+
+var _ = syscall.SIGTERM

@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// What the cluster layer asks of the agent.
+
+// fence stops a local copy the cluster says must not run (another node
+// owns the workload, or this node is cut off from the quorum). It runs in
+// the background; the sandbox is remembered so it is stopped only once.
+func (a *Agent) fence(ctx context.Context, w discovery.Workload) {
+	if a.fencing == nil {
+		a.fencing = map[string]bool{}
+	}
+	if a.fencing[w.SandboxID] {
+		return
+	}
+	a.fencing[w.SandboxID] = true
+	a.log.Warn("stopping a local copy the cluster does not allow", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID), "copy_epoch", w.Epoch)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.rt.RemovePod(ctx, w.SandboxID); err != nil {
+			a.log.Error("stopping a local copy failed; retrying at the next discovery", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID), "err", err)
+			a.mu.Lock()
+			delete(a.fencing, w.SandboxID)
+			a.mu.Unlock()
+		}
+	}()
+}
+
+// RemoveCopies stops and removes every local pod of workload id.
+func (a *Agent) RemoveCopies(ctx context.Context, id store.Workload) (int, error) {
+	pods, err := a.rt.ListPods(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range pods {
+		if p.Namespace == id.Namespace && p.Name == id.Pod && p.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
+			if err := a.rt.RemovePod(ctx, p.SandboxID); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// WorkloadConfig returns the recorded restore configuration of a workload
+// (the sandbox and container configuration, as JSON), for the cluster to
+// replicate so that any node can restore it.
+func (a *Agent) WorkloadConfig(id store.Workload) ([]byte, error) {
+	return os.ReadFile(workloadConfigPath(a.dataDir, id))
+}
+
+// RestoreAt restores a workload on this node from a checkpoint in the local
+// store, as the cluster placed it at epoch, with the restore configuration
+// cfg (as WorkloadConfig returns it). The new pod carries the epoch, so that
+// the cluster recognises the copy. It returns how long the CRI calls took.
+func (a *Agent) RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch uint64) (time.Duration, error) {
+	if err := writeFileAtomic(workloadConfigPath(a.dataDir, e.Workload), cfg); err != nil {
+		return 0, err
+	}
+	wc, err := loadWorkloadConfig(a.dataDir, e.Workload)
+	if err != nil {
+		return 0, err
+	}
+	if err := a.store.Verify(e); err != nil {
+		_ = a.store.MarkBad(e.Workload, e.Seq, err.Error())
+		return 0, err
+	}
+	sb := cloneSandbox(wc.Sandbox)
+	if sb.Annotations == nil {
+		sb.Annotations = map[string]string{}
+	}
+	sb.Annotations[discovery.AnnEpoch] = strconv.FormatUint(epoch, 10)
+	if sb.Metadata != nil {
+		// A fresh attempt number keeps the sandbox name unique on this
+		// node even if a stale sandbox of an earlier epoch is still there.
+		sb.Metadata.Attempt = uint32(epoch)
+	}
+	restore := a.rt.RestoreContainer
+	if e.Method == MethodCRIPod {
+		restore = a.restorePod
+	}
+	start := a.now()
+	_, _, err = restore(ctx, sb, wc.Container, e.Path)
+	took := a.now().Sub(start)
+	if err != nil {
+		return took, fmt.Errorf("restore %s from #%d: %w", e.Workload, e.Seq, err)
+	}
+	a.log.Info("restored for the cluster", "workload", e.Workload.String(), "seq", e.Seq, "epoch", epoch, "restore_ms", took.Milliseconds(),
+		"checkpoint_age_ms", start.Sub(e.Created).Milliseconds())
+	return took, nil
+}
+
+// CheckpointNow has the workload's worker take a checkpoint at once (for a
+// migration) and returns it.
+func (a *Agent) CheckpointNow(ctx context.Context, id store.Workload) (store.Entry, error) {
+	a.mu.Lock()
+	wk, ok := a.workers[id]
+	a.mu.Unlock()
+	if !ok || wk.exited() {
+		return store.Entry{}, fmt.Errorf("workload %s does not run on this node", id)
+	}
+	reply := make(chan checkpointResult, 1)
+	select {
+	case wk.reqs <- checkpointRequest{reply: reply}:
+	case <-wk.done:
+		return store.Entry{}, fmt.Errorf("workload %s stopped", id)
+	case <-ctx.Done():
+		return store.Entry{}, ctx.Err()
+	}
+	select {
+	case r := <-reply:
+		return r.entry, r.err
+	case <-ctx.Done():
+		return store.Entry{}, ctx.Err()
+	}
+}
+
+// Stop ends the worker of a workload and removes its local copies (the
+// source side of a migration).
+func (a *Agent) Stop(ctx context.Context, id store.Workload) error {
+	a.mu.Lock()
+	wk, ok := a.workers[id]
+	if ok {
+		delete(a.workers, id)
+	}
+	a.mu.Unlock()
+	if ok {
+		wk.close()
+		<-wk.done
+	}
+	_, err := a.RemoveCopies(ctx, id)
+	return err
+}
+
+// ValidateConfig checks that cfg is a restore configuration this agent can
+// use.
+func ValidateConfig(cfg []byte) error {
+	var f workloadConfigFile
+	if err := json.Unmarshal(cfg, &f); err != nil {
+		return err
+	}
+	return protojson.Unmarshal(f.Sandbox, &runtimeapi.PodSandboxConfig{})
+}
+
+// RecordConfig records the restore configuration of a running copy (the
+// sandbox and container configuration) and returns it as WorkloadConfig
+// would.
+func (a *Agent) RecordConfig(ctx context.Context, w discovery.Workload) ([]byte, error) {
+	if err := saveWorkloadConfig(ctx, a.rt, a.dataDir, w.ID, w.SandboxID, w.ContainerID); err != nil {
+		return nil, err
+	}
+	return a.WorkloadConfig(w.ID)
+}

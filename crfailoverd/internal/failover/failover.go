@@ -1,0 +1,229 @@
+// Package failover is the cluster leader's decision logic: from the
+// replicated state and the leader's view of the members it computes which
+// workloads to place on another node, which restores to declare timed out
+// and which workloads to give up. It is pure (no I/O, no clock, no
+// goroutines): the same inputs always give the same commands, so the rules
+// can be tested by the thousand.
+//
+// # Rules, per workload (failed ones are skipped)
+//
+//  1. Owner alive and running: nothing.
+//  2. Owner not alive: once it has been dead for FenceDelay (time for a
+//     cut-off owner to notice it lost the quorum and stop its copy), place
+//     the workload on another node.
+//  3. App-failed (the owner reported that the application failed): place it
+//     on another node; if no other node can take it, back on the owner.
+//  4. Restoring, and the owner reported the attempt failed: place it on the
+//     next candidate (the owner only as a last resort, from another
+//     checkpoint). Restoring with no report for RestoreTimeout: record the
+//     attempt as failed (RestoreDone{OK: false}); the next call moves it.
+//  5. Candidates: checkpoints newest first; for each, its holders that are
+//     alive and known nodes, except (node, checkpoint) pairs already tried
+//     and the failing owner; among them the node owning the fewest
+//     workloads, then the first by name.
+//  6. After MaxAttempts failed attempts, or when no untried (node,
+//     checkpoint) pair is left at all: give up.
+//
+// A workload whose only untried candidates are on nodes that are not alive
+// is left alone: those nodes may come back (a power cut), and giving up
+// would turn a short outage into a permanent failure. When a node is gone
+// for good, removing it from the state (state.RemoveNode) drops it from
+// the holders, and the workload is then given up if nothing else is left.
+//
+// # Safety contract with the nodes
+//
+// Decide only keeps "never two live copies" together with these node-side
+// rules, which the simulation in this package's tests models:
+//
+//   - A node stops its copy of a workload when the state says another node
+//     or another epoch owns it.
+//   - A node that has not heard from a quorum for a lease stops all its
+//     copies, and does not start one until it has. FenceDelay must be at
+//     least that lease.
+//   - A restoring owner whose RestoreDone has not been committed by
+//     Since+RestoreTimeout stops its restored copy (and does not start
+//     one after that): the leader then records the attempt as failed and
+//     moves on. Nodes need clocks within a small skew of the leader's;
+//     they should apply a margin.
+package failover
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
+)
+
+// View is what the leader knows of the members, and when.
+type View struct {
+	Now       time.Time
+	Alive     map[string]bool      // nodes memberlist sees alive (members of the cluster)
+	DeadSince map[string]time.Time // when each non-alive node was declared dead (absent: treated as dead since the zero time, i.e. long ago)
+}
+
+// Policy tunes the decisions.
+type Policy struct {
+	// FenceDelay is how long after a node is declared dead its workloads
+	// are moved: at least the lease after which a node cut off from the
+	// quorum stops its copies.
+	FenceDelay time.Duration
+	// MaxAttempts is how many failed restore attempts (len(Tried)) are
+	// made before giving up; 0 means no limit.
+	MaxAttempts int
+	// RestoreTimeout: a restoring owner that reports nothing for this long
+	// counts as a failed attempt, so a hung restore moves on; 0 disables
+	// the timeout.
+	RestoreTimeout time.Duration
+}
+
+// Decide looks at the state and the view and returns the commands the
+// leader should propose, sorted by workload ID, at most one per workload,
+// all with At = v.Now. It does not change s.
+func Decide(s *state.State, v View, p Policy) []state.Command {
+	d := decider{s: s, v: v, p: p, owned: map[string]int{}}
+	ids := make([]string, 0, len(s.Workloads))
+	for id, w := range s.Workloads {
+		ids = append(ids, id)
+		if w.Status != state.StatusFailed {
+			d.owned[w.Owner]++
+		}
+	}
+	slices.Sort(ids)
+	var out []state.Command
+	for _, id := range ids {
+		w := s.Workloads[id]
+		cmd := d.decide(w)
+		if cmd == nil {
+			continue
+		}
+		if pl, ok := cmd.(*state.Place); ok {
+			// Later placements in this pass see the load this one adds.
+			d.owned[w.Owner]--
+			d.owned[pl.Owner]++
+		}
+		out = append(out, cmd)
+	}
+	return out
+}
+
+type decider struct {
+	s     *state.State
+	v     View
+	p     Policy
+	owned map[string]int // node -> workloads it owns (placements of this pass included)
+}
+
+// decide applies the rules to one workload.
+func (d *decider) decide(w *state.Workload) state.Command {
+	if w.Status == state.StatusFailed {
+		return nil
+	}
+	if !d.v.Alive[w.Owner] {
+		dead, known := d.v.DeadSince[w.Owner]
+		if d.v.Now.Sub(dead) < d.p.FenceDelay {
+			return nil // let a cut-off owner fence itself first
+		}
+		reason := fmt.Sprintf("node %s dead since %s", w.Owner, dead.UTC().Format(time.RFC3339))
+		if !known {
+			reason = fmt.Sprintf("node %s is not a live member", w.Owner)
+		}
+		return d.move(w, reason, false)
+	}
+	switch w.Status {
+	case state.StatusAppFailed:
+		return d.move(w, fmt.Sprintf("application failed on %s: %s", w.Owner, w.Reason), true)
+	case state.StatusRestoring:
+		if w.AttemptFailed() {
+			last := w.Tried[len(w.Tried)-1]
+			return d.move(w, fmt.Sprintf("restore of #%d on %s failed: %s", last.Seq, last.Node, last.Error), true)
+		}
+		if d.p.RestoreTimeout > 0 && !d.v.Now.Before(w.Since.Add(d.p.RestoreTimeout)) {
+			return &state.RestoreDone{At: d.v.Now, ID: w.ID, Node: w.Owner, Epoch: w.Epoch, Seq: w.Seq,
+				Error: fmt.Sprintf("restore timed out: no report within %s", d.p.RestoreTimeout)}
+		}
+	}
+	return nil
+}
+
+// move places w on the best candidate, gives it up, or (when only nodes
+// that are not alive could take it) leaves it for now. ownerLast allows the
+// owner itself when no other node can take it.
+func (d *decider) move(w *state.Workload, reason string, ownerLast bool) state.Command {
+	if d.p.MaxAttempts > 0 && len(w.Tried) >= d.p.MaxAttempts {
+		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch,
+			Reason: fmt.Sprintf("%s; gave up after %d failed restore attempts: %s", reason, len(w.Tried), tries(w.Tried))}
+	}
+	node, seq, waiting := d.candidate(w, ownerLast)
+	switch {
+	case node != "":
+		return &state.Place{At: d.v.Now, ID: w.ID, Owner: node, Epoch: w.Epoch + 1, Seq: seq, Reason: reason}
+	case waiting:
+		return nil
+	case len(w.Checkpoints) == 0:
+		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: reason + "; no checkpoint of it exists"}
+	}
+	msg := fmt.Sprintf("%s; no untried copy of a checkpoint left (%s)", reason, holders(w.Checkpoints))
+	if len(w.Tried) > 0 {
+		msg += "; tried " + tries(w.Tried)
+	}
+	return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: msg}
+}
+
+// candidate picks where to restore w (rule 5). waiting reports that an
+// untried holder exists but is not alive.
+func (d *decider) candidate(w *state.Workload, ownerLast bool) (node string, seq uint64, waiting bool) {
+	type pair struct {
+		node string
+		seq  uint64
+	}
+	tried := make(map[pair]bool, len(w.Tried))
+	for _, t := range w.Tried {
+		tried[pair{t.Node, t.Seq}] = true
+	}
+	var last pair // the owner, as a last resort
+	for _, cp := range w.Checkpoints {
+		best := ""
+		for _, h := range cp.Holders {
+			switch {
+			case tried[pair{h, cp.Seq}] || d.s.Nodes[h] == nil:
+			case !d.v.Alive[h]:
+				waiting = true
+			case h == w.Owner:
+				if ownerLast && last.node == "" {
+					last = pair{h, cp.Seq}
+				}
+			case best == "" || d.owned[h] < d.owned[best] || (d.owned[h] == d.owned[best] && h < best):
+				best = h
+			}
+		}
+		if best != "" {
+			return best, cp.Seq, false
+		}
+	}
+	if last.node != "" {
+		return last.node, last.seq, false
+	}
+	return "", 0, waiting
+}
+
+func tries(ts []state.Try) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = fmt.Sprintf("%s#%d (%s)", t.Node, t.Seq, t.Error)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func holders(cps []state.Checkpoint) string {
+	parts := make([]string, len(cps))
+	for i, cp := range cps {
+		h := strings.Join(cp.Holders, " ")
+		if h == "" {
+			h = "no holder"
+		}
+		parts[i] = fmt.Sprintf("#%d on %s", cp.Seq, h)
+	}
+	return strings.Join(parts, ", ")
+}
