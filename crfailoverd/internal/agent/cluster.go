@@ -168,3 +168,17 @@ func (a *Agent) RecordConfig(ctx context.Context, w discovery.Workload) ([]byte,
 	}
 	return a.WorkloadConfig(w.ID)
 }
+
+// Running reports whether a local copy of the workload runs (or is being
+// restored) under this agent.
+func (a *Agent) Running(id store.Workload) bool {
+	a.mu.Lock()
+	wk, ok := a.workers[id]
+	a.mu.Unlock()
+	if !ok || wk.exited() {
+		return false
+	}
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	return wk.state == stateRunning || wk.state == stateRestoring
+}

@@ -33,6 +33,7 @@ type Local interface {
 	RecordConfig(ctx context.Context, w discovery.Workload) ([]byte, error)
 	RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch uint64) (time.Duration, error)
 	RemoveCopies(ctx context.Context, id store.Workload) (int, error)
+	Running(id store.Workload) bool
 	CheckpointNow(ctx context.Context, id store.Workload) (store.Entry, error)
 	Stop(ctx context.Context, id store.Workload) error
 }
@@ -101,6 +102,8 @@ type Cluster struct {
 	restoring     map[string]uint64 // workload -> epoch the controller restores or restored
 	registering   map[string]bool
 	everConnected bool
+	minoritySince time.Time            // since when this node sees fewer than a quorum of voters answer
+	lostSince     map[string]time.Time // owned workloads with no local copy, since when
 	lastEvents    []Event
 
 	proposals chan proposal
@@ -119,7 +122,7 @@ func New(o Options) (*Cluster, error) {
 		o.Lease = 3 * time.Second
 	}
 	c := &Cluster{o: o, log: o.Log.With("component", "cluster"), clients: map[string]*peer.Client{},
-		restoring: map[string]uint64{}, registering: map[string]bool{}, proposals: make(chan proposal, 4096), start: time.Now()}
+		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, proposals: make(chan proposal, 4096), start: time.Now()}
 	mux, err := peer.Listen(o.RPCAddr, o.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("cluster RPC listener on %s: %w", o.RPCAddr, err)
@@ -190,6 +193,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- c.srv.Serve(c.mux.GRPCListener()) }()
 	run(func(ctx context.Context) { c.ml.JoinLoop(ctx.Done()) })
+	run(func(ctx context.Context) { c.ml.ReconnectLoop(ctx.Done(), 2*time.Second) })
 	run(c.bootstrap)
 	run(c.leadership)
 	run(c.controller)
@@ -269,18 +273,57 @@ func (c *Cluster) raftHasState() bool {
 	return c.raft.LastIndex() > 0
 }
 
-// fenced reports whether this node has lost the quorum for longer than the
-// lease: then it must not run or restore anything. A node that never had
-// contact (still forming the cluster) is not fenced, only not admitted.
+// fenced reports whether this node must not run or restore anything: it
+// sees fewer than a quorum of the Raft voters answer (gossip notices in
+// well under a second), or, as a follower, has not heard from a leader for
+// longer than the lease. A node that never had contact (still forming the
+// cluster) is not fenced, only not admitted.
 func (c *Cluster) fenced() bool {
+	c.mu.Lock()
+	ever, minority := c.everConnected, !c.minoritySince.IsZero()
+	c.mu.Unlock()
+	if !ever {
+		return false
+	}
+	if minority {
+		return true
+	}
 	if c.raft.State() == raft.Leader {
 		return false
 	}
-	last := c.raft.LastContact()
+	return time.Since(c.raft.LastContact()) > c.o.Lease
+}
+
+// watchQuorum updates minoritySince from gossip: how many of the Raft
+// voters (this node included) answer.
+func (c *Cluster) watchQuorum() {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	alive := c.ml.Alive()
+	voters, up := 0, 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if alive[string(s.ID)] || string(s.ID) == c.o.Node {
+			up++
+		}
+	}
 	c.mu.Lock()
-	ever := c.everConnected
-	c.mu.Unlock()
-	return ever && time.Since(last) > c.o.Lease
+	defer c.mu.Unlock()
+	switch {
+	case voters == 0 || up > voters/2:
+		if !c.minoritySince.IsZero() {
+			c.log.Info("quorum visible again", "voters_up", up, "voters", voters)
+		}
+		c.minoritySince = time.Time{}
+	case c.minoritySince.IsZero():
+		c.minoritySince = time.Now()
+		c.log.Warn("FENCED: fewer than a quorum of voters answer; local copies stop", "voters_up", up, "voters", voters)
+	}
 }
 
 func (c *Cluster) connected() bool {

@@ -26,11 +26,13 @@ func (c *Cluster) controller(ctx context.Context) {
 		case <-t.C:
 		case <-c.fsm.changed:
 		}
+		c.watchQuorum()
 		c.connected()
 		if c.fenced() || c.local == nil {
 			continue
 		}
 		st := c.fsm.clone()
+		c.checkLostCopies(st)
 		for id, w := range st.Workloads {
 			if w.Owner != c.o.Node || w.Status != state.StatusRestoring {
 				continue
@@ -45,6 +47,37 @@ func (c *Cluster) controller(ctx context.Context) {
 				go c.restore(ctx, *w)
 			}
 		}
+	}
+}
+
+// lostGrace is how long an owned, running workload may lack a local copy
+// (between a restore and its discovery, say) before it counts as lost.
+const lostGrace = 5 * time.Second
+
+// checkLostCopies reports owned workloads that have no local copy (it was
+// fenced away during a partition, or vanished) as failed, so that the
+// leader places them again.
+func (c *Cluster) checkLostCopies(st *state.State) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, w := range st.Workloads {
+		wid, err := store.ParseWorkload(id)
+		if err != nil || w.Owner != c.o.Node || w.Status != state.StatusRunning || c.local.Running(wid) {
+			delete(c.lostSince, id)
+			continue
+		}
+		since, ok := c.lostSince[id]
+		if !ok {
+			c.lostSince[id] = now
+			continue
+		}
+		if now.Sub(since) < lostGrace {
+			continue
+		}
+		delete(c.lostSince, id)
+		c.log.Warn("an owned workload has no local copy; asking the cluster to restore it", "workload", id, "epoch", w.Epoch)
+		c.propose("report lost copy", &state.AppFailed{At: now, ID: id, Node: c.o.Node, Epoch: w.Epoch, Reason: "no copy running on " + c.o.Node}, nil)
 	}
 }
 

@@ -146,7 +146,7 @@ func (c *Cluster) decide(ctx context.Context) {
 			view.DeadSince[m.Name] = m.DeadSince
 		}
 	}
-	cmds := failover.Decide(st, view, failover.Policy{FenceDelay: c.o.Lease, MaxAttempts: c.o.MaxAttempts, RestoreTimeout: 2 * time.Minute})
+	cmds := failover.Decide(st, view, failover.Policy{FenceDelay: c.fenceDelay(), MaxAttempts: c.o.MaxAttempts, RestoreTimeout: 2 * time.Minute})
 	for _, cmd := range cmds {
 		err := c.apply(ctx, cmd)
 		if err != nil {
@@ -176,4 +176,16 @@ func describe(cmd state.Command) string {
 		return "restore of " + x.ID + " on " + x.Node + " failed: " + x.Error
 	}
 	return "command"
+}
+
+// minDetect is the least time between a node losing the network and the
+// others declaring it dead under the LAN profile (probe plus suspicion).
+const minDetect = 1200 * time.Millisecond
+
+// fenceDelay is how long the leader waits after a node is declared dead
+// before moving its workloads: a node cut off from the others stops its
+// copies within the lease of losing them, and the others declare it dead
+// no sooner than minDetect after that.
+func (c *Cluster) fenceDelay() time.Duration {
+	return max(c.o.Lease-minDetect, 0)
 }

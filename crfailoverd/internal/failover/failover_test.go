@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -324,7 +325,7 @@ func TestDecideProperties(t *testing.T) {
 				continue
 			}
 			c := w.Checkpoint(pl.Seq)
-			if c == nil || !slicesContains(c.Holders, pl.Owner) || !v.Alive[pl.Owner] || s.Nodes[pl.Owner] == nil {
+			if c == nil || !slices.Contains(c.Holders, pl.Owner) || !v.Alive[pl.Owner] || s.Nodes[pl.Owner] == nil {
 				t.Fatalf("seed %d: %s: not a live known holder of #%d", seed, show([]state.Command{cmd}), pl.Seq)
 			}
 			if pl.Owner == w.Owner && !v.Alive[w.Owner] {
@@ -352,13 +353,4 @@ func commandID(cmd state.Command) (string, time.Time) {
 		return c.ID, c.At
 	}
 	panic(fmt.Sprintf("unexpected command %T", cmd))
-}
-
-func slicesContains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

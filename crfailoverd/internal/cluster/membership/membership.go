@@ -186,6 +186,35 @@ func (m *Membership) JoinLoop(stop <-chan struct{}) {
 	}
 }
 
+// ReconnectLoop tries, every interval until stop is closed, to rejoin
+// members it sees as dead: after a partition heals, both sides think the
+// other dead and memberlist alone stops talking to dead nodes after a
+// while. A successful join merges the views, and each node refutes its
+// own death.
+func (m *Membership) ReconnectLoop(stop <-chan struct{}, interval time.Duration) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(interval):
+		}
+		var addrs []string
+		for _, n := range m.ml.Members() {
+			if n.State == memberlist.StateDead {
+				addrs = append(addrs, n.Address())
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		if n, err := m.ml.Join(addrs); n > 0 {
+			m.log.Info("reconnected to members seen as dead", "contacted", n, "addrs", addrs)
+		} else {
+			m.log.Debug("dead members still unreachable", "addrs", addrs, "err", err)
+		}
+	}
+}
+
 // Members lists the known nodes, sorted by name.
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
@@ -229,6 +258,18 @@ func memberOf(n *memberlist.Node, dead time.Time) Member {
 		x.Status, x.DeadSince = "left", dead
 	}
 	return x
+}
+
+// Alive returns the names of the members that answer now (suspected
+// members are not counted).
+func (m *Membership) Alive() map[string]bool {
+	out := map[string]bool{}
+	for _, n := range m.ml.Members() {
+		if n.State == memberlist.StateAlive {
+			out[n.Name] = true
+		}
+	}
+	return out
 }
 
 // Changes signals (without blocking the gossip) that membership changed.
