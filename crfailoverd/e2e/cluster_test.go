@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -263,23 +264,43 @@ func TestE2EPartition(t *testing.T) {
 	if err := cb.b.CutNode(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 60*time.Second, "the majority to restore the counter", func() (bool, error) {
-		_, _, ok := cb.findServing(ctx, "n1")
-		return ok, nil
-	})
-	var stopped time.Duration
-	waitUntil(t, 30*time.Second, "the cut-off node to stop its copy", func() (bool, error) {
-		m, err := cb.copies(ctx)
-		if err != nil {
-			return false, err
+	// Watch both sides at once: when the cut-off node's copy stops (seen
+	// through its CRI socket) and when the majority serves the counter.
+	var stopped, restored time.Duration
+	waitUntil(t, 60*time.Second, "the cut-off node to stop its copy and the majority to restore the counter", func() (bool, error) {
+		if stopped == 0 {
+			m, err := cb.copies(ctx)
+			if err != nil {
+				return false, err
+			}
+			if m["n1"] == 0 {
+				stopped = time.Since(cut)
+			}
 		}
-		if m["n1"] == 0 {
-			stopped = time.Since(cut)
-			return true, nil
+		if restored == 0 {
+			if _, _, ok := cb.findServing(ctx, "n1"); ok {
+				restored = time.Since(cut)
+			}
 		}
-		return false, nil
+		return stopped > 0 && restored > 0, nil
 	})
-	t.Logf("the cut-off node stopped its copy %s after the cut (lease 3 s + detection)", stopped.Round(time.Millisecond))
+	const lease = 3 * time.Second
+	if stopped > lease+300*time.Millisecond {
+		t.Errorf("the cut-off node stopped its copy %s after the cut, later than the lease of %s", stopped, lease)
+	}
+	if restored < stopped {
+		t.Errorf("the majority served the counter %s after the cut, before the cut-off copy stopped (%s): two copies ran", restored, stopped)
+	}
+	t.Logf("majority serving %s after the cut", restored.Round(time.Millisecond))
+	t.Logf("the cut-off node stopped its copy %s after the cut (cut at %s)", stopped.Round(time.Millisecond), cut.Format("15:04:05.000"))
+	n1, _ := cb.b.Node("n1")
+	if b, err := os.ReadFile(n1.DaemonLog()); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "FENCED") || strings.Contains(l, "a local copy") || strings.Contains(l, "entering") {
+				t.Log("n1: " + l)
+			}
+		}
+	}
 	if err := cb.b.HealNode(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}

@@ -133,6 +133,7 @@ type Agent struct {
 	runtimeErr    string
 	kubeletPaused time.Time // "auto" uses the CRI until then
 	lastLoop      time.Time // last pass of the discovery loop
+	nudge         chan struct{}
 	podLevel      podLevelSupport
 	fencing       map[string]bool // sandboxes being stopped on the cluster's word
 	wg            sync.WaitGroup
@@ -152,7 +153,7 @@ func New(o Options) *Agent {
 	return &Agent{
 		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
-		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{},
+		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{}, nudge: make(chan struct{}, 1),
 	}
 }
 
@@ -170,6 +171,14 @@ func (a *Agent) SetKubelet(k Kubelet) {
 	a.kubelet = k
 	a.kubeletPaused = time.Time{}
 	a.mu.Unlock()
+}
+
+// Nudge asks for a discovery pass now (the cluster's verdicts changed).
+func (a *Agent) Nudge() {
+	select {
+	case a.nudge <- struct{}{}:
+	default:
+	}
 }
 
 // Ready is closed after the first discovery pass.
@@ -215,6 +224,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.wg.Wait()
 			return nil
 		case <-t.C:
+		case <-a.nudge:
 		}
 	}
 }
@@ -262,11 +272,13 @@ func (a *Agent) discover(ctx context.Context) error {
 		if a.gate != nil {
 			switch a.gate.Admit(w) {
 			case AdmitStop:
-				if wk, ok := a.workers[w.ID]; ok && !wk.isBusy() {
+				var wk *worker
+				if x, ok := a.workers[w.ID]; ok && !x.isBusy() {
+					wk = x
 					wk.close()
 					delete(a.workers, w.ID)
 				}
-				a.fence(ctx, w)
+				a.fence(ctx, w, wk)
 				continue
 			case AdmitWait:
 				if _, ok := a.workers[w.ID]; !ok {

@@ -19,8 +19,11 @@ import (
 
 // fence stops a local copy the cluster says must not run (another node
 // owns the workload, or this node is cut off from the quorum). It runs in
-// the background; the sandbox is remembered so it is stopped only once.
-func (a *Agent) fence(ctx context.Context, w discovery.Workload) {
+// the background, after the workload's worker (wk, when there is one) has
+// finished what it was doing: stopping a container in the middle of a
+// dump leaves its processes frozen. The sandbox is remembered so it is
+// stopped only once.
+func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker) {
 	if a.fencing == nil {
 		a.fencing = map[string]bool{}
 	}
@@ -32,7 +35,17 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.rt.RemovePod(ctx, w.SandboxID); err != nil {
+		start := a.now()
+		if wk != nil {
+			<-wk.done
+		}
+		waited := a.now().Sub(start)
+		err := a.rt.RemovePod(ctx, w.SandboxID)
+		if err == nil {
+			a.log.Info("stopped a local copy", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID),
+				"waited_for_worker_ms", waited.Milliseconds(), "stop_ms", (a.now().Sub(start) - waited).Milliseconds())
+		}
+		if err != nil {
 			a.log.Error("stopping a local copy failed; retrying at the next discovery", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID), "err", err)
 			a.mu.Lock()
 			delete(a.fencing, w.SandboxID)

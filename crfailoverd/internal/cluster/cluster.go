@@ -34,6 +34,7 @@ type Local interface {
 	RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch uint64) (time.Duration, error)
 	RemoveCopies(ctx context.Context, id store.Workload) (int, error)
 	Running(id store.Workload) bool
+	Nudge()
 	CheckpointNow(ctx context.Context, id store.Workload) (store.Entry, error)
 	Stop(ctx context.Context, id store.Workload) error
 }
@@ -103,7 +104,10 @@ type Cluster struct {
 	registering   map[string]bool
 	everConnected bool
 	minoritySince time.Time            // since when this node sees fewer than a quorum of voters answer
+	lastQuorum    time.Time            // last time this node was in contact with a working quorum
 	lostSince     map[string]time.Time // owned workloads with no local copy, since when
+	adopted       map[string]uint64    // sandbox -> epoch a registration gave a running copy
+	wasFenced     bool
 	lastEvents    []Event
 
 	proposals chan proposal
@@ -122,7 +126,7 @@ func New(o Options) (*Cluster, error) {
 		o.Lease = 3 * time.Second
 	}
 	c := &Cluster{o: o, log: o.Log.With("component", "cluster"), clients: map[string]*peer.Client{},
-		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, proposals: make(chan proposal, 4096), start: time.Now()}
+		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{}, proposals: make(chan proposal, 4096), start: time.Now()}
 	mux, err := peer.Listen(o.RPCAddr, o.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("cluster RPC listener on %s: %w", o.RPCAddr, err)
@@ -280,19 +284,19 @@ func (c *Cluster) raftHasState() bool {
 // cluster) is not fenced, only not admitted.
 func (c *Cluster) fenced() bool {
 	c.mu.Lock()
-	ever, minority := c.everConnected, !c.minoritySince.IsZero()
+	ever, minority, last := c.everConnected, !c.minoritySince.IsZero(), c.lastQuorum
 	c.mu.Unlock()
 	if !ever {
 		return false
 	}
-	if minority {
-		return true
-	}
-	if c.raft.State() == raft.Leader {
-		return false
-	}
-	return time.Since(c.raft.LastContact()) > c.o.Lease
+	return minority || time.Since(last) > c.fenceAfter()
 }
+
+// fenceAfter is how long without a working quorum fences this node: half
+// the lease, so that the copies stop (at the next discovery, a second later
+// at most) within the lease, while a leader election (about a second) does
+// not fence anyone.
+func (c *Cluster) fenceAfter() time.Duration { return c.o.Lease / 2 }
 
 // watchQuorum updates minoritySince from gossip: how many of the Raft
 // voters (this node included) answer.
@@ -326,20 +330,31 @@ func (c *Cluster) watchQuorum() {
 	}
 }
 
+// connected reports whether this node is in contact with a working quorum
+// now: it leads (raft steps a leader down within its lease timeout of
+// losing the quorum), or it heard from a leader within the heartbeat
+// timeout.
 func (c *Cluster) connected() bool {
 	if c.raft.State() == raft.Leader {
-		c.markConnected()
+		c.markConnected(time.Now())
 		return true
 	}
-	if last := c.raft.LastContact(); !last.IsZero() && time.Since(last) < c.o.Lease {
-		c.markConnected()
-		return true
+	if c.leaderID() == "" {
+		return false
 	}
-	return false
+	last := c.raft.LastContact()
+	if last.IsZero() {
+		return false
+	}
+	c.markConnected(last)
+	return time.Since(last) < time.Second
 }
 
-func (c *Cluster) markConnected() {
+func (c *Cluster) markConnected(at time.Time) {
 	c.mu.Lock()
+	if at.After(c.lastQuorum) {
+		c.lastQuorum = at
+	}
 	if !c.everConnected {
 		c.everConnected = true
 		c.mu.Unlock()

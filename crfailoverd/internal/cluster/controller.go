@@ -28,7 +28,13 @@ func (c *Cluster) controller(ctx context.Context) {
 		}
 		c.watchQuorum()
 		c.connected()
-		if c.fenced() || c.local == nil {
+		fenced := c.fenced()
+		if fenced != c.wasFenced && c.local != nil {
+			// Let the agent apply the new verdicts at once.
+			c.local.Nudge()
+		}
+		c.wasFenced = fenced
+		if fenced || c.local == nil {
 			continue
 		}
 		st := c.fsm.clone()
@@ -50,6 +56,14 @@ func (c *Cluster) controller(ctx context.Context) {
 	}
 }
 
+// restoreTimeout is how long the leader waits for a restore report before
+// it counts the attempt as failed; restoreMargin keeps a node from starting
+// a copy close to that deadline.
+const (
+	restoreTimeout = 2 * time.Minute
+	restoreMargin  = 15 * time.Second
+)
+
 // lostGrace is how long an owned, running workload may lack a local copy
 // (between a restore and its discovery, say) before it counts as lost.
 const lostGrace = 5 * time.Second
@@ -59,11 +73,16 @@ const lostGrace = 5 * time.Second
 // leader places them again.
 func (c *Cluster) checkLostCopies(st *state.State) {
 	now := time.Now()
+	running := map[string]bool{}
+	for id := range st.Workloads {
+		if wid, err := store.ParseWorkload(id); err == nil {
+			running[id] = c.local.Running(wid) // not under c.mu: the agent calls Admit under its own lock
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, w := range st.Workloads {
-		wid, err := store.ParseWorkload(id)
-		if err != nil || w.Owner != c.o.Node || w.Status != state.StatusRunning || c.local.Running(wid) {
+		if w.Owner != c.o.Node || w.Status != state.StatusRunning || running[id] {
 			delete(c.lostSince, id)
 			continue
 		}
@@ -102,7 +121,20 @@ func (c *Cluster) restore(ctx context.Context, w state.Workload) {
 	c.event(ev)
 	for attempt := 0; attempt < 20; attempt++ {
 		err := c.apply(ctx, done)
-		if err == nil || errors.Is(err, state.ErrStale) || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, state.ErrStale) || errors.Is(err, state.ErrStatus) {
+			if done.OK {
+				// The cluster moved on (the restore timed out, or the
+				// workload was placed elsewhere): this copy must not run.
+				log.Warn("the cluster refused the restore report; stopping the restored copy", "err", err)
+				if id, perr := store.ParseWorkload(w.ID); perr == nil {
+					if _, rerr := c.local.RemoveCopies(ctx, id); rerr != nil {
+						log.Error("stopping the refused copy failed", "err", rerr)
+					}
+				}
+			}
 			return
 		}
 		log.Warn("reporting the restore failed; retrying", "err", err)
@@ -114,6 +146,11 @@ func (c *Cluster) restoreFrom(ctx context.Context, w state.Workload) (time.Durat
 	id, err := store.ParseWorkload(w.ID)
 	if err != nil {
 		return 0, err
+	}
+	// Past the leader's restore deadline the workload may already be placed
+	// elsewhere: never start a copy then (a margin covers clock skew).
+	if time.Since(w.Since) > restoreTimeout-restoreMargin {
+		return 0, fmt.Errorf("placement of %s is too old to act on (since %s)", w.ID, w.Since.Format(time.RFC3339))
 	}
 	if len(w.Config) == 0 {
 		return 0, errors.New("the cluster holds no restore configuration for it")
@@ -171,7 +208,7 @@ func (c *Cluster) Admit(w discovery.Workload) agent.Admission {
 		}
 		return agent.AdmitWait
 	}
-	copyEpoch := max(w.Epoch, 1)
+	copyEpoch := c.copyEpoch(w)
 	cw, ok := c.fsm.workload(w.ID.String())
 	switch {
 	case !ok || cw.Status == state.StatusFailed:
@@ -212,6 +249,13 @@ func (c *Cluster) register(w discovery.Workload) {
 		err = c.apply(ctx, &state.RegisterWorkload{At: time.Now(), ID: id, Node: c.o.Node, Interval: w.Interval, Config: cfg, CopyEpoch: w.Epoch})
 		switch {
 		case err == nil:
+			// Registering a workload the cluster had given up on gives it a
+			// new epoch; the running copy belongs to it.
+			if cw, ok := c.fsm.workload(id); ok && cw.Owner == c.o.Node {
+				c.mu.Lock()
+				c.adopted[w.SandboxID] = cw.Epoch
+				c.mu.Unlock()
+			}
 			c.log.Info("workload registered with the cluster", "workload", id)
 		case errors.Is(err, state.ErrStale):
 			c.log.Warn("another node owns this workload; the local copy will be stopped", "workload", id, "err", err)
@@ -224,7 +268,7 @@ func (c *Cluster) register(w discovery.Workload) {
 // Checkpointed records a new checkpoint in the cluster and replicates it.
 func (c *Cluster) Checkpointed(w discovery.Workload, e store.Entry) {
 	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{c.o.Node}}
-	cmd := &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: c.o.Node, Epoch: max(w.Epoch, 1), Checkpoint: cp}
+	cmd := &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: c.o.Node, Epoch: c.copyEpoch(w), Checkpoint: cp}
 	c.propose("record checkpoint", cmd, func(err error) {
 		if err != nil {
 			return
@@ -258,6 +302,14 @@ func (c *Cluster) Failed(w discovery.Workload, reason string) bool {
 		cw, ok := c.fsm.workload(w.ID.String())
 		return !c.fenced() && ok && cw.Owner == c.o.Node
 	}
-	c.propose("report application failure", &state.AppFailed{At: time.Now(), ID: w.ID.String(), Node: c.o.Node, Epoch: max(w.Epoch, 1), Reason: reason}, nil)
+	c.propose("report application failure", &state.AppFailed{At: time.Now(), ID: w.ID.String(), Node: c.o.Node, Epoch: c.copyEpoch(w), Reason: reason}, nil)
 	return false
+}
+
+// copyEpoch is the epoch a local copy belongs to: its pod's label (an
+// original pod counts as epoch 1), or the epoch its registration gave it.
+func (c *Cluster) copyEpoch(w discovery.Workload) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(w.Epoch, 1, c.adopted[w.SandboxID])
 }

@@ -146,7 +146,7 @@ func (c *Cluster) decide(ctx context.Context) {
 			view.DeadSince[m.Name] = m.DeadSince
 		}
 	}
-	cmds := failover.Decide(st, view, failover.Policy{FenceDelay: c.fenceDelay(), MaxAttempts: c.o.MaxAttempts, RestoreTimeout: 2 * time.Minute})
+	cmds := failover.Decide(st, view, failover.Policy{FenceDelay: c.fenceDelay(), MaxAttempts: c.o.MaxAttempts, RestoreTimeout: restoreTimeout})
 	for _, cmd := range cmds {
 		err := c.apply(ctx, cmd)
 		if err != nil {

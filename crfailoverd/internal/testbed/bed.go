@@ -292,6 +292,7 @@ func Down(ctx context.Context, c Config, log io.Writer) error {
 			errs = append(errs, err)
 		}
 	}
+	thawBedCgroups("")
 	if left := killAll(func(pid int) bool { return hasMarker(pid, c.Dir) || inBedCgroup(pid) }, 10*time.Second); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("processes of the bed survived SIGKILL: %s", describePids(left)))
 	}
@@ -304,6 +305,17 @@ func Down(ctx context.Context, c Config, log io.Writer) error {
 		if err := ip(ctx, "link", "delete", l); err != nil && linkExists(l) {
 			errs = append(errs, err)
 		}
+	}
+	// A process a killed CRIU was restoring may show up in a bed cgroup
+	// late: sweep until none has appeared for a while.
+	for quiet, deadline := 0, time.Now().Add(10*time.Second); quiet < 5 && time.Now().Before(deadline); {
+		thawBedCgroups("")
+		if left := killAll(func(pid int) bool { return inBedCgroup(pid) }, 2*time.Second); len(left) == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := removeBedCgroups(10 * time.Second); err != nil {
 		errs = append(errs, err)

@@ -188,7 +188,14 @@ func killNodeProcesses(netns string) error {
 	if err != nil {
 		return fmt.Errorf("network namespace %s: %w", netns, err)
 	}
-	if left := killAll(func(pid int) bool { return inNetns(pid, ino) }, 10*time.Second); len(left) > 0 {
+	node := strings.TrimPrefix(filepath.Base(netns), netnsPrefix)
+	left := killAll(func(pid int) bool { return inNetns(pid, ino) }, 2*time.Second)
+	if len(left) > 0 {
+		// Processes frozen by a dump in progress die once thawed.
+		thawBedCgroups(node)
+		left = killAll(func(pid int) bool { return inNetns(pid, ino) }, 10*time.Second)
+	}
+	if len(left) > 0 {
 		return fmt.Errorf("processes in %s survived SIGKILL: %s", netns, describePids(left))
 	}
 	return nil

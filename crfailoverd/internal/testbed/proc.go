@@ -166,3 +166,25 @@ func mountsUnder(dirs ...string) []string {
 	}
 	return out
 }
+
+// thawBedCgroups thaws every frozen cgroup below the bed's root (below
+// sub, when not empty): CRIU freezes a container while it dumps it, and a
+// frozen process cannot die, so a power cut in the middle of a checkpoint
+// would leave it behind.
+func thawBedCgroups(sub string) {
+	roots := []string{filepath.Join("/sys/fs/cgroup/freezer", cgroupRoot, sub), filepath.Join("/sys/fs/cgroup/unified", cgroupRoot, sub), filepath.Join("/sys/fs/cgroup", cgroupRoot, sub)}
+	for _, root := range roots {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			if _, err := os.Stat(filepath.Join(p, "freezer.state")); err == nil {
+				_ = os.WriteFile(filepath.Join(p, "freezer.state"), []byte("THAWED"), 0o644)
+			}
+			if _, err := os.Stat(filepath.Join(p, "cgroup.freeze")); err == nil {
+				_ = os.WriteFile(filepath.Join(p, "cgroup.freeze"), []byte("0"), 0o644)
+			}
+			return nil
+		})
+	}
+}

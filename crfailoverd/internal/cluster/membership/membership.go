@@ -87,6 +87,7 @@ type Membership struct {
 
 	mu        sync.Mutex
 	deadSince map[string]time.Time
+	deadAddr  map[string]string // gossip address of members that died (not those that left)
 	changes   chan struct{}
 }
 
@@ -111,7 +112,7 @@ func Start(o Options) (*Membership, error) {
 	if len(o.Key) > 0 {
 		c.SecretKey = o.Key
 	}
-	m := &Membership{log: o.Log, join: o.Join, deadSince: map[string]time.Time{}, changes: make(chan struct{}, 1)}
+	m := &Membership{log: o.Log, join: o.Join, deadSince: map[string]time.Time{}, deadAddr: map[string]string{}, changes: make(chan struct{}, 1)}
 	d := &delegate{}
 	c.Delegate = d
 	c.Events = events{m}
@@ -198,12 +199,12 @@ func (m *Membership) ReconnectLoop(stop <-chan struct{}, interval time.Duration)
 			return
 		case <-time.After(interval):
 		}
+		m.mu.Lock()
 		var addrs []string
-		for _, n := range m.ml.Members() {
-			if n.State == memberlist.StateDead {
-				addrs = append(addrs, n.Address())
-			}
+		for _, a := range m.deadAddr {
+			addrs = append(addrs, a)
 		}
+		m.mu.Unlock()
 		if len(addrs) == 0 {
 			continue
 		}
@@ -299,19 +300,23 @@ type events struct{ m *Membership }
 func (e events) NotifyJoin(n *memberlist.Node) {
 	e.m.mu.Lock()
 	delete(e.m.deadSince, n.Name)
+	delete(e.m.deadAddr, n.Name)
 	e.m.mu.Unlock()
 	e.m.log.Info("member joined", "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
 
 func (e events) NotifyLeave(n *memberlist.Node) {
-	e.m.mu.Lock()
-	e.m.deadSince[n.Name] = time.Now()
-	e.m.mu.Unlock()
 	how := "dead"
 	if n.State == memberlist.StateLeft {
 		how = "left"
 	}
+	e.m.mu.Lock()
+	e.m.deadSince[n.Name] = time.Now()
+	if how == "dead" {
+		e.m.deadAddr[n.Name] = n.Address()
+	}
+	e.m.mu.Unlock()
 	e.m.log.Warn("member "+how, "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
