@@ -227,6 +227,7 @@ func TestE2EFailover(t *testing.T) {
 	bound := (1000 + ckptMS + 99) / 100
 	t.Logf("n1 cut at counter %d; dead declared after %s; serving on %s (owner %s, epoch %d -> %d, reason %q) after %s at counter %d",
 		last.value, detected.Sub(cut), servedOn, nw.Owner, w.Epoch, nw.Epoch, nw.Reason, servedAt.Sub(last.at), after)
+	cb.logTimeline(cut, "member dead", "failover: workload placed", "restoring a workload", "restored")
 	if nw.Owner != servedOn || nw.Epoch <= w.Epoch {
 		t.Errorf("cluster says owner %s epoch %d; serving on %s", nw.Owner, nw.Epoch, servedOn)
 	}
@@ -431,3 +432,31 @@ func TestE2EMigrate(t *testing.T) {
 }
 
 var _ = syscall.SIGTERM
+
+// logTimeline logs the daemons' log lines that contain any of keys, with
+// their time relative to t0, so that a figure can be broken down.
+func (cb *clusterBed) logTimeline(t0 time.Time, keys ...string) {
+	for _, n := range cb.b.Nodes() {
+		b, err := os.ReadFile(n.DaemonLog())
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			ts, _, ok := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if !ok || err != nil || at.Before(t0) {
+				continue
+			}
+			for _, k := range keys {
+				if strings.Contains(l, k) {
+					msg := l
+					if i := strings.Index(l, "msg="); i >= 0 {
+						msg = l[i:]
+					}
+					cb.t.Logf("%s +%5dms %s", n.Name, at.Sub(t0).Milliseconds(), msg[:min(len(msg), 160)])
+					break
+				}
+			}
+		}
+	}
+}

@@ -47,14 +47,21 @@ func (c *Cluster) leadership(ctx context.Context) {
 // decisions, on every membership or state change and every 250 ms.
 func (c *Cluster) leaderLoop(ctx context.Context, stop <-chan struct{}) {
 	// Barrier: the FSM has applied everything the old leader committed.
+	start := time.Now()
 	if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
 		c.log.Warn("leader barrier", "err", err)
 	}
+	c.log.Debug("leader barrier done", "took_ms", time.Since(start).Milliseconds())
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
+		t0 := time.Now()
 		c.reconcileMembers()
+		t1 := time.Now()
 		c.decide(ctx)
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			c.log.Warn("slow leader pass", "reconcile_ms", t1.Sub(t0).Milliseconds(), "decide_ms", time.Since(t1).Milliseconds())
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -156,7 +156,7 @@ func Default() Config {
 			BootstrapExpect:   3,
 			ReplicationFactor: 1,
 			FailureProfile:    "lan",
-			Lease:             5 * time.Second,
+			Lease:             3 * time.Second,
 			DeadServerGrace:   30 * time.Second,
 			MaxVoters:         5,
 		},

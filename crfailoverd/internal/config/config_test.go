@@ -234,6 +234,7 @@ func TestBadConfigs(t *testing.T) {
 		{"[cluster]\nreplication_factor = -1\n", "t.toml:2: cluster.replication_factor: ", "want at least 0, got -1"},
 		{"[cluster]\nfailure_profile = \"fast\"\n", "t.toml:2: cluster.failure_profile: ", `want one of "lan", "wan", "local"`},
 		{"[cluster]\nlease = \"0s\"\n", "t.toml:2: cluster.lease: ", "want a duration greater than 0"},
+		{"[cluster]\nlease = \"1s\"\n", "t.toml:2: cluster.lease: ", "want at least 2s"},
 		{"[cluster]\ndead_server_grace = \"-5s\"\n", "t.toml:2: cluster.dead_server_grace: ", "want a duration greater than 0"},
 		{"[cluster]\nmax_voters = 4\n", "t.toml:2: cluster.max_voters: ", "want an odd number of at least 1, got 4"},
 		{"[cluster]\nenabled = true\ntls_cert = \"/c\"\ntls_ca = \"/ca\"\n", "t.toml: cluster.tls_key: ", "required when cluster.enabled = true"},

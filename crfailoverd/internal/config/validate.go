@@ -109,6 +109,9 @@ func (c Config) problems() []problem {
 	v.atLeast("cluster.replication_factor", cl.ReplicationFactor, 0)
 	v.oneOf("cluster.failure_profile", cl.FailureProfile, "lan", "wan", "local")
 	v.positive("cluster.lease", cl.Lease)
+	if cl.Lease > 0 && cl.Lease < 2*time.Second {
+		v.addf("cluster.lease", "want at least 2s (failure detection alone takes over 1 s; a shorter lease cannot keep two copies apart), got %v", cl.Lease)
+	}
 	v.positive("cluster.dead_server_grace", cl.DeadServerGrace)
 	if cl.MaxVoters < 1 || cl.MaxVoters%2 == 0 {
 		v.addf("cluster.max_voters", "want an odd number of at least 1, got %d", cl.MaxVoters)
