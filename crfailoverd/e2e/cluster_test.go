@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,88 +27,41 @@ type clusterBed struct {
 	pids map[string]int
 }
 
-// startCluster starts crfailoverd on every node of a new bed (checkpoint
-// method cri, the [cluster] table joining all nodes) and waits until all
-// are alive members with a leader.
+// startCluster starts crfailoverd on every node of a new bed and waits
+// until all are alive members with a leader.
 func startCluster(t *testing.T, n int, extra ...string) *clusterBed {
 	c := testbed.RequireE2E(t)
 	bin := daemonBinary(t, c)
 	b := testbed.UpT(t, c, n)
-	cb := &clusterBed{t: t, b: b, bin: bin, pids: map[string]int{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for _, nd := range b.Nodes() {
-		cfg, err := b.DaemonConfig(nd.Name, "cri", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := b.ClusterConfig(nd.Name, n, extra...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pid, err := b.StartDaemon(ctx, nd.Name, bin, cfg+cl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cb.pids[nd.Name] = pid
+	pids, err := b.StartCluster(ctx, bin, extra...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitUntil(t, 60*time.Second, fmt.Sprintf("%d alive members with a leader", n), func() (bool, error) {
-		ms, err := cb.admin("n1").Members(ctx)
-		if err != nil {
-			return false, err
-		}
-		alive, leader := 0, false
-		for _, m := range ms {
-			if m.Status == "alive" && m.Raft != "" {
-				alive++
-			}
-			leader = leader || m.Leader
-		}
-		return alive == n && leader, nil
-	})
-	return cb
+	return &clusterBed{t: t, b: b, bin: bin, pids: pids}
 }
 
 func (cb *clusterBed) admin(node string) *admin.Client {
-	n, err := cb.b.Node(node)
+	a, err := cb.b.Admin(node)
 	if err != nil {
 		cb.t.Fatal(err)
 	}
-	return admin.NewClient(n.DaemonSocket())
+	return a
 }
 
 // workload returns the cluster's view of the counter, asked on node.
 func (cb *clusterBed) workload(ctx context.Context, node string) (api.ClusterWorkload, error) {
-	ws, err := cb.admin(node).Workloads(ctx)
-	if err != nil {
-		return api.ClusterWorkload{}, err
-	}
-	for _, w := range ws {
-		if w.ID == counterWL {
-			return w, nil
-		}
-	}
-	return api.ClusterWorkload{}, fmt.Errorf("no %s in the cluster yet", counterWL)
+	return cb.b.ClusterWorkload(ctx, node, counterWL)
 }
 
 // runCounter runs the counter on node, checkpointed every second, and
 // waits until the cluster owns it with a checkpoint held by 2 nodes.
-func (cb *clusterBed) runCounter(ctx context.Context, node, probe string) {
+func (cb *clusterBed) runCounter(ctx context.Context, node string) {
 	cb.t.Helper()
-	ann := map[string]string{"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1"}
-	if probe != "" {
-		ann["hitachienergy.com/cr_probe_port"] = probe
-	}
-	if _, err := cb.b.RunTestApp(ctx, node, testbed.PodSpec{Name: "counter", Annotations: ann}); err != nil {
+	if err := cb.b.RunProtectedCounter(ctx, node, true); err != nil {
 		cb.t.Fatal(err)
 	}
-	waitUntil(cb.t, 60*time.Second, "the counter registered and replicated", func() (bool, error) {
-		w, err := cb.workload(ctx, node)
-		if err != nil {
-			return false, err
-		}
-		return w.Owner == node && w.Status == "running" && w.Newest != nil && len(w.Newest.Holders) >= 2, nil
-	})
 }
 
 // copies counts the running counter containers on every node, through
@@ -174,72 +126,33 @@ func TestE2EFailover(t *testing.T) {
 	cb := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cb.runCounter(ctx, "n1", "8080")
-	smp := startSampler(cb.b, "n1")
-	time.Sleep(3 * time.Second)
-	w, _ := cb.workload(ctx, "n2")
-
-	cut := time.Now()
-	if err := cb.b.KillNode(ctx, "n1"); err != nil {
-		t.Fatal(err)
-	}
-	samples := smp.halt()
-	last, ok := before(samples, cut)
-	if !ok {
-		t.Fatal("no counter reading before the power cut")
-	}
-	var detected time.Time
-	var servedAt time.Time
-	var servedOn string
-	var after int64
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) && (detected.IsZero() || servedAt.IsZero()) {
-		if detected.IsZero() {
-			if ms, err := cb.admin("n2").Members(ctx); err == nil {
-				for _, m := range ms {
-					if m.Name == "n1" && m.Status == "dead" {
-						detected = time.Now()
-					}
-				}
-			}
-		}
-		if servedAt.IsZero() {
-			if node, v, ok := cb.findServing(ctx, "n1"); ok {
-				servedAt, servedOn, after = time.Now(), node, v
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if detected.IsZero() || servedAt.IsZero() {
-		t.Fatalf("after the power cut of n1: dead declared %t, served again %t", !detected.IsZero(), !servedAt.IsZero())
-	}
-	nw, err := cb.workload(ctx, servedOn)
+	cb.runCounter(ctx, "n1")
+	time.Sleep(2 * time.Second)
+	r, err := cb.b.PowerCutFailover(ctx, "n1", "n2", testbed.TestWriter{T: t})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := last.value - after
+	cb.logTimeline(r.Cut, "member dead", "failover: workload placed", "restoring a workload", "restored")
+	if r.Workload.Owner != r.ServedOn || r.Workload.Epoch <= r.EpochBefore {
+		t.Errorf("cluster says owner %s epoch %d (before: %d); serving on %s", r.Workload.Owner, r.Workload.Epoch, r.EpochBefore, r.ServedOn)
+	}
+	// The bound of the issue: (interval + checkpoint time) / 100 ms, with
+	// the longest checkpoint the new owner holds.
 	ckptMS := int64(0)
-	if cs, err := cb.admin(servedOn).Checkpoints(ctx, counterWL); err == nil {
+	if cs, err := cb.admin(r.ServedOn).Checkpoints(ctx, counterWL); err == nil {
 		for _, c := range cs {
 			ckptMS = max(ckptMS, c.Duration.Milliseconds())
 		}
 	}
-	bound := (1000 + ckptMS + 99) / 100
-	t.Logf("n1 cut at counter %d; dead declared after %s; serving on %s (owner %s, epoch %d -> %d, reason %q) after %s at counter %d",
-		last.value, detected.Sub(cut), servedOn, nw.Owner, w.Epoch, nw.Epoch, nw.Reason, servedAt.Sub(last.at), after)
-	cb.logTimeline(cut, "member dead", "failover: workload placed", "restoring a workload", "restored")
-	if nw.Owner != servedOn || nw.Epoch <= w.Epoch {
-		t.Errorf("cluster says owner %s epoch %d; serving on %s", nw.Owner, nw.Epoch, servedOn)
-	}
-	if lost > bound {
-		t.Errorf("lost %d ticks of state, more than (interval + checkpoint time)/100 ms = %d", lost, bound)
+	if bound := (1000 + ckptMS + 99) / 100; r.Lost() > bound {
+		t.Errorf("lost %d ticks of state, more than (interval + checkpoint time)/100 ms = %d", r.Lost(), bound)
 	}
 	if n := total(mustCopies(t, cb, ctx)); n != 1 {
 		t.Errorf("%d running copies after the failover, want 1", n)
 	}
 	if !t.Failed() {
 		fmt.Printf("E2E failover: interval_ms=1000 detect_ms=%d downtime_ms=%d counter_lost=%d\n",
-			detected.Sub(cut).Milliseconds(), servedAt.Sub(last.at).Milliseconds(), lost)
+			r.Detect.Milliseconds(), r.Downtime.Milliseconds(), r.Lost())
 	}
 }
 
@@ -259,7 +172,7 @@ func TestE2EPartition(t *testing.T) {
 	cb := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cb.runCounter(ctx, "n1", "8080")
+	cb.runCounter(ctx, "n1")
 	time.Sleep(2 * time.Second)
 	cut := time.Now()
 	if err := cb.b.CutNode(ctx, "n1"); err != nil {
@@ -348,7 +261,7 @@ func TestE2ELeaderKill(t *testing.T) {
 			break
 		}
 	}
-	cb.runCounter(ctx, app, "8080")
+	cb.runCounter(ctx, app)
 	time.Sleep(2 * time.Second)
 	n, _ := cb.b.Node(app)
 	resp, err := http.Get(n.AppURL() + "/kill")
@@ -394,7 +307,7 @@ func TestE2EMigrate(t *testing.T) {
 	cb := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cb.runCounter(ctx, "n1", "8080")
+	cb.runCounter(ctx, "n1")
 	time.Sleep(2 * time.Second)
 	n1, _ := cb.b.Node("n1")
 	src := startSampler(cb.b, "n1")
@@ -430,8 +343,6 @@ func TestE2EMigrate(t *testing.T) {
 		fmt.Printf("E2E migrate: downtime_ms=%d counter_lost=%d\n", downtime.Milliseconds(), lost)
 	}
 }
-
-var _ = syscall.SIGTERM
 
 // logTimeline logs the daemons' log lines that contain any of keys, with
 // their time relative to t0, so that a figure can be broken down.

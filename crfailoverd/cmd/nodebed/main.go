@@ -26,9 +26,12 @@ Runs crfailoverd's multi-node test bed (as root).
 Commands:
   prepare                build (or check) the cached runtime root file system
   up [-n N]              create a bed of N nodes (default 3), replacing any earlier one
-  demo [-keep]           create a 2-node bed, run the counter on n1, checkpoint it through
-                         n1's kubelet, restore it on n2 through CRI, power-cut n1, tear down
-                         (-keep leaves the bed up to look around)
+  demo [-keep]           the main story: a 3-node bed with crfailoverd clustered on every
+                         node, the counter on n1 checkpointed every second and replicated,
+                         n1 power-cut, the counter serving again from a peer with its state;
+                         prints the figures and tears down (-keep leaves it up)
+  restore-demo [-keep]   the manual path underneath: a 2-node bed, the counter on n1
+                         checkpointed through n1's kubelet, restored on n2 through CRI
   down                   tear the bed down: processes, namespaces, links, cgroups, node files
   status                 list the nodes, their addresses and sockets
   leftovers              name anything a bed left on this machine (exit 1 if any)
@@ -132,6 +135,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 		fmt.Printf("root file system %s: %s\n", dir, v)
 		return nil
 	case "demo":
+		return clusterDemo(ctx, cfg, *keep)
+	case "restore-demo":
 		return demo(ctx, cfg, *keep)
 	case "leftovers":
 		if left := testbed.Leftovers(cfg); len(left) > 0 {
