@@ -166,6 +166,21 @@ func TestE2ELocalRestore(t *testing.T) {
 	}
 	total := st.Workloads[0].Checkpoints
 
+	// An invalid configuration on SIGHUP is refused; the daemon goes on.
+	if err := os.WriteFile(n1.DaemonConfigPath(), []byte(cfg+"\n[checkpoint]\nretention = \"many\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := testbed.Signal(pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the daemon to refuse the invalid configuration", func() (bool, error) {
+		b, err := os.ReadFile(n1.DaemonLog())
+		return bytes.Contains(b, []byte("configuration reload refused")), err
+	})
+	if _, err := cl.Status(ctx); err != nil {
+		t.Fatalf("after an invalid reload the daemon no longer answers: %v", err)
+	}
+
 	// SIGTERM stops the daemon within 10 s.
 	stopAt := time.Now()
 	if err := testbed.Signal(pid, syscall.SIGTERM); err != nil {
