@@ -52,6 +52,8 @@ Commands:
   workloads             the cluster's workloads: owner, epoch, status, newest checkpoint, holders
   migrate WORKLOAD --to NODE
                         move a workload to NODE with its state
+  tls ca | tls cert     make the cluster's CA and node certificates
+  keygen                make a gossip encryption key
   config check FILE     validate a configuration file without running
   version               print the version
 
@@ -97,6 +99,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdMigrate(ctx, rest, stdout, stderr)
 	case "config":
 		err = cmdConfig(rest, stdout, stderr)
+	case "tls":
+		err = cmdTLS(rest, stdout, stderr)
+	case "keygen":
+		err = cmdKeygen(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "crfailoverd", versionString())
 	default:
