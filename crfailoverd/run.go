@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,7 +26,9 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -133,8 +136,17 @@ func (d *daemonRun) run(format string) error {
 	c := d.cfg
 	d.log.Info("crfailoverd starting", "version", versionString(), "node", c.Node.Name, "config", d.cfgPath,
 		"runtime_endpoint", c.Runtime.SocketPath(), "method", c.Checkpoint.Method, "data_dir", c.Node.DataDir, "log_format", format)
-	if c.Runtime.RestoreMode != "cri" {
-		d.log.Warn("runtime.restore_mode other than \"cri\" is not available in this version; restoring through the CRI", "restore_mode", c.Runtime.RestoreMode)
+	var static *agent.StaticPods
+	if mode := staticpod.Mode(c.Runtime.RestoreMode, c.Runtime.StaticPodDir); mode == staticpod.ModeStaticPod {
+		if c.Images.ListenAddr == "" {
+			return fmt.Errorf("runtime.restore_mode %q restores through kubelet static pods, which pull from this daemon's image endpoint: set images.listen_addr", c.Runtime.RestoreMode)
+		}
+		_, port, err := net.SplitHostPort(c.Images.ListenAddr)
+		if err != nil {
+			return fmt.Errorf("images.listen_addr: %w", err)
+		}
+		static = &agent.StaticPods{Dir: c.Runtime.StaticPodDir, Endpoint: "localhost:" + port}
+		d.log.Info("restores go through kubelet static pods", "static_pod_dir", c.Runtime.StaticPodDir, "image_endpoint", static.Endpoint)
 	}
 	st, err := store.Open(filepath.Join(c.Node.DataDir, "checkpoints"), c.Checkpoint.Retention)
 	if err != nil {
@@ -157,7 +169,7 @@ func (d *daemonRun) run(format string) error {
 		}
 		gate = cl
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, DataDir: c.Node.DataDir,
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, StaticPods: static, DataDir: c.Node.DataDir,
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	d.cluster = cl
 
@@ -168,13 +180,25 @@ func (d *daemonRun) run(format string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	parts := 2
-	done := make(chan error, 3)
+	done := make(chan error, 4)
 	var cb admin.ClusterBackend
 	if cl != nil {
 		cl.SetLocal(d.agent)
 		cb = cl
 		parts++
 		go func() { done <- cl.Run(ctx) }()
+	}
+	if addr := c.Images.ListenAddr; addr != "" {
+		parts++
+		img := ociserve.NewServer(st, d.log.With("component", "images"))
+		go func() {
+			if err := img.Serve(ctx, addr); err != nil {
+				done <- fmt.Errorf("image endpoint on %s: %w", addr, err)
+				return
+			}
+			done <- nil
+		}()
+		d.log.Info("image endpoint listening", "addr", addr)
 	}
 	go func() { done <- admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, cb, d.log)) }()
 	go func() { done <- d.agent.Run(ctx) }()

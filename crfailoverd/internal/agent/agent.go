@@ -98,7 +98,8 @@ type Options struct {
 	Runtime       Runtime
 	Kubelet       Kubelet // nil: the kubelet is not configured
 	Store         *store.Store
-	Gate          Gate // nil: single node
+	Gate          Gate        // nil: single node
+	StaticPods    *StaticPods // nil: restore through the CRI
 	DataDir       string
 	MaxConcurrent int
 	Log           *slog.Logger
@@ -117,6 +118,7 @@ type Agent struct {
 	kubelet Kubelet
 	store   *store.Store
 	gate    Gate
+	static  *StaticPods
 	dataDir string
 	log     *slog.Logger
 	now     func() time.Time
@@ -151,7 +153,7 @@ func New(o Options) *Agent {
 		o.MaxConcurrent = 1
 	}
 	return &Agent{
-		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, dataDir: o.DataDir, log: o.Log, now: o.Now,
+		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, static: o.StaticPods, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
 		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{}, nudge: make(chan struct{}, 1),
 	}

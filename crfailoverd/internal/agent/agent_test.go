@@ -166,6 +166,8 @@ func newFake() *fakeRuntime {
 		Containers: []cri.Container{{ID: "ctr-0", Name: "app", State: cri.StateRunning, CreatedAt: time.Now()}}}}
 }
 
+func startAgentLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
 func startAgent(t *testing.T, rt *fakeRuntime, attempts int) (*Agent, *store.Store) {
 	t.Helper()
 	dir := t.TempDir()

@@ -40,7 +40,10 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker) {
 			<-wk.done
 		}
 		waited := a.now().Sub(start)
-		err := a.rt.RemovePod(ctx, w.SandboxID)
+		err := a.removeStaticPod(w.ID)
+		if err == nil {
+			err = a.rt.RemovePod(ctx, w.SandboxID)
+		}
 		if err == nil {
 			a.log.Info("stopped a local copy", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID),
 				"waited_for_worker_ms", waited.Milliseconds(), "stop_ms", (a.now().Sub(start) - waited).Milliseconds())
@@ -56,13 +59,16 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker) {
 
 // RemoveCopies stops and removes every local pod of workload id.
 func (a *Agent) RemoveCopies(ctx context.Context, id store.Workload) (int, error) {
+	if err := a.removeStaticPod(id); err != nil {
+		return 0, err
+	}
 	pods, err := a.rt.ListPods(ctx)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, p := range pods {
-		if p.Namespace == id.Namespace && p.Name == id.Pod && p.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
+		if (p.Namespace == id.Namespace && p.Name == id.Pod || p.Annotations[discovery.AnnWorkload] == id.String()) && p.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
 			if err := a.rt.RemovePod(ctx, p.SandboxID); err != nil {
 				return n, err
 			}
@@ -105,12 +111,8 @@ func (a *Agent) RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch 
 		// node even if a stale sandbox of an earlier epoch is still there.
 		sb.Metadata.Attempt = uint32(epoch)
 	}
-	restore := a.rt.RestoreContainer
-	if e.Method == MethodCRIPod {
-		restore = a.restorePod
-	}
 	start := a.now()
-	_, _, err = restore(ctx, sb, wc.Container, e.Path)
+	_, _, err = a.restoreCopy(ctx, sb, wc.Container, e, epoch)
 	took := a.now().Sub(start)
 	if err != nil {
 		return took, fmt.Errorf("restore %s from #%d: %w", e.Workload, e.Seq, err)

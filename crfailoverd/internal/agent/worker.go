@@ -343,11 +343,7 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 			cfg.Sandbox.Metadata.Attempt = sb.Metadata.Attempt
 		}
 		start := w.a.now()
-		restoreFn := w.a.rt.RestoreContainer
-		if e.Method == MethodCRIPod {
-			restoreFn = w.a.restorePod
-		}
-		sbID, ctrID, err := restoreFn(ctx, sb, cfg.Container, e.Path)
+		sbID, ctrID, err := w.a.restoreCopy(ctx, sb, cfg.Container, e, 0)
 		took := w.a.now().Sub(start)
 		ri := &api.RestoreInfo{At: start, Reason: reason, Seq: e.Seq, Age: start.Sub(e.Created), Duration: took, Attempts: attempt + 1, OK: err == nil, NewSandbox: sbID}
 		if err != nil {
@@ -356,6 +352,13 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 			w.set(func() { w.lastRestore = ri })
 			log.Error("restore attempt failed", "seq", e.Seq, "attempt", attempt+1, "err", err)
 			continue
+		}
+		if sbID == "" {
+			// Handed to kubelet (static pod): discovery finds the new pod and
+			// starts a new worker for it.
+			w.set(func() { w.restores++; w.lastRestore = ri; w.state = "handed to kubelet" })
+			log.Info("restore handed to kubelet", "seq", e.Seq)
+			return false
 		}
 		w.set(func() {
 			w.restores++

@@ -30,6 +30,7 @@ type Config struct {
 	Restore    Restore
 	Cluster    Cluster
 	Metrics    Metrics
+	Images     Images
 }
 
 // Node is the [node] table: identity, local storage and logging.
@@ -101,6 +102,13 @@ type Cluster struct {
 	MaxVoters         int           // max_voters: odd, >= 1
 }
 
+// Images is the [images] table: the embedded, read-only OCI registry that
+// serves this node's checkpoints as checkpoint images (for kubelet static
+// pods).
+type Images struct {
+	ListenAddr string // listen_addr: "host:port", or "" for no endpoint
+}
+
 // Metrics is the [metrics] table, used by the metrics feature.
 type Metrics struct {
 	PostgresDSN    string // postgres_dsn: "" disables the PostgreSQL sink
@@ -161,6 +169,7 @@ func Default() Config {
 			MaxVoters:         5,
 		},
 		Metrics: Metrics{QueueSize: 10000},
+		Images:  Images{ListenAddr: "127.0.0.1:7948"},
 	}
 }
 

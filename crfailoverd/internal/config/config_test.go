@@ -108,6 +108,9 @@ max_voters = 3
 postgres_dsn = "postgres://m@db/metrics"
 prometheus_addr = ":9100"
 queue_size = 1
+
+[images]
+listen_addr = "127.0.0.1:5001"
 `
 	want := Config{
 		Node:       Node{"worker-2", "/srv/crf", "/run/crf.sock", slog.LevelDebug, "json"},
@@ -125,6 +128,7 @@ queue_size = 1
 			DeadServerGrace: 2 * time.Minute, MaxVoters: 3,
 		},
 		Metrics: Metrics{"postgres://m@db/metrics", ":9100", 1},
+		Images:  Images{"127.0.0.1:5001"},
 	}
 	c, err := Parse([]byte(doc), "t.toml")
 	if err != nil {
@@ -241,6 +245,7 @@ func TestBadConfigs(t *testing.T) {
 		{"[cluster]\nenabled = true\ntls_cert = \"\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml:3: cluster.tls_cert: ", "required when cluster.enabled = true"},
 		{"[metrics]\nprometheus_addr = \"9090\"\n", "t.toml:2: metrics.prometheus_addr: ", "missing port in address"},
 		{"[metrics]\nqueue_size = 0\n", "t.toml:2: metrics.queue_size: ", "want at least 1, got 0"},
+		{"[images]\nlisten_addr = \":5001\"\n", "t.toml:2: images.listen_addr: ", "host"},
 		// Dotted keys and inline tables.
 		{"checkpoint.retention = 0\n", "t.toml:1: checkpoint.retention: ", "want at least 1"},
 		{"\ncheckpoint = { method = \"x\", retention = 1 }\n", "t.toml:2: checkpoint.method: ", "want one of"},

@@ -150,6 +150,9 @@ func (d *decoder) decode(c *Config) {
 	t.str("postgres_dsn", &c.Metrics.PostgresDSN)
 	t.str("prometheus_addr", &c.Metrics.PrometheusAddr)
 	t.integer("queue_size", &c.Metrics.QueueSize)
+
+	t = d.table("images")
+	t.str("listen_addr", &c.Images.ListenAddr)
 }
 
 // unknownKeys reports, in document order, every key the schema does not

@@ -123,6 +123,10 @@ func (c Config) problems() []problem {
 	}
 	v.atLeast("metrics.queue_size", m.QueueSize, 1)
 
+	if a := c.Images.ListenAddr; a != "" {
+		v.hostPort("images.listen_addr", a, true)
+	}
+
 	return v.probs
 }
 

@@ -39,6 +39,9 @@ const (
 	// AnnEpoch is set by crfailoverd on pods it restores: the cluster epoch
 	// of the placement the copy belongs to. Pods without it are originals.
 	AnnEpoch = "crfailoverd.io/epoch"
+	// AnnWorkload is set on static pods crfailoverd hands to kubelet:
+	// kubelet names such a pod POD-NODE, and this keeps the workload's name.
+	AnnWorkload = "crfailoverd.io/workload"
 )
 
 // Defaults come from the configuration.
@@ -129,6 +132,13 @@ func workloadOf(p cri.Pod, d Defaults) (Workload, error) {
 		w.Epoch = e
 	}
 	w.ID = store.Workload{Namespace: p.Namespace, Pod: p.Name, Container: ctr.Name}
+	if v, ok := a[AnnWorkload]; ok {
+		id, err := store.ParseWorkload(v)
+		if err != nil {
+			return w, fmt.Errorf("annotation %s=%q: %v", AnnWorkload, v, err)
+		}
+		w.ID = id
+	}
 	if v, ok := a[AnnProbePort]; ok {
 		port, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || port < 1 || port > 65535 {
