@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -149,4 +150,39 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "%s now runs on %s from checkpoint #%d; downtime %s\n", pos[0], *to, r.Seq, r.Downtime.Round(time.Millisecond))
 	return nil
+}
+
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("events", "events [--follow] [--json] [--socket PATH]",
+		"Prints the recent events of the local daemon (checkpoints, transfers, restores, failovers), oldest\nfirst; --follow keeps printing new ones until interrupted.", stderr)
+	follow := fs.Bool("follow", false, "keep printing new events")
+	asJSON := fs.Bool("json", false, "print one JSON object per event")
+	socket, cfgPath := socketFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cl := adminClient(*socket, *cfgPath)
+	var after uint64
+	for first := true; ; first = false {
+		// The first call returns what there is; later ones wait for more.
+		evs, err := cl.Events(ctx, after, *follow && !first)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, e := range evs {
+			if *asJSON {
+				b, _ := json.Marshal(e)
+				fmt.Fprintln(stdout, string(b))
+			} else {
+				fmt.Fprintf(stdout, "%s  %-16s %s\n", e.Time.Local().Format("2006-01-02T15:04:05.000"), e.Kind, e.Message)
+			}
+			after = e.Seq
+		}
+		if !*follow {
+			return nil
+		}
+	}
 }

@@ -47,6 +47,7 @@ Commands:
   checkpoints [WORKLOAD]
                         stored checkpoints, newest first (WORKLOAD is namespace/pod/container)
   inspect ARCHIVE       what is inside a checkpoint archive, with CRIU's dump statistics
+  events [--follow]     the recent events of the local daemon
   members               the cluster's members: gossip status, Raft role, leader
   raft peers            the Raft configuration as this node sees it
   workloads             the cluster's workloads: owner, epoch, status, newest checkpoint, holders
@@ -89,6 +90,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheckpoints(ctx, rest, stdout, stderr)
 	case "inspect":
 		err = cmdInspect(rest, stdout, stderr)
+	case "events":
+		err = cmdEvents(ctx, rest, stdout, stderr)
 	case "members":
 		err = cmdMembers(ctx, rest, stdout, stderr)
 	case "raft":

@@ -26,6 +26,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/metrics"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
@@ -69,6 +70,22 @@ type daemonRun struct {
 	log     *slog.Logger
 	agent   *agent.Agent
 	cluster *cluster.Cluster
+	rec     *metrics.Recorder
+}
+
+func (d *daemonRun) setGauges() {
+	alive, raftState, fenced := 1, "", false
+	if d.cluster != nil {
+		r := d.cluster.RaftPeers()
+		raftState, fenced = r.State, r.Fenced
+		alive = 0
+		for _, m := range d.cluster.Members() {
+			if m.Status == "alive" {
+				alive++
+			}
+		}
+	}
+	d.rec.SetGauges(len(d.agent.Status().Workloads), alive, raftState, fenced)
 }
 
 func (d *daemonRun) statusLine() string {
@@ -80,7 +97,7 @@ func (d *daemonRun) statusLine() string {
 }
 
 // newCluster sets up the cluster side from the [cluster] configuration.
-func newCluster(c config.Config, st *store.Store, log *slog.Logger) (*cluster.Cluster, error) {
+func newCluster(c config.Config, st *store.Store, log *slog.Logger, onEvent func(cluster.Event)) (*cluster.Cluster, error) {
 	t, err := peer.LoadTLS(c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA)
 	if err != nil {
 		return nil, fmt.Errorf("cluster TLS: %w", err)
@@ -96,7 +113,7 @@ func newCluster(c config.Config, st *store.Store, log *slog.Logger) (*cluster.Cl
 		RPCAddr: c.Cluster.RPCAddr, Join: c.Cluster.Join, BootstrapExpect: c.Cluster.BootstrapExpect, GossipKey: key, TLS: t,
 		ReplicationFactor: c.Cluster.ReplicationFactor, Profile: c.Cluster.FailureProfile, Lease: c.Cluster.Lease,
 		DeadServerGrace: c.Cluster.DeadServerGrace, MaxVoters: c.Cluster.MaxVoters, Policy: c.Restore.Policy,
-		MaxAttempts: c.Restore.MaxAttempts, Store: st, Log: log,
+		MaxAttempts: c.Restore.MaxAttempts, Store: st, Log: log, OnEvent: onEvent,
 	})
 }
 
@@ -161,15 +178,18 @@ func (d *daemonRun) run(format string) error {
 	if err != nil {
 		return err
 	}
+	rec := metrics.New(metrics.Options{DSN: c.Metrics.PostgresDSN, QueueSize: c.Metrics.QueueSize, Node: c.Node.Name,
+		Log: d.log.With("component", "metrics")})
+	d.rec = rec
 	var cl *cluster.Cluster
 	var gate agent.Gate
 	if c.Cluster.Enabled {
-		if cl, err = newCluster(c, st, d.log); err != nil {
+		if cl, err = newCluster(c, st, d.log, rec.ClusterEvent); err != nil {
 			return err
 		}
 		gate = cl
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, StaticPods: static, DataDir: c.Node.DataDir,
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name}, DataDir: c.Node.DataDir,
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	d.cluster = cl
 
@@ -180,13 +200,26 @@ func (d *daemonRun) run(format string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	parts := 2
-	done := make(chan error, 4)
+	done := make(chan error, 6)
 	var cb admin.ClusterBackend
 	if cl != nil {
 		cl.SetLocal(d.agent)
 		cb = cl
 		parts++
 		go func() { done <- cl.Run(ctx) }()
+	}
+	parts++
+	go func() { rec.Run(ctx); done <- nil }()
+	if addr := c.Metrics.PrometheusAddr; addr != "" {
+		parts++
+		go func() {
+			if err := servePrometheus(ctx, addr, rec.Handler()); err != nil {
+				done <- fmt.Errorf("prometheus endpoint on %s: %w", addr, err)
+				return
+			}
+			done <- nil
+		}()
+		d.log.Info("prometheus endpoint listening", "addr", addr)
 	}
 	if addr := c.Images.ListenAddr; addr != "" {
 		parts++
@@ -225,6 +258,7 @@ func (d *daemonRun) run(format string) error {
 			d.log.Info("crfailoverd ready", "status", d.statusLine())
 		case <-statusTick.C:
 			d.notify("STATUS=" + d.statusLine())
+			d.setGauges()
 		case <-watchdog:
 			if d.agent.Alive(3 * time.Second) {
 				d.notify("WATCHDOG=1")
@@ -327,4 +361,16 @@ func (s statusWithVersion) Status() api.Status {
 
 func (s statusWithVersion) Checkpoints(w string) ([]api.CheckpointInfo, error) {
 	return s.d.agent.Checkpoints(w)
+}
+
+func (s statusWithVersion) Events(ctx context.Context, after uint64, follow bool) []api.Event {
+	evs := s.d.rec.Events(after, 1000)
+	if follow && len(evs) == 0 {
+		evs = s.d.rec.WaitEvents(ctx, after)
+	}
+	out := make([]api.Event, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, api.Event{Seq: e.Seq, Time: e.Time, Kind: e.Kind, Workload: e.Workload, Message: e.Message, Fields: e.Fields})
+	}
+	return out
 }

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,12 @@ import (
 type Backend interface {
 	Status() api.Status
 	Checkpoints(workload string) ([]api.CheckpointInfo, error)
+}
+
+// EventSource answers GET /v1/events: the events after a sequence number,
+// waiting for one (long poll) when follow is set.
+type EventSource interface {
+	Events(ctx context.Context, after uint64, follow bool) []api.Event
 }
 
 // ClusterBackend answers the cluster requests; nil when clustering is off.
@@ -46,6 +53,14 @@ func Handler(b Backend, cb ClusterBackend, log *slog.Logger) http.Handler {
 			}
 			f(w, r)
 		}
+	}
+	if es, ok := b.(EventSource); ok {
+		mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+			after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+			ctx, cancel := context.WithTimeout(r.Context(), 25*time.Second)
+			defer cancel()
+			writeJSON(w, es.Events(ctx, after, r.URL.Query().Get("follow") != ""))
+		})
 	}
 	mux.HandleFunc("GET /v1/members", clustered(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, cb.Members()) }))
 	mux.HandleFunc("GET /v1/raft", clustered(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, cb.RaftPeers()) }))
@@ -218,4 +233,15 @@ func (c *Client) Workloads(ctx context.Context) ([]api.ClusterWorkload, error) {
 func (c *Client) Migrate(ctx context.Context, workload, to string) (api.MigrateResult, error) {
 	var r api.MigrateResult
 	return r, c.do(ctx, http.MethodPost, "/v1/migrate", nil, api.MigrateRequest{Workload: workload, To: to}, &r)
+}
+
+// Events returns the events after seq; with follow it waits (up to about
+// 25 s) for at least one.
+func (c *Client) Events(ctx context.Context, after uint64, follow bool) ([]api.Event, error) {
+	var evs []api.Event
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
+	if follow {
+		q.Set("follow", "1")
+	}
+	return evs, c.get(ctx, "/v1/events", q, &evs)
 }

@@ -46,6 +46,16 @@ type Kubelet interface {
 	Checkpoint(ctx context.Context, namespace, pod, container string, timeout time.Duration) (string, error)
 }
 
+// Observer records what the agent did, for metrics. Its methods must not
+// block.
+type Observer interface {
+	// Checkpointed is told of every checkpoint attempt: e is the committed
+	// entry (zero when err is not nil).
+	Checkpointed(w discovery.Workload, e store.Entry, method string, start time.Time, took time.Duration, err error)
+	// Restored is told of every local restore attempt.
+	Restored(id store.Workload, seq uint64, start time.Time, took, checkpointAge time.Duration, reason string, err error)
+}
+
 // Admission is a cluster's verdict on a local copy of a workload.
 type Admission int
 
@@ -100,6 +110,7 @@ type Options struct {
 	Store         *store.Store
 	Gate          Gate        // nil: single node
 	StaticPods    *StaticPods // nil: restore through the CRI
+	Observer      Observer    // nil: nobody records checkpoints and restores
 	DataDir       string
 	MaxConcurrent int
 	Log           *slog.Logger
@@ -119,6 +130,7 @@ type Agent struct {
 	store   *store.Store
 	gate    Gate
 	static  *StaticPods
+	obs     Observer
 	dataDir string
 	log     *slog.Logger
 	now     func() time.Time
@@ -153,7 +165,7 @@ func New(o Options) *Agent {
 		o.MaxConcurrent = 1
 	}
 	return &Agent{
-		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, static: o.StaticPods, dataDir: o.DataDir, log: o.Log, now: o.Now,
+		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, static: o.StaticPods, obs: o.Observer, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
 		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{}, nudge: make(chan struct{}, 1),
 	}

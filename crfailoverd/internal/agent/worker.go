@@ -197,6 +197,13 @@ func (w *worker) checkpoint(ctx context.Context, log interface {
 	if ctx.Err() != nil {
 		return e, ctx.Err()
 	}
+	if w.a.obs != nil {
+		method := e.Method
+		if err != nil {
+			method = w.a.cfg().Method
+		}
+		w.a.obs.Checkpointed(w.spec, e, method, start, w.a.now().Sub(start), err)
+	}
 	w.set(func() {
 		if err != nil {
 			w.failures++
@@ -346,6 +353,9 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 		sbID, ctrID, err := w.a.restoreCopy(ctx, sb, cfg.Container, e, 0)
 		took := w.a.now().Sub(start)
 		ri := &api.RestoreInfo{At: start, Reason: reason, Seq: e.Seq, Age: start.Sub(e.Created), Duration: took, Attempts: attempt + 1, OK: err == nil, NewSandbox: sbID}
+		if w.a.obs != nil {
+			w.a.obs.Restored(w.id, e.Seq, start, took, ri.Age, reason, err)
+		}
 		if err != nil {
 			lastErr = err
 			ri.Error = err.Error()

@@ -129,3 +129,13 @@ type MigrateResult struct {
 	Seq      uint64        `json:"seq"`
 	Downtime time.Duration `json:"downtime_ns"`
 }
+
+// Event is one entry of the daemon's recent events (GET /v1/events).
+type Event struct {
+	Seq      uint64            `json:"seq"`
+	Time     time.Time         `json:"time"`
+	Kind     string            `json:"kind"`
+	Workload string            `json:"workload,omitempty"`
+	Message  string            `json:"message"`
+	Fields   map[string]string `json:"fields,omitempty"`
+}

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -678,4 +679,33 @@ func FuzzReadFrom(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestReadStatsMatchesRead(t *testing.T) {
+	plain := filepath.Join(t.TempDir(), "a.tar")
+	f, err := os.Open("testdata/counter-checkpoint.tar.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, zr); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	info, err := Read(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ReadStats(plain)
+	if err != nil || s == nil || *s != *info.Stats {
+		t.Fatalf("ReadStats = %+v, %v; Read's stats %+v", s, err, info.Stats)
+	}
 }

@@ -107,6 +107,7 @@ type Cluster struct {
 	lastQuorum    time.Time            // last time this node was in contact with a working quorum
 	lostSince     map[string]time.Time // owned workloads with no local copy, since when
 	adopted       map[string]uint64    // sandbox -> epoch a registration gave a running copy
+	deadSeen      map[string]time.Time // dead members the leader has reported, with the time they died
 	wasFenced     bool
 	lastEvents    []Event
 
@@ -126,7 +127,7 @@ func New(o Options) (*Cluster, error) {
 		o.Lease = 3 * time.Second
 	}
 	c := &Cluster{o: o, log: o.Log.With("component", "cluster"), clients: map[string]*peer.Client{},
-		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{}, proposals: make(chan proposal, 4096), start: time.Now()}
+		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{}, deadSeen: map[string]time.Time{}, proposals: make(chan proposal, 4096), start: time.Now()}
 	mux, err := peer.Listen(o.RPCAddr, o.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("cluster RPC listener on %s: %w", o.RPCAddr, err)
@@ -481,7 +482,9 @@ func (c *Cluster) propose(what string, cmd state.Command, then func(error)) {
 }
 
 func (c *Cluster) event(e Event) {
-	e.At = time.Now()
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
 	c.mu.Lock()
 	c.lastEvents = append(c.lastEvents, e)
 	if len(c.lastEvents) > 200 {

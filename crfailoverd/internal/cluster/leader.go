@@ -151,6 +151,13 @@ func (c *Cluster) decide(ctx context.Context) {
 			view.Alive[m.Name] = true
 		default:
 			view.DeadSince[m.Name] = m.DeadSince
+			c.mu.Lock()
+			seen := c.deadSeen[m.Name].Equal(m.DeadSince)
+			c.deadSeen[m.Name] = m.DeadSince
+			c.mu.Unlock()
+			if !seen && !m.DeadSince.IsZero() {
+				c.event(Event{Kind: "node-dead", Node: m.Name, At: m.DeadSince, Reason: m.Status})
+			}
 		}
 	}
 	cmds := failover.Decide(st, view, failover.Policy{FenceDelay: c.fenceDelay(), MaxAttempts: c.o.MaxAttempts, RestoreTimeout: restoreTimeout})
