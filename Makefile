@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 NODEBED := $(GO) run ./crfailoverd/cmd/nodebed
 
-.PHONY: all build setup demo test unit e2e vet down clean
+.PHONY: all build setup demo test unit e2e vet down clean package
 
 all: build
 
@@ -25,8 +25,10 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
+# Unit tests; the metrics package's PostgreSQL tests use a throwaway server
+# on 127.0.0.1:55432 (scripts/pg-test.sh installs and starts it).
 unit:
-	$(GO) test -count=1 ./...
+	CRF_PG_DSN="$$(bash scripts/pg-test.sh)" $(GO) test -count=1 ./...
 
 # End-to-end tests on the real runtime; they print the E2E result lines.
 e2e:
