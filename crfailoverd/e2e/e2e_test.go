@@ -38,7 +38,11 @@ func daemonBinary(t *testing.T, c testbed.Config) string {
 			return
 		}
 		binPath = filepath.Join(dir, "crfailoverd")
-		cmd := exec.Command("go", "build", "-o", binPath, "./crfailoverd")
+		args := []string{"build", "-o", binPath}
+		if os.Getenv("CRF_E2E_RACE") != "" {
+			args = append(args, "-race") // the daemon's data races end up in its log
+		}
+		cmd := exec.Command("go", append(args, "./crfailoverd")...)
 		cmd.Dir = c.ModuleDir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = err

@@ -42,6 +42,13 @@ func UpT(t testing.TB, c Config, n int) *Bed {
 		t.Fatalf("bed up: %v", err)
 	}
 	t.Cleanup(func() {
+		for _, n := range b.Nodes() {
+			if log, err := os.ReadFile(n.DaemonLog()); err == nil && strings.Contains(string(log), "WARNING: DATA RACE") {
+				t.Errorf("crfailoverd on %s reported a data race (built with CRF_E2E_RACE=1)", n.Name)
+				i := strings.Index(string(log), "WARNING: DATA RACE")
+				t.Log(string(log[i:min(len(log), i+6000)]))
+			}
+		}
 		if t.Failed() {
 			b.DumpLogs(t)
 		}

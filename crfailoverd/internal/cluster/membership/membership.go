@@ -86,6 +86,7 @@ type Membership struct {
 	rpcAddr string
 
 	mu        sync.Mutex
+	members   map[string]*Member
 	deadSince map[string]time.Time
 	deadAddr  map[string]string // gossip address of members that died (not those that left)
 	changes   chan struct{}
@@ -112,7 +113,7 @@ func Start(o Options) (*Membership, error) {
 	if len(o.Key) > 0 {
 		c.SecretKey = o.Key
 	}
-	m := &Membership{log: o.Log, join: o.Join, deadSince: map[string]time.Time{}, deadAddr: map[string]string{}, changes: make(chan struct{}, 1)}
+	m := &Membership{log: o.Log, join: o.Join, members: map[string]*Member{}, deadSince: map[string]time.Time{}, deadAddr: map[string]string{}, changes: make(chan struct{}, 1)}
 	d := &delegate{}
 	c.Delegate = d
 	c.Events = events{m}
@@ -216,58 +217,53 @@ func (m *Membership) ReconnectLoop(stop <-chan struct{}, interval time.Duration)
 	}
 }
 
-// Members lists the known nodes, sorted by name.
+// Members lists the known nodes, sorted by name. It reads this package's
+// own record, kept by memberlist's event callbacks: the *Node values
+// memberlist hands out are changed under its lock, so reading them later
+// would race.
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
-	dead := map[string]time.Time{}
-	for k, v := range m.deadSince {
-		dead[k] = v
-	}
-	m.mu.Unlock()
-	var out []Member
-	for _, n := range m.ml.Members() {
-		out = append(out, memberOf(n, dead[n.Name]))
-	}
-	// Nodes memberlist already forgot stay listed as dead.
-	seen := map[string]bool{}
-	for _, x := range out {
-		seen[x.Name] = true
-	}
-	for name, t := range dead {
-		if !seen[name] {
-			out = append(out, Member{Name: name, Status: "dead", DeadSince: t})
-		}
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members))
+	for _, x := range m.members {
+		out = append(out, *x)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-func memberOf(n *memberlist.Node, dead time.Time) Member {
-	x := Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
+// record copies a node into the member record; memberlist calls the event
+// delegate with its lock held, so reading n here is safe.
+func (m *Membership) record(n *memberlist.Node, status string) {
+	x := &Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: status}
 	var meta Meta
 	if json.Unmarshal(n.Meta, &meta) == nil {
 		x.RPCAddr = meta.RPCAddr
 	}
-	switch n.State {
-	case memberlist.StateAlive:
-		x.Status = "alive"
-	case memberlist.StateSuspect:
-		x.Status = "suspect"
-	case memberlist.StateDead:
-		x.Status, x.DeadSince = "dead", dead
-	case memberlist.StateLeft:
-		x.Status, x.DeadSince = "left", dead
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if status != "alive" {
+		x.DeadSince = time.Now()
+		m.deadSince[n.Name] = x.DeadSince
+		if status == "dead" {
+			m.deadAddr[n.Name] = x.Addr
+		}
+	} else {
+		delete(m.deadSince, n.Name)
+		delete(m.deadAddr, n.Name)
 	}
-	return x
+	m.members[n.Name] = x
 }
 
-// Alive returns the names of the members that answer now (suspected
-// members are not counted).
+// Alive returns the names of the members memberlist has not declared dead
+// or gone.
 func (m *Membership) Alive() map[string]bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	out := map[string]bool{}
-	for _, n := range m.ml.Members() {
-		if n.State == memberlist.StateAlive {
-			out[n.Name] = true
+	for name, x := range m.members {
+		if x.Status == "alive" {
+			out[name] = true
 		}
 	}
 	return out
@@ -298,10 +294,7 @@ func (m *Membership) notify() {
 type events struct{ m *Membership }
 
 func (e events) NotifyJoin(n *memberlist.Node) {
-	e.m.mu.Lock()
-	delete(e.m.deadSince, n.Name)
-	delete(e.m.deadAddr, n.Name)
-	e.m.mu.Unlock()
+	e.m.record(n, "alive")
 	e.m.log.Info("member joined", "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
@@ -311,17 +304,15 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	if n.State == memberlist.StateLeft {
 		how = "left"
 	}
-	e.m.mu.Lock()
-	e.m.deadSince[n.Name] = time.Now()
-	if how == "dead" {
-		e.m.deadAddr[n.Name] = n.Address()
-	}
-	e.m.mu.Unlock()
+	e.m.record(n, how)
 	e.m.log.Warn("member "+how, "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
 
-func (e events) NotifyUpdate(n *memberlist.Node) { e.m.notify() }
+func (e events) NotifyUpdate(n *memberlist.Node) {
+	e.m.record(n, "alive")
+	e.m.notify()
+}
 
 type delegate struct {
 	mu   sync.Mutex
