@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 NODEBED := $(GO) run ./crfailoverd/cmd/nodebed
 
-.PHONY: all build setup demo test unit e2e vet down clean package
+.PHONY: all build setup demo test unit e2e vet down clean package lint-ansible
 
 all: build
 
@@ -14,6 +14,7 @@ build:
 # Host packages and the cached runtime root file system (once, about a minute).
 setup:
 	bash scripts/setup-host.sh
+	bash scripts/ops-setup.sh
 	$(NODEBED) prepare
 
 # The main job: a 2-node bed; checkpoint the counter on n1 through the kubelet
@@ -36,6 +37,13 @@ e2e:
 
 # The test command (.ci/run calls it).
 test: setup vet unit e2e
+
+# .deb and .rpm in dist/ (nfpm, run as a Go tool; no docker).
+package:
+	bash packaging/build.sh
+
+lint-ansible:
+	cd ansible && ansible-lint
 
 down:
 	$(NODEBED) down
