@@ -19,6 +19,8 @@
 package pki
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/atomicfile"
+
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -334,32 +336,10 @@ func refuseExisting(force bool, paths ...string) error {
 	return nil
 }
 
-// writeFile writes b to path with mode 0600 through a temporary file in the
-// same directory, synced and renamed into place.
+// writeFile writes b to path with mode 0600, atomically.
 func writeFile(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename this fails harmlessly
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
 }

@@ -19,6 +19,8 @@
 package staticpod
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/atomicfile"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -372,35 +374,11 @@ func Write(dir string, pod *corev1.Pod) (path string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("static pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	name := FileName(pod.Namespace, pod.Name)
-	path = filepath.Join(dir, name)
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return "", fmt.Errorf("static pod %s: %w", path, err)
+	path = filepath.Join(dir, FileName(pod.Namespace, pod.Name))
+	if err := atomicfile.WriteFile(path, append([]byte(header), b...), 0o600); err != nil {
+		return "", fmt.Errorf("static pod: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			err = fmt.Errorf("static pod %s: %w", path, err)
-		}
-	}()
-	if _, err := f.Write(append([]byte(header), b...)); err != nil {
-		return "", err
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return "", err
-	}
-	if err := f.Sync(); err != nil {
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return "", err
-	}
-	return path, syncDir(dir)
+	return path, nil
 }
 
 // Remove deletes the manifest of pod namespace/name from dir. A manifest
@@ -412,7 +390,7 @@ func Remove(dir, namespace, name string) error {
 	} else if err != nil {
 		return fmt.Errorf("static pod: remove %s: %w", path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("static pod: remove %s: %w", path, err)
 	}
 	return nil
@@ -471,13 +449,4 @@ func Mode(mode, dir string) string {
 		}
 	}
 	return ModeCRI
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
