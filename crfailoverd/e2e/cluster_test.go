@@ -64,8 +64,10 @@ func (cb *clusterBed) runCounter(ctx context.Context, node string) {
 	}
 }
 
-// copies counts the running counter containers on every node, through
-// each node's CRI socket (reachable even when the node is cut off).
+// copies counts the live counter containers on every node (running, or
+// created: a restored container serves while CRIU's restore inside
+// StartContainer is still finishing), through each node's CRI socket
+// (reachable even when the node is cut off).
 func (cb *clusterBed) copies(ctx context.Context) (map[string]int, error) {
 	out := map[string]int{}
 	for _, n := range cb.b.Nodes() {
@@ -75,7 +77,6 @@ func (cb *clusterBed) copies(ctx context.Context) (map[string]int, error) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		resp, err := cri.Runtime.ListContainers(cctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
-			State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
 			LabelSelector: map[string]string{testbed.LabelPodName: "counter"},
 		}})
 		cancel()
@@ -83,7 +84,11 @@ func (cb *clusterBed) copies(ctx context.Context) (map[string]int, error) {
 		if err != nil {
 			continue // a killed node's containerd does not answer: no copies there
 		}
-		out[n.Name] = len(resp.Containers)
+		for _, c := range resp.Containers {
+			if c.State == runtimeapi.ContainerState_CONTAINER_RUNNING || c.State == runtimeapi.ContainerState_CONTAINER_CREATED {
+				out[n.Name]++
+			}
+		}
 	}
 	return out, nil
 }
