@@ -24,6 +24,7 @@ demo: setup
 
 vet:
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # Unit tests; the metrics package's PostgreSQL tests use a throwaway server

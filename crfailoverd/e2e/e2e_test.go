@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
 )
 
@@ -69,10 +67,6 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() (boo
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s (last error: %v)", within, what, lastErr)
-}
-
-func checkpoints(ctx context.Context, c *admin.Client, workload string) ([]api.CheckpointInfo, error) {
-	return c.Checkpoints(ctx, workload)
 }
 
 // sample is one reading of the counter.

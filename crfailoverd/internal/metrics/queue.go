@@ -15,8 +15,6 @@ func newQueue(size int) queue {
 
 func (q *queue) len() int { return q.n }
 
-func (q *queue) cap() int { return len(q.buf) }
-
 // push appends rec, dropping the oldest record when the queue is full, and
 // returns how many records it dropped (0 or 1).
 func (q *queue) push(rec dbRecord) int {

@@ -343,7 +343,7 @@ func (muxCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, cr
 }
 
 func (muxCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 func (c muxCreds) Clone() credentials.TransportCredentials { return c }
