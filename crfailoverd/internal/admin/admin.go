@@ -122,7 +122,8 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve serves h on ln until ctx ends.
+// Serve serves h on ln until ctx ends (also used for the Prometheus
+// endpoint).
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
