@@ -281,6 +281,16 @@ func (a *Agent) discover(ctx context.Context) error {
 		}
 	}
 	a.problems = msgs
+	// Forget fenced sandboxes that are gone.
+	live := map[string]bool{}
+	for _, p := range pods {
+		live[p.SandboxID] = true
+	}
+	for id := range a.fencing {
+		if !live[id] {
+			delete(a.fencing, id)
+		}
+	}
 	seen := map[store.Workload]bool{}
 	for _, w := range found {
 		if a.gate != nil {
