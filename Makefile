@@ -17,12 +17,17 @@ setup:
 	bash scripts/ops-setup.sh
 	$(NODEBED) prepare
 
-# The main job: a 2-node bed; checkpoint the counter on n1 through the kubelet
-# emulator, restore it on n2 through CRI, power-cut n1.
+# The main job: the cluster story. Three bed nodes run crfailoverd as one
+# cluster; the counter on n1 is checkpointed every second and replicated;
+# n1 loses power, and the counter answers again from a peer with its state.
+# (nodebed restore-demo shows the manual 2-node path underneath.)
 demo: setup
 	$(NODEBED) demo
 
+# vet fails on go vet or staticcheck findings, unformatted files, and a
+# go.mod or go.sum that go mod tidy would change.
 vet:
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy; run go mod tidy:"; $(GO) mod tidy -diff; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
