@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,11 +9,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
@@ -197,44 +197,33 @@ func (d *daemonRun) run(format string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	parts := 2
-	done := make(chan error, 6)
 	var cb admin.ClusterBackend
+	var comps []component
 	if cl != nil {
 		cl.SetLocal(d.agent)
 		cb = cl
-		parts++
-		go func() { done <- cl.Run(ctx) }()
+		comps = append(comps, component{"cluster", cl.Run})
 	}
-	parts++
-	go func() { rec.Run(ctx); done <- nil }()
+	comps = append(comps, component{"metrics recorder", func(ctx context.Context) error { rec.Run(ctx); return nil }})
 	if addr := c.Metrics.PrometheusAddr; addr != "" {
-		parts++
-		go func() {
-			if err := servePrometheus(ctx, addr, rec.Handler()); err != nil {
-				done <- fmt.Errorf("prometheus endpoint on %s: %w", addr, err)
-				return
-			}
-			done <- nil
-		}()
+		comps = append(comps, component{"prometheus endpoint on " + addr, func(ctx context.Context) error {
+			return servePrometheus(ctx, addr, rec.Handler())
+		}})
 		d.log.Info("prometheus endpoint listening", "addr", addr)
 	}
 	if addr := c.Images.ListenAddr; addr != "" {
-		parts++
 		img := ociserve.NewServer(st, d.log.With("component", "images"))
-		go func() {
-			if err := img.Serve(ctx, addr); err != nil {
-				done <- fmt.Errorf("image endpoint on %s: %w", addr, err)
-				return
-			}
-			done <- nil
-		}()
+		comps = append(comps, component{"image endpoint on " + addr, func(ctx context.Context) error { return img.Serve(ctx, addr) }})
 		d.log.Info("image endpoint listening", "addr", addr)
 	}
-	go func() { done <- admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, cb, d.log)) }()
-	go func() { done <- d.agent.Run(ctx) }()
+	comps = append(comps,
+		component{"admin socket", func(ctx context.Context) error {
+			return admin.Serve(ctx, ln, admin.Handler(statusWithVersion{d}, cb, d.log))
+		}},
+		component{"agent", d.agent.Run})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g, gctx := runComponents(ctx, comps)
 	defer os.Remove(c.Node.AdminSocket)
 
 	sigs := make(chan os.Signal, 4)
@@ -273,28 +262,64 @@ func (d *daemonRun) run(format string) error {
 			d.log.Info("stopping", "signal", s.String())
 			d.notify("STOPPING=1")
 			cancel()
-			return d.waitStopped(done, parts)
-		case err := <-done:
-			if err != nil {
-				return err
-			}
-			return errors.New("a component stopped unexpectedly")
+			d.waitStopped(g)
+			return nil
+		case <-gctx.Done():
+			// A component stopped early: the group has cancelled the rest,
+			// with that component's error as the cause.
+			err := context.Cause(gctx)
+			d.log.Error("stopping", "err", err)
+			d.notify("STOPPING=1")
+			d.waitStopped(g)
+			return err
 		}
 	}
 }
 
-func (d *daemonRun) waitStopped(done chan error, parts int) error {
-	deadline := time.After(shutdownGrace)
-	for i := 0; i < parts; i++ {
-		select {
-		case <-done:
-		case <-deadline:
-			d.log.Error("shutdown took too long; exiting anyway", "grace", shutdownGrace)
-			return nil
-		}
+// component is one long-running part of the daemon. run returns when ctx
+// is cancelled; returning before that, with an error or not, stops the
+// daemon.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// runComponents starts every component in one errgroup under ctx. The
+// group's context is cancelled, and Wait returns an error naming the
+// component, as soon as one returns while ctx is still live; after ctx is
+// cancelled, components stopping is the shutdown and is not an error.
+func runComponents(ctx context.Context, comps []component) (*errgroup.Group, context.Context) {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range comps {
+		g.Go(func() error {
+			err := c.run(gctx)
+			switch {
+			case ctx.Err() != nil:
+				return nil
+			case err != nil:
+				return fmt.Errorf("%s stopped: %w", c.name, err)
+			default:
+				return fmt.Errorf("%s stopped unexpectedly", c.name)
+			}
+		})
 	}
-	d.log.Info("stopped")
-	return nil
+	return g, gctx
+}
+
+// waitStopped waits, at most shutdownGrace, for the components to return
+// after their context was cancelled.
+func (d *daemonRun) waitStopped(g *errgroup.Group) {
+	stopped := make(chan struct{})
+	go func() {
+		_ = g.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		d.log.Info("stopped")
+	case <-time.After(shutdownGrace):
+		d.log.Error("shutdown took too long; exiting anyway", "grace", shutdownGrace)
+	}
 }
 
 func (d *daemonRun) notify(state string) {
@@ -314,22 +339,7 @@ func (d *daemonRun) reload() {
 		return
 	}
 	old := d.cfg
-	var restart []string
-	if c.Node.Name != old.Node.Name || c.Node.DataDir != old.Node.DataDir || c.Node.AdminSocket != old.Node.AdminSocket || c.Node.LogFormat != old.Node.LogFormat {
-		restart = append(restart, "node")
-	}
-	if c.Runtime != old.Runtime {
-		restart = append(restart, "runtime")
-	}
-	if c.Checkpoint.MaxConcurrent != old.Checkpoint.MaxConcurrent {
-		restart = append(restart, "checkpoint.max_concurrent")
-	}
-	if !reflect.DeepEqual(c.Cluster, old.Cluster) {
-		restart = append(restart, "cluster")
-	}
-	if c.Metrics != old.Metrics {
-		restart = append(restart, "metrics")
-	}
+	restart := config.RestartNeeded(old, c)
 	if c.Kubelet != old.Kubelet || c.Checkpoint.Method != old.Checkpoint.Method {
 		kc, err := newKubelet(c, d.log)
 		if err != nil {
@@ -346,6 +356,10 @@ func (d *daemonRun) reload() {
 	d.cfg.Checkpoint.MaxConcurrent = old.Checkpoint.MaxConcurrent
 	d.log.Info("configuration reloaded", "config", d.cfgPath, "method", c.Checkpoint.Method, "default_interval", c.Checkpoint.DefaultInterval,
 		"retention", c.Checkpoint.Retention, "log_level", c.Node.LogLevel.String(), "need_restart", restart)
+	if len(restart) > 0 {
+		d.log.Warn("changed settings take effect after `systemctl restart crfailoverd`: "+strings.Join(restart, ", "),
+			"config", d.cfgPath, "need_restart", restart)
+	}
 }
 
 // statusWithVersion adds the daemon's version and config path to the

@@ -22,98 +22,98 @@ const DefaultPath = "/etc/crfailoverd/config.toml"
 
 // Config is the whole daemon configuration; each field is one TOML table.
 type Config struct {
-	Node       Node
-	Runtime    Runtime
-	Checkpoint Checkpoint
-	Kubelet    Kubelet
-	Probe      Probe
-	Restore    Restore
-	Cluster    Cluster
-	Metrics    Metrics
-	Images     Images
+	Node       Node       `toml:"node"`
+	Runtime    Runtime    `toml:"runtime"`
+	Checkpoint Checkpoint `toml:"checkpoint" reload:"live"`
+	Kubelet    Kubelet    `toml:"kubelet" reload:"live"`
+	Probe      Probe      `toml:"probe" reload:"live"`
+	Restore    Restore    `toml:"restore" reload:"live"`
+	Cluster    Cluster    `toml:"cluster"`
+	Metrics    Metrics    `toml:"metrics"`
+	Images     Images     `toml:"images"`
 }
 
 // Node is the [node] table: identity, local storage and logging.
 type Node struct {
-	Name        string     // name; default os.Hostname()
-	DataDir     string     // data_dir; absolute path
-	AdminSocket string     // admin_socket; absolute path
-	LogLevel    slog.Level // log_level: "debug", "info", "warn" or "error"
-	LogFormat   string     // log_format: "auto", "journal", "text" or "json"
+	Name        string     `toml:"name"`                    // name; default os.Hostname()
+	DataDir     string     `toml:"data_dir"`                // data_dir; absolute path
+	AdminSocket string     `toml:"admin_socket"`            // admin_socket; absolute path
+	LogLevel    slog.Level `toml:"log_level" reload:"live"` // log_level: "debug", "info", "warn" or "error"
+	LogFormat   string     `toml:"log_format"`              // log_format: "auto", "journal", "text" or "json"
 }
 
 // Runtime is the [runtime] table: the CRI runtime and how restores are made.
 type Runtime struct {
-	Endpoint     string        // endpoint: "unix:///abs/path" or "/abs/path", as written; see SocketPath
-	CallTimeout  time.Duration // call_timeout: per CRI call; > 0
-	RestoreMode  string        // restore_mode: "cri", "static-pod" or "auto"
-	StaticPodDir string        // static_pod_dir: absolute path
+	Endpoint     string        `toml:"endpoint"`       // endpoint: "unix:///abs/path" or "/abs/path", as written; see SocketPath
+	CallTimeout  time.Duration `toml:"call_timeout"`   // call_timeout: per CRI call; > 0
+	RestoreMode  string        `toml:"restore_mode"`   // restore_mode: "cri", "static-pod" or "auto"
+	StaticPodDir string        `toml:"static_pod_dir"` // static_pod_dir: absolute path
 }
 
 // Checkpoint is the [checkpoint] table.
 type Checkpoint struct {
-	Method          string        // method: "kubelet", "cri" or "auto"
-	DefaultInterval time.Duration // default_interval: >= 100ms
-	Timeout         time.Duration // timeout: per checkpoint; > 0
-	Retention       int           // retention: checkpoints kept per workload; >= 1
-	MaxConcurrent   int           // max_concurrent: checkpoints at once on this node; >= 1
+	Method          string        `toml:"method"`                          // method: "kubelet", "cri" or "auto"
+	DefaultInterval time.Duration `toml:"default_interval"`                // default_interval: >= 100ms
+	Timeout         time.Duration `toml:"timeout"`                         // timeout: per checkpoint; > 0
+	Retention       int           `toml:"retention"`                       // retention: checkpoints kept per workload; >= 1
+	MaxConcurrent   int           `toml:"max_concurrent" reload:"restart"` // max_concurrent: checkpoints at once on this node; >= 1
 }
 
 // Kubelet is the [kubelet] table: how to reach the kubelet checkpoint API.
 type Kubelet struct {
-	URL        string // url: https URL with a host
-	ClientCert string // client_cert: "" (no client certificate) or absolute path
-	ClientKey  string // client_key: "" (key is in client_cert's file) or absolute path
-	CA         string // ca: "" (system trust store) or absolute path
+	URL        string `toml:"url"`         // url: https URL with a host
+	ClientCert string `toml:"client_cert"` // client_cert: "" (no client certificate) or absolute path
+	ClientKey  string `toml:"client_key"`  // client_key: "" (key is in client_cert's file) or absolute path
+	CA         string `toml:"ca"`          // ca: "" (system trust store) or absolute path
 }
 
 // Probe is the [probe] table: health probing of protected workloads.
 type Probe struct {
-	Period           time.Duration // period: > 0
-	Timeout          time.Duration // timeout: > 0 (may exceed period)
-	FailureThreshold int           // failure_threshold: consecutive failures; >= 1
-	InitialDelay     time.Duration // initial_delay: >= 0
+	Period           time.Duration `toml:"period"`            // period: > 0
+	Timeout          time.Duration `toml:"timeout"`           // timeout: > 0 (may exceed period)
+	FailureThreshold int           `toml:"failure_threshold"` // failure_threshold: consecutive failures; >= 1
+	InitialDelay     time.Duration `toml:"initial_delay"`     // initial_delay: >= 0
 }
 
 // Restore is the [restore] table.
 type Restore struct {
-	Policy         string        // policy: "peer" or "local"
-	MaxAttempts    int           // max_attempts: >= 1
-	BackoffInitial time.Duration // backoff_initial: > 0
-	BackoffMax     time.Duration // backoff_max: >= backoff_initial
+	Policy         string        `toml:"policy" reload:"restart"` // policy: "peer" or "local"
+	MaxAttempts    int           `toml:"max_attempts"`            // max_attempts: >= 1
+	BackoffInitial time.Duration `toml:"backoff_initial"`         // backoff_initial: > 0
+	BackoffMax     time.Duration `toml:"backoff_max"`             // backoff_max: >= backoff_initial
 }
 
 // Cluster is the [cluster] table, used by the gossip + Raft cluster feature.
 type Cluster struct {
-	Enabled           bool          // enabled
-	BindAddr          string        // bind_addr: gossip "host:port" (host may be empty)
-	AdvertiseAddr     string        // advertise_addr: "" (derived) or "host:port"
-	RPCAddr           string        // rpc_addr: gRPC "host:port" (host may be empty)
-	Join              []string      // join: "host:port" peers; nil when empty
-	BootstrapExpect   int           // bootstrap_expect: >= 1
-	GossipKeyFile     string        // gossip_key_file: "" or absolute path
-	TLSCert           string        // tls_cert: "" or absolute path; required when Enabled
-	TLSKey            string        // tls_key: "" or absolute path; required when Enabled
-	TLSCA             string        // tls_ca: "" or absolute path; required when Enabled
-	ReplicationFactor int           // replication_factor: >= 0
-	FailureProfile    string        // failure_profile: "lan", "wan" or "local"
-	Lease             time.Duration // lease: > 0
-	DeadServerGrace   time.Duration // dead_server_grace: > 0
-	MaxVoters         int           // max_voters: odd, >= 1
+	Enabled           bool          `toml:"enabled"`            // enabled
+	BindAddr          string        `toml:"bind_addr"`          // bind_addr: gossip "host:port" (host may be empty)
+	AdvertiseAddr     string        `toml:"advertise_addr"`     // advertise_addr: "" (derived) or "host:port"
+	RPCAddr           string        `toml:"rpc_addr"`           // rpc_addr: gRPC "host:port" (host may be empty)
+	Join              []string      `toml:"join"`               // join: "host:port" peers; nil when empty
+	BootstrapExpect   int           `toml:"bootstrap_expect"`   // bootstrap_expect: >= 1
+	GossipKeyFile     string        `toml:"gossip_key_file"`    // gossip_key_file: "" or absolute path
+	TLSCert           string        `toml:"tls_cert"`           // tls_cert: "" or absolute path; required when Enabled
+	TLSKey            string        `toml:"tls_key"`            // tls_key: "" or absolute path; required when Enabled
+	TLSCA             string        `toml:"tls_ca"`             // tls_ca: "" or absolute path; required when Enabled
+	ReplicationFactor int           `toml:"replication_factor"` // replication_factor: >= 0
+	FailureProfile    string        `toml:"failure_profile"`    // failure_profile: "lan", "wan" or "local"
+	Lease             time.Duration `toml:"lease"`              // lease: > 0
+	DeadServerGrace   time.Duration `toml:"dead_server_grace"`  // dead_server_grace: > 0
+	MaxVoters         int           `toml:"max_voters"`         // max_voters: odd, >= 1
 }
 
 // Images is the [images] table: the embedded, read-only OCI registry that
 // serves this node's checkpoints as checkpoint images (for kubelet static
 // pods).
 type Images struct {
-	ListenAddr string // listen_addr: "host:port", or "" for no endpoint
+	ListenAddr string `toml:"listen_addr"` // listen_addr: "host:port", or "" for no endpoint
 }
 
 // Metrics is the [metrics] table, used by the metrics feature.
 type Metrics struct {
-	PostgresDSN    string // postgres_dsn: "" disables the PostgreSQL sink
-	PrometheusAddr string // prometheus_addr: "" (off) or "host:port"
-	QueueSize      int    // queue_size: >= 1
+	PostgresDSN    string `toml:"postgres_dsn"`    // postgres_dsn: "" disables the PostgreSQL sink
+	PrometheusAddr string `toml:"prometheus_addr"` // prometheus_addr: "" (off) or "host:port"
+	QueueSize      int    `toml:"queue_size"`      // queue_size: >= 1
 }
 
 // Default returns the configuration used for every key the file leaves out.
