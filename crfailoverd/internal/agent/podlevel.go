@@ -8,11 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 )
 
@@ -56,14 +56,14 @@ func (a *Agent) checkpointPod(ctx context.Context, w discovery.Workload, dst str
 }
 
 // restorePod unpacks a pod-level checkpoint and restores it with RestorePod.
-func (a *Agent) restorePod(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, archive string) (string, string, error) {
-	scratch, err := os.MkdirTemp(filepath.Dir(archive), ".restore-")
+func (a *Agent) restorePod(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, archivePath string) (string, string, error) {
+	scratch, err := os.MkdirTemp(filepath.Dir(archivePath), ".restore-")
 	if err != nil {
 		return "", "", err
 	}
 	defer os.RemoveAll(scratch)
-	if err := untar(archive, scratch); err != nil {
-		return "", "", fmt.Errorf("unpack pod checkpoint %s: %w", archive, err)
+	if err := untar(archivePath, scratch); err != nil {
+		return "", "", fmt.Errorf("unpack pod checkpoint %s: %w", archivePath, err)
 	}
 	sbID, ids, err := a.rt.RestorePod(ctx, scratch, sb, []*runtimeapi.ContainerConfig{ctr})
 	if err != nil {
@@ -124,50 +124,31 @@ func tarDir(dir, dst string) error {
 	return err
 }
 
-// untar unpacks a tar made by tarDir into dir, as untrusted input: regular
-// files and directories only, no absolute names, no "..".
-func untar(archive, dir string) error {
-	f, err := os.Open(archive)
+// untar unpacks a tar made by tarDir into dir. The tar is untrusted input,
+// read with archive.Walk: only regular files and directories with relative,
+// unique names without ".." are unpacked, and anything else fails.
+func untar(archivePath, dir string) error {
+	f, err := os.Open(archivePath)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
+	return archive.Walk(f, func(m *archive.Member) error {
+		p := filepath.Join(dir, filepath.FromSlash(m.Name))
+		if m.Dir {
+			return os.MkdirAll(p, 0o700)
 		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		out, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fs.FileMode(m.Mode).Perm())
 		if err != nil {
 			return err
 		}
-		name := filepath.Clean(hdr.Name)
-		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
-			return fmt.Errorf("member %q escapes the directory", hdr.Name)
+		_, err = io.Copy(out, m)
+		if cerr := out.Close(); err == nil {
+			err = cerr
 		}
-		p := filepath.Join(dir, name)
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(p, 0o700); err != nil {
-				return err
-			}
-		case tar.TypeReg:
-			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-				return err
-			}
-			out, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, hdr.FileInfo().Mode().Perm())
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(out, tr)
-			if cerr := out.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("member %q: type %q is not allowed", hdr.Name, hdr.Typeflag)
-		}
-	}
+		return err
+	})
 }

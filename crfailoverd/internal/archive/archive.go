@@ -10,20 +10,22 @@
 //	status, status.dump, dump.log, container.log, ...
 //
 // The archive is a plain tar or a gzip-compressed tar. Archives are treated
-// as untrusted input: the whole stream is read, so truncation anywhere is
-// reported, and only regular files and directories with relative names
-// without ".." components are accepted. Symbolic links, hard links, devices
-// and FIFOs are rejected wherever they appear: neither containerd nor CRI-O
-// writes them into the outer archive (the container's own files, links
-// included, travel inside rootfs-diff.tar, which is a regular member), so
-// their presence means the archive was not produced by a CRI runtime.
+// as untrusted input, and every reader of one in crfailoverd goes through
+// the Walker of this package: the whole stream is checked, so truncation
+// anywhere is reported, and only regular files and directories with
+// relative, unique names without ".." components are accepted. Symbolic
+// links, hard links, devices, FIFOs and sparse files are rejected wherever
+// they appear: neither containerd nor CRI-O writes them into the outer
+// archive (the container's own files, links included, travel inside
+// rootfs-diff.tar, which is a regular member), so their presence means the
+// archive was not produced by a CRI runtime.
+//
+// The metadata is decoded with the field's own types: checkpointctl's for
+// config.dump, the OCI runtime spec's for spec.dump, and go-criu's for the
+// CRIU statistics image.
 package archive
 
 import (
-	"archive/tar"
-	"bufio"
-	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +34,10 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // MaxMetadataSize caps the size of the members read into memory
@@ -59,7 +65,8 @@ type Info struct {
 }
 
 // Spec holds the parts of the container's OCI runtime spec (spec.dump) that
-// crfailoverd needs. JSON keys follow the OCI runtime specification.
+// crfailoverd needs, taken from the spec decoded as the runtime-spec
+// module's specs.Spec. JSON keys follow the OCI runtime specification.
 type Spec struct {
 	Hostname    string            `json:"hostname,omitempty"`
 	Process     Process           `json:"process"`
@@ -91,18 +98,6 @@ type Linux struct {
 type Namespace struct {
 	Type string `json:"type"`
 	Path string `json:"path,omitempty"`
-}
-
-// containerConfig is the JSON document stored as config.dump.
-type containerConfig struct {
-	ID               string    `json:"id"`
-	Name             string    `json:"name"`
-	RootfsImage      string    `json:"rootfsImage"`
-	RootfsImageRef   string    `json:"rootfsImageRef"`
-	RootfsImageName  string    `json:"rootfsImageName"`
-	Runtime          string    `json:"runtime"`
-	CreatedTime      time.Time `json:"createdTime"`
-	CheckpointedTime time.Time `json:"checkpointedTime"`
 }
 
 // Read parses the checkpoint archive at path. See ReadFrom.
@@ -138,142 +133,55 @@ func ReadFrom(r io.Reader, size int64, name string) (*Info, error) {
 	return info, nil
 }
 
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 func read(r io.Reader) (*Info, error) {
-	br := bufio.NewReader(r)
-	var src io.Reader = br
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
-				return nil, fmt.Errorf("truncated gzip header: %w", io.ErrUnexpectedEOF)
-			}
-			return nil, fmt.Errorf("gzip: %w", err)
-		}
-		src = zr
-	}
-	cr := &countingReader{r: src}
-	tr := tar.NewReader(cr)
-
-	info := &Info{}
-	var (
-		cfg, spec     bool
-		checkpointDir bool
-		last          string // last member seen, for error messages
-		entryEnd      int64  // stream offset after the last member's data
-		seen          = map[string]bool{}
-	)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			// archive/tar accepts a stream that ends at a member boundary or
-			// after one zero block; a complete archive ends with two.
-			if cr.n-entryEnd < 2*512 {
-				if cr.n == 0 {
-					return nil, errors.New("not a tar archive: empty input")
-				}
-				return nil, fmt.Errorf("truncated %s: missing end-of-archive marker: %w",
-					after(last), io.ErrUnexpectedEOF)
-			}
-			break
-		}
-		if err != nil {
-			switch {
-			case errors.Is(err, io.ErrUnexpectedEOF):
-				return nil, fmt.Errorf("truncated %s: %w", after(last), err)
-			case errors.Is(err, tar.ErrHeader) && last == "":
-				return nil, fmt.Errorf("not a tar archive: %w", err)
-			default:
-				return nil, fmt.Errorf("reading header %s: %w", after(last), err)
-			}
-		}
-		name, err := memberName(hdr.Name)
-		if err != nil {
-			return nil, err
-		}
-		last = name
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if name == "checkpoint" {
-				checkpointDir = true
-			}
-			entryEnd = cr.n
-			continue
-		case tar.TypeXGlobalHeader:
-			entryEnd = cr.n
-			continue // archive-wide PAX metadata, not a member
-		case tar.TypeReg:
-		default:
-			return nil, fmt.Errorf("%s: unsupported member type %q (only regular files and directories are allowed)",
-				name, hdr.Typeflag)
-		}
-		if name == "." {
-			return nil, fmt.Errorf("invalid member name %q", hdr.Name)
-		}
-		if seen[name] {
-			return nil, fmt.Errorf("%s: duplicate member", name)
-		}
-		seen[name] = true
-		info.Files++
-
-		if strings.HasPrefix(name, "checkpoint/") {
-			checkpointDir = true
-			info.CheckpointSize += hdr.Size
-			if ok, _ := path.Match("checkpoint/pages-*.img", name); ok {
-				info.PagesSize += hdr.Size
-			}
-		}
-
-		switch name {
-		case "config.dump", "spec.dump", "stats-dump":
-			b, err := readMember(tr, name, hdr.Size)
-			if err != nil {
-				return nil, err
-			}
-			switch name {
-			case "config.dump":
-				err = parseConfig(b, info)
-				cfg = true
-			case "spec.dump":
-				info.Spec = new(Spec)
-				if err = json.Unmarshal(b, info.Spec); err != nil {
-					err = fmt.Errorf("spec.dump: invalid JSON: %w", err)
-				}
-				spec = true
-			case "stats-dump":
-				info.Stats, err = ParseStatsDump(b)
-			}
-			if err != nil {
-				return nil, err
-			}
-		default:
-			if name == "rootfs-diff.tar" {
-				info.RootfsDiffSize = hdr.Size
-			}
-			if _, err := io.Copy(io.Discard, tr); err != nil {
-				return nil, memberError(name, err)
-			}
-		}
-		entryEnd = cr.n
-	}
-
-	// Consume the rest of the stream: this verifies the gzip trailer
-	// (checksum and length) and rejects data after the end of the archive.
-	if err := checkTrailer(cr); err != nil {
+	w, err := NewWalker(r, Options{})
+	if err != nil {
 		return nil, err
 	}
-
+	info := &Info{}
+	var cfg, spec, checkpointDir bool
+	err = w.Walk(func(m *Member) error {
+		if m.Dir {
+			if m.Name == metadata.CheckpointDirectory {
+				checkpointDir = true
+			}
+			return nil
+		}
+		info.Files++
+		if strings.HasPrefix(m.Name, metadata.CheckpointDirectory+"/") {
+			checkpointDir = true
+			info.CheckpointSize += m.Size
+			if ok, _ := path.Match(metadata.CheckpointDirectory+"/"+metadata.PagesPrefix+"*.img", m.Name); ok {
+				info.PagesSize += m.Size
+			}
+		}
+		// The data of the other members is skipped; the Walker still
+		// detects truncation there.
+		switch m.Name {
+		case metadata.RootFsDiffTar:
+			info.RootfsDiffSize = m.Size
+		case metadata.ConfigDumpFile, metadata.SpecDumpFile, stats.StatsDump:
+			b, err := readMember(m)
+			if err != nil {
+				return err
+			}
+			switch m.Name {
+			case metadata.ConfigDumpFile:
+				err = parseConfig(b, info)
+				cfg = true
+			case metadata.SpecDumpFile:
+				info.Spec, err = parseSpec(b)
+				spec = true
+			default:
+				info.Stats, err = ParseStatsDump(b)
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	switch {
 	case !cfg:
 		return nil, errors.New("missing config.dump")
@@ -285,55 +193,27 @@ func read(r io.Reader) (*Info, error) {
 	return info, nil
 }
 
-// after describes the stream position following member last.
-func after(last string) string {
-	if last == "" {
-		return "at start"
-	}
-	return "after " + last
-}
-
-// memberName validates a member name and returns it cleaned, without a
-// leading "./" or trailing "/".
-func memberName(name string) (string, error) {
-	if name == "" || strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("invalid member name %q: must be a relative path", name)
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." {
-			return "", fmt.Errorf("invalid member name %q: contains \"..\"", name)
-		}
-	}
-	return path.Clean(name), nil
-}
-
-// memberError describes a failure to read the data of member name.
-func memberError(name string, err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("truncated inside %s: %w", name, err)
-	}
-	return fmt.Errorf("reading %s: %w", name, err)
-}
-
-// readMember reads the size bytes of member name into memory.
-func readMember(r io.Reader, name string, size int64) ([]byte, error) {
-	if size > MaxMetadataSize {
-		return nil, fmt.Errorf("%s: too large (%d bytes, limit %d)", name, size, MaxMetadataSize)
+// readMember reads the data of m into memory.
+func readMember(m *Member) ([]byte, error) {
+	if m.Size > MaxMetadataSize {
+		return nil, fmt.Errorf("%s: too large (%d bytes, limit %d)", m.Name, m.Size, MaxMetadataSize)
 	}
 	// Grow the buffer as data arrives rather than trusting the header's size.
-	b, err := io.ReadAll(io.LimitReader(r, size))
-	if err == nil && int64(len(b)) < size {
-		err = io.ErrUnexpectedEOF
-	}
+	b, err := io.ReadAll(io.LimitReader(m, m.Size))
 	if err != nil {
-		return nil, memberError(name, err)
+		return nil, err // names the member
+	}
+	if int64(len(b)) < m.Size {
+		return nil, memberError(m.Name, io.ErrUnexpectedEOF)
 	}
 	return b, nil
 }
 
-// parseConfig fills info from the contents of config.dump.
+// parseConfig fills info from the contents of config.dump, decoded into
+// checkpointctl's type for it (the subset of Podman's container config that
+// containerd and CRI-O write).
 func parseConfig(b []byte, info *Info) error {
-	var c containerConfig
+	var c metadata.ContainerConfig
 	if err := json.Unmarshal(b, &c); err != nil {
 		return fmt.Errorf("config.dump: invalid JSON: %w", err)
 	}
@@ -344,39 +224,31 @@ func parseConfig(b []byte, info *Info) error {
 		info.Image = c.RootfsImage
 	}
 	info.ImageRef = c.RootfsImageRef
-	info.Runtime = c.Runtime
+	info.Runtime = c.OCIRuntime
 	info.Created = c.CreatedTime
-	info.Checkpointed = c.CheckpointedTime
+	info.Checkpointed = c.CheckpointedAt
 	return nil
 }
 
-// checkTrailer reads r to the end after the tar end-of-archive marker. Only
-// zero padding in whole 512-byte blocks may follow the marker.
-func checkTrailer(r io.Reader) error {
-	var (
-		buf [32 << 10]byte
-		n   int64
-	)
-	for {
-		k, err := r.Read(buf[:])
-		for _, c := range buf[:k] {
-			if c != 0 {
-				return errors.New("unexpected data after the end of the tar archive")
-			}
-		}
-		n += int64(k)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) {
-				return fmt.Errorf("truncated after the end-of-archive marker: %w", err)
-			}
-			return fmt.Errorf("reading after the end-of-archive marker: %w", err)
+// parseSpec decodes spec.dump as the OCI runtime spec it is (the type
+// checkpointctl's ReadContainerCheckpointSpecDump returns) and keeps the
+// parts crfailoverd uses.
+func parseSpec(b []byte) (*Spec, error) {
+	var oci specs.Spec
+	if err := json.Unmarshal(b, &oci); err != nil {
+		return nil, fmt.Errorf("spec.dump: invalid JSON: %w", err)
+	}
+	s := &Spec{Hostname: oci.Hostname, Annotations: oci.Annotations}
+	if p := oci.Process; p != nil {
+		s.Process = Process{Args: p.Args, Env: p.Env, Cwd: p.Cwd}
+	}
+	for _, m := range oci.Mounts {
+		s.Mounts = append(s.Mounts, Mount{Destination: m.Destination, Type: m.Type, Source: m.Source})
+	}
+	if l := oci.Linux; l != nil {
+		for _, ns := range l.Namespaces {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, Namespace{Type: string(ns.Type), Path: ns.Path})
 		}
 	}
-	if n%512 != 0 {
-		return fmt.Errorf("truncated padding after the end-of-archive marker: %w", io.ErrUnexpectedEOF)
-	}
-	return nil
+	return s, nil
 }

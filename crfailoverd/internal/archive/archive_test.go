@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v8/stats"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -264,8 +265,8 @@ func buildTar(t testing.TB, members []member) []byte {
 func statsDump(dump []byte) []byte {
 	msg := protowire.AppendTag(nil, 1, protowire.BytesType)
 	msg = protowire.AppendBytes(msg, dump)
-	b := binary.LittleEndian.AppendUint32(nil, imgServiceMagic)
-	b = binary.LittleEndian.AppendUint32(b, statsMagic)
+	b := binary.LittleEndian.AppendUint32(nil, stats.ImgServiceMagic)
+	b = binary.LittleEndian.AppendUint32(b, stats.StatsMagic)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(msg)))
 	return append(b, msg...)
 }
@@ -414,14 +415,16 @@ func TestReadRejects(t *testing.T) {
 		{"checkpoint is a file", append(slices.DeleteFunc(synthetic(), func(m member) bool {
 			return strings.HasPrefix(m.name, "checkpoint/")
 		}), file("checkpoint", "x")), "missing checkpoint/ directory"},
-		{"dotdot", with(file("../evil", "x")), `invalid member name "../evil"`},
-		{"nested dotdot", with(file("checkpoint/../../evil", "x")), `invalid member name "checkpoint/../../evil"`},
-		{"absolute", with(file("/etc/passwd", "x")), `invalid member name "/etc/passwd"`},
-		{"symlink", with(member{"checkpoint/link", tar.TypeSymlink, "/etc/shadow"}), "checkpoint/link: unsupported member type"},
-		{"hardlink", with(member{"link", tar.TypeLink, "config.dump"}), "link: unsupported member type"},
-		{"device", with(member{"dev", tar.TypeChar, ""}), "dev: unsupported member type"},
-		{"fifo", with(member{"fifo", tar.TypeFifo, ""}), "fifo: unsupported member type"},
-		{"duplicate", with(file("config.dump", testConfig)), "config.dump: duplicate member"},
+		{"dotdot", with(file("../evil", "x")), `member "../evil": unsafe member name: contains ".."`},
+		{"nested dotdot", with(file("checkpoint/../../evil", "x")), `member "checkpoint/../../evil": unsafe member name`},
+		{"absolute", with(file("/etc/passwd", "x")), `member "/etc/passwd": unsafe member name: absolute name`},
+		{"symlink", with(member{"checkpoint/link", tar.TypeSymlink, "/etc/shadow"}),
+			`member "checkpoint/link": unsupported member type: symbolic link to "/etc/shadow"`},
+		{"hardlink", with(member{"link", tar.TypeLink, "config.dump"}), `member "link": unsupported member type: hard link`},
+		{"device", with(member{"dev", tar.TypeChar, ""}), `member "dev": unsupported member type: character device`},
+		{"fifo", with(member{"fifo", tar.TypeFifo, ""}), `member "fifo": unsupported member type: FIFO`},
+		{"duplicate", with(file("config.dump", testConfig)), `member "config.dump": duplicate member`},
+		{"duplicate after cleaning", with(file("./spec.dump", testSpec)), `member "./spec.dump": duplicate member`},
 		{"config JSON", replace("config.dump", `{"name":`), "config.dump: invalid JSON"},
 		{"config time", replace("config.dump", `{"createdTime":"yesterday"}`), "config.dump: invalid JSON"},
 		{"spec JSON", replace("spec.dump", `[`), "spec.dump: invalid JSON"},
@@ -495,7 +498,8 @@ func TestParseStatsDump(t *testing.T) {
 	body = protowire.AppendBytes(body, []byte("future"))
 	b := statsDump(body)
 	restore := protowire.AppendTag(nil, 2, protowire.BytesType)
-	restore = protowire.AppendBytes(restore, dumpEntry(map[protowire.Number]uint64{1: 5}))
+	// A restore_stats_entry with its required fields 1 to 4.
+	restore = protowire.AppendBytes(restore, dumpEntry(map[protowire.Number]uint64{1: 5, 2: 6, 3: 7, 4: 8}))
 	b = append(b, restore...)
 	binary.LittleEndian.PutUint32(b[8:], uint32(len(b)-12))
 	s, err = ParseStatsDump(b)
@@ -536,12 +540,12 @@ func TestParseStatsDump(t *testing.T) {
 		{"size huge", withSize(fixtureStats, 0xffffffff), "bad size 4294967295"},
 		{"truncated message", withSize(fixtureStats[:len(fixtureStats)-1], 36), "bad protobuf"},
 		{"no dump", withSize(statsDump(nil)[:12], 0), "no dump statistics"},
-		{"empty dump", statsDump(nil), "missing required field freezing_time"},
+		{"empty dump", statsDump(nil), "required field freezing_time not set"},
 		{"restore only", withSize(append(slices.Clone(fixtureStats[:12]), restore...), uint32(len(restore))), "no dump statistics"},
-		{"missing field", statsDump(dumpEntry(missing)), "missing required field pages_written"},
-		{"wrong wire type", wrongType, "field 2 has wire type 5"},
+		{"missing field", statsDump(dumpEntry(missing)), "required field pages_written not set"},
+		{"wrong wire type", wrongType, "wrong wireType = 5 for field FrozenTime"},
 		{"bad varint", statsDump([]byte{0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}), "bad protobuf"},
-		{"dump not bytes", withSize(append(slices.Clone(fixtureStats[:12]), 0x08, 0x01), 2), "dump has wire type 0"},
+		{"dump not bytes", withSize(append(slices.Clone(fixtureStats[:12]), 0x08, 0x01), 2), "wrong wireType = 0 for field Dump"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,45 +1,44 @@
 package archive
 
 import (
-	"archive/tar"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+
+	"github.com/checkpoint-restore/go-criu/v8/stats"
 )
 
-// ReadStats returns the CRIU dump statistics of the plain (uncompressed)
-// archive at path without reading the rest: the tar reader seeks past the
-// other members, so this is cheap for large archives. It does not check
-// the archive as a whole (Read does). It returns nil, nil when the archive
-// has no stats-dump.
+// errFound stops a walk once the member looked for was read.
+var errFound = errors.New("found")
+
+// ReadStats returns the CRIU dump statistics of the archive at path without
+// reading the rest: for a plain (uncompressed) archive the walk seeks past
+// the other members, so this is cheap for large archives. The members up
+// to stats-dump are checked as Read checks them, but the archive as a whole
+// is not (Read does). It returns nil, nil when the archive has no
+// stats-dump.
 func ReadStats(path string) (*DumpStats, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
 	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil, nil
+	var s *DumpStats
+	err = Walk(f, func(m *Member) error {
+		if m.Dir || m.Name != stats.StatsDump {
+			return nil
 		}
+		b, err := readMember(m)
 		if err != nil {
-			return nil, fmt.Errorf("archive %s: %w", path, err)
+			return err
 		}
-		name, err := memberName(h.Name)
-		if err != nil || name != "stats-dump" {
-			continue
+		if s, err = ParseStatsDump(b); err != nil {
+			return err
 		}
-		b, err := readMember(tr, name, h.Size)
-		if err != nil {
-			return nil, fmt.Errorf("archive %s: %w", path, err)
-		}
-		s, err := ParseStatsDump(b)
-		if err != nil {
-			return nil, fmt.Errorf("archive %s: stats-dump: %w", path, err)
-		}
-		return s, nil
+		return errFound
+	})
+	if err != nil && err != errFound {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
+	return s, nil
 }

@@ -6,13 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
-)
-
-// Magic numbers at the head of CRIU's stats-dump image (criu/include/magic.h).
-const (
-	imgServiceMagic = 0x55105940 // IMG_SERVICE_MAGIC: service (non-image) file
-	statsMagic      = 0x57093306 // STATS_MAGIC
+	"github.com/checkpoint-restore/go-criu/v8/stats"
 )
 
 // DumpStats are the statistics CRIU records about a dump (CRIU's
@@ -55,129 +49,49 @@ func ParseStatsDump(b []byte) (*DumpStats, error) {
 }
 
 func parseStatsDump(b []byte) (*DumpStats, error) {
-	if len(b) < 12 {
+	// The 12-byte image header is checked here, with go-criu's constants:
+	// go-criu reads it only in CriuGetDumpStats, which takes the image
+	// directory on disk (this is a member of an archive, in memory) and
+	// slices the header and the payload without checking their lengths
+	// against the file's.
+	if len(b) < stats.PayloadOffset {
 		return nil, fmt.Errorf("too short (%d bytes)", len(b))
 	}
-	if m := binary.LittleEndian.Uint32(b); m != imgServiceMagic {
-		return nil, fmt.Errorf("bad magic 0x%08x (want 0x%08x)", m, imgServiceMagic)
+	if m := binary.LittleEndian.Uint32(b[stats.PrimaryMagicOffset:]); m != stats.ImgServiceMagic {
+		return nil, fmt.Errorf("bad magic 0x%08x (want 0x%08x)", m, stats.ImgServiceMagic)
 	}
-	if m := binary.LittleEndian.Uint32(b[4:]); m != statsMagic {
-		return nil, fmt.Errorf("bad magic 0x%08x (want 0x%08x)", m, statsMagic)
+	if m := binary.LittleEndian.Uint32(b[stats.SecondaryMagicOffset:]); m != stats.StatsMagic {
+		return nil, fmt.Errorf("bad magic 0x%08x (want 0x%08x)", m, stats.StatsMagic)
 	}
-	size, msg := binary.LittleEndian.Uint32(b[8:]), b[12:]
+	size, msg := binary.LittleEndian.Uint32(b[stats.SizeOffset:]), b[stats.PayloadOffset:]
 	if uint64(size) != uint64(len(msg)) {
 		return nil, fmt.Errorf("bad size %d: %d bytes follow the header", size, len(msg))
 	}
-
-	var (
-		s       DumpStats
-		hasDump bool
-		seen    uint32 // bit n set when dump field n was present
-	)
-	for len(msg) > 0 {
-		num, typ, n := protowire.ConsumeTag(msg)
-		if n < 0 {
-			return nil, fmt.Errorf("bad protobuf: %w", protowire.ParseError(n))
-		}
-		msg = msg[n:]
-		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(msg)
-			if n < 0 {
-				return nil, fmt.Errorf("bad protobuf: dump: %w", protowire.ParseError(n))
-			}
-			// Repeated occurrences of a message field are merged.
-			if err := s.unmarshal(v, &seen); err != nil {
-				return nil, fmt.Errorf("bad protobuf: dump: %w", err)
-			}
-			hasDump = true
-			msg = msg[n:]
-			continue
-		}
-		if num == 1 {
-			return nil, fmt.Errorf("bad protobuf: dump has wire type %d", typ)
-		}
-		n = protowire.ConsumeFieldValue(num, typ, msg)
-		if n < 0 {
-			return nil, fmt.Errorf("bad protobuf: field %d: %w", num, protowire.ParseError(n))
-		}
-		msg = msg[n:]
+	// The message is decoded by go-criu, which checks wire types and the
+	// fields that CRIU's stats.proto declares required.
+	var e stats.StatsEntry
+	if err := e.UnmarshalVT(msg); err != nil {
+		return nil, fmt.Errorf("bad protobuf: %w", err)
 	}
-	if !hasDump {
+	d := e.GetDump()
+	if d == nil {
 		return nil, errors.New("no dump statistics")
 	}
-	// Fields declared required in dump_stats_entry.
-	for _, f := range []struct {
-		num  protowire.Number
-		name string
-	}{
-		{1, "freezing_time"}, {2, "frozen_time"}, {3, "memdump_time"}, {4, "memwrite_time"},
-		{5, "pages_scanned"}, {6, "pages_skipped_parent"}, {7, "pages_written"}, {9, "pages_lazy"},
-	} {
-		if seen&(1<<f.num) == 0 {
-			return nil, fmt.Errorf("bad protobuf: dump: missing required field %s", f.name)
-		}
-	}
-	return &s, nil
-}
-
-// unmarshal merges the dump_stats_entry message b into s, recording the
-// field numbers present in seen.
-func (s *DumpStats) unmarshal(b []byte, seen *uint32) error {
-	usec := func(v uint64) time.Duration {
-		return time.Duration(uint32(v)) * time.Microsecond // uint32 fields
-	}
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if num > 14 {
-			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
-			}
-			b = b[n:]
-			continue
-		}
-		if typ != protowire.VarintType {
-			return fmt.Errorf("field %d has wire type %d, want varint", num, typ)
-		}
-		v, n := protowire.ConsumeVarint(b)
-		if n < 0 {
-			return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
-		}
-		b = b[n:]
-		*seen |= 1 << num
-		switch num {
-		case 1:
-			s.FreezingTime = usec(v)
-		case 2:
-			s.FrozenTime = usec(v)
-		case 3:
-			s.MemdumpTime = usec(v)
-		case 4:
-			s.MemwriteTime = usec(v)
-		case 5:
-			s.PagesScanned = v
-		case 6:
-			s.PagesSkippedParent = v
-		case 7:
-			s.PagesWritten = v
-		case 8:
-			s.IrmapResolve = usec(v)
-		case 9:
-			s.PagesLazy = v
-		case 10:
-			s.PagePipes = v
-		case 11:
-			s.PagePipeBufs = v
-		case 12:
-			s.ShpagesScanned = v
-		case 13:
-			s.ShpagesSkippedParent = v
-		case 14:
-			s.ShpagesWritten = v
-		}
-	}
-	return nil
+	usec := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
+	return &DumpStats{
+		FreezingTime:         usec(d.GetFreezingTime()),
+		FrozenTime:           usec(d.GetFrozenTime()),
+		MemdumpTime:          usec(d.GetMemdumpTime()),
+		MemwriteTime:         usec(d.GetMemwriteTime()),
+		PagesScanned:         d.GetPagesScanned(),
+		PagesSkippedParent:   d.GetPagesSkippedParent(),
+		PagesWritten:         d.GetPagesWritten(),
+		PagesLazy:            d.GetPagesLazy(),
+		PagePipes:            d.GetPagePipes(),
+		PagePipeBufs:         d.GetPagePipeBufs(),
+		IrmapResolve:         usec(d.GetIrmapResolve()),
+		ShpagesScanned:       d.GetShpagesScanned(),
+		ShpagesSkippedParent: d.GetShpagesSkippedParent(),
+		ShpagesWritten:       d.GetShpagesWritten(),
+	}, nil
 }

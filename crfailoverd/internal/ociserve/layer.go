@@ -3,7 +3,6 @@ package ociserve
 import (
 	"archive/tar"
 	"bufio"
-	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -13,10 +12,11 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 )
 
 // layerMtime is the modification time of every member of a layer: a fixed
@@ -31,7 +31,7 @@ const gzipLevel = gzip.BestSpeed
 // member is one entry of the checkpoint archive, with where its data can be
 // read from.
 type member struct {
-	name string // cleaned, relative, without a trailing slash
+	name string // archive.Member.Name: cleaned, relative, unique
 	dir  bool
 	mode int64
 	off  int64 // offset of the data in the source file
@@ -50,9 +50,10 @@ type layerResult struct {
 // members are the archive's regular files and directories at the archive's
 // paths, sorted by name, with the archive's permission bits, owner 0:0, a
 // fixed modification time and no user or group names; the gzip header has
-// no name and no time, and the level is fixed. spoolDir is where a
-// temporary copy of the members' data goes when the archive cannot be read
-// in place (it is compressed, or holds sparse members).
+// no name and no time, and the level is fixed. The archive is read with
+// archive.Walker, as untrusted input. spoolDir is where a temporary copy of
+// the members' data goes when the archive cannot be read in place (it is
+// compressed).
 func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer) (layerResult, error) {
 	f, err := os.Open(archivePath)
 	if err != nil {
@@ -60,9 +61,13 @@ func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer
 	}
 	defer f.Close()
 
+	w, err := archive.NewWalker(f, archive.Options{})
+	if err != nil {
+		return layerResult{}, fmt.Errorf("read archive: %w", err)
+	}
 	src := io.ReaderAt(f)
-	members, err := indexInPlace(ctx, f)
-	if errors.Is(err, errNeedSpool) {
+	var members []member
+	if w.Compressed() {
 		spool, err := os.CreateTemp(spoolDir, tmpPrefix+"spool-")
 		if err != nil {
 			return layerResult{}, fmt.Errorf("create spool file: %w", err)
@@ -71,20 +76,15 @@ func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer
 			spool.Close()
 			os.Remove(spool.Name())
 		}()
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return layerResult{}, err
-		}
-		if members, err = indexSpooled(ctx, f, spool); err != nil {
+		if members, err = indexSpooled(ctx, w, spool); err != nil {
 			return layerResult{}, err
 		}
 		src = spool
-	} else if err != nil {
+	} else if members, err = indexInPlace(ctx, w); err != nil {
 		return layerResult{}, err
 	}
-	slices.SortStableFunc(members, func(a, b member) int { return strings.Compare(a.name, b.name) })
-	// A directory may be listed twice; a file cannot (archive.Read
-	// rejects duplicate files).
-	members = slices.CompactFunc(members, func(a, b member) bool { return a.name == b.name && a.dir && b.dir })
+	// The Walker refuses duplicate names, so the order is total.
+	slices.SortFunc(members, func(a, b member) int { return strings.Compare(a.name, b.name) })
 
 	gzHash, tarHash := sha256.New(), sha256.New()
 	counted := &countWriter{w: io.MultiWriter(out, gzHash)}
@@ -136,103 +136,51 @@ func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer
 	return layerResult{digest: digestOf(gzHash), size: counted.n, diffID: digestOf(tarHash)}, nil
 }
 
-// errNeedSpool means the archive cannot be read in place.
-var errNeedSpool = errors.New("archive must be spooled")
-
 // indexInPlace lists the members of a plain tar archive with the offsets of
-// their data in f. It returns errNeedSpool for a compressed archive or one
-// with sparse members, whose data is not stored as is.
-func indexInPlace(ctx context.Context, f *os.File) ([]member, error) {
-	var magic [2]byte
-	if n, _ := io.ReadFull(f, magic[:]); n == 2 && bytes.Equal(magic[:], []byte{0x1f, 0x8b}) {
-		return nil, errNeedSpool
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	// archive/tar reads headers straight from f, without buffering ahead,
-	// and skips data by seeking: after Next, f's offset is where the
-	// member's data starts.
-	tr := tar.NewReader(f)
+// their data in the file the Walker reads (from its start). The Walker
+// seeks past the data.
+func indexInPlace(ctx context.Context, w *archive.Walker) ([]member, error) {
 	var ms []member
-	for {
+	err := w.Walk(func(m *archive.Member) error {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return ms, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read archive: %w", err)
-		}
-		if isSparse(hdr) {
-			return nil, errNeedSpool
-		}
-		m, ok, err := toMember(hdr)
-		if err != nil || !ok {
-			if err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if !m.dir {
-			if m.off, err = f.Seek(0, io.SeekCurrent); err != nil {
-				return nil, err
-			}
-		}
-		ms = append(ms, m)
+		ms = append(ms, member{name: m.Name, dir: m.Dir, mode: m.Mode, off: m.Offset, size: m.Size})
+		return nil
+	})
+	if err != nil {
+		return nil, walkError(ctx, err)
 	}
+	return ms, nil
 }
 
-// indexSpooled reads the archive (plain or gzip-compressed tar) from r and
-// copies the members' data to spool, returning the members with their
-// offsets in spool.
-func indexSpooled(ctx context.Context, r io.Reader, spool *os.File) ([]member, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	var src io.Reader = br
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("read archive: gzip: %w", err)
-		}
-		defer zr.Close()
-		src = zr
-	}
-	tr := tar.NewReader(src)
+// indexSpooled reads the archive from the Walker and copies the members'
+// data to spool, returning the members with their offsets in spool.
+func indexSpooled(ctx context.Context, w *archive.Walker, spool *os.File) ([]member, error) {
 	bw := bufio.NewWriterSize(spool, 1<<20)
 	var (
 		ms  []member
 		off int64
 		buf = make([]byte, 1<<20)
 	)
-	for {
+	err := w.Walk(func(m *archive.Member) error {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read archive: %w", err)
-		}
-		m, ok, err := toMember(hdr)
-		if err != nil || !ok {
+		x := member{name: m.Name, dir: m.Dir, mode: m.Mode}
+		if !m.Dir {
+			n, err := io.CopyBuffer(bw, m, buf)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			continue
-		}
-		if !m.dir {
-			n, err := io.CopyBuffer(bw, tr, buf)
-			if err != nil {
-				return nil, fmt.Errorf("read archive member %s: %w", m.name, err)
-			}
-			m.off, m.size = off, n
+			x.off, x.size = off, n
 			off += n
 		}
-		ms = append(ms, m)
+		ms = append(ms, x)
+		return nil
+	})
+	if err != nil {
+		return nil, walkError(ctx, err)
 	}
 	if err := bw.Flush(); err != nil {
 		return nil, fmt.Errorf("write spool file: %w", err)
@@ -240,47 +188,13 @@ func indexSpooled(ctx context.Context, r io.Reader, spool *os.File) ([]member, e
 	return ms, nil
 }
 
-// toMember converts a header of the archive. ok is false for entries that
-// are not members (PAX global headers). Anything but regular files and
-// directories with safe relative names is rejected, as archive.Read does.
-func toMember(hdr *tar.Header) (m member, ok bool, err error) {
-	switch hdr.Typeflag {
-	case tar.TypeXGlobalHeader:
-		return member{}, false, nil
-	case tar.TypeDir, tar.TypeReg:
-	default:
-		return member{}, false, fmt.Errorf("archive member %q: unsupported type %q", hdr.Name, hdr.Typeflag)
+// walkError describes a failed walk of the archive: the context's error
+// if it ended the walk.
+func walkError(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return cerr
 	}
-	name := hdr.Name
-	if name == "" || strings.HasPrefix(name, "/") || slices.Contains(strings.Split(name, "/"), "..") {
-		return member{}, false, fmt.Errorf("archive member %q: unsafe name", hdr.Name)
-	}
-	name = path.Clean(name)
-	if name == "." {
-		if hdr.Typeflag == tar.TypeDir {
-			return member{}, false, nil // the archive's root adds nothing
-		}
-		return member{}, false, fmt.Errorf("archive member %q: invalid name", hdr.Name)
-	}
-	m = member{name: name, dir: hdr.Typeflag == tar.TypeDir, mode: hdr.Mode}
-	if !m.dir {
-		m.size = hdr.Size
-	}
-	return m, true, nil
-}
-
-// isSparse reports whether the member's data is stored in a sparse format,
-// so that its bytes in the archive are not its content.
-func isSparse(hdr *tar.Header) bool {
-	if hdr.Typeflag == tar.TypeGNUSparse {
-		return true
-	}
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return true
-		}
-	}
-	return false
+	return fmt.Errorf("read archive: %w", err)
 }
 
 type countWriter struct {

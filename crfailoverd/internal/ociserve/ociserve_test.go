@@ -395,6 +395,70 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
+// TestWriteLayer builds layers straight from archive files: a plain archive
+// read in place and its gzip form, read through a spool file, give the same
+// layer, and members that archive.Walker refuses fail the build with an
+// error naming them.
+func TestWriteLayer(t *testing.T) {
+	gz, plain := fixtureBytes(t)
+	dir := t.TempDir()
+	layer := func(data []byte) (layerResult, error) {
+		p := filepath.Join(dir, "a.tar")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return writeLayer(context.Background(), p, dir, io.Discard)
+	}
+	fromPlain, err := layer(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromGzip, err := layer(gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromPlain != fromGzip {
+		t.Errorf("plain archive gave %+v, gzip %+v", fromPlain, fromGzip)
+	}
+	if got := dirNames(t, dir); !slices.Equal(got, []string{"a.tar"}) {
+		t.Errorf("spool file left behind: %v", got)
+	}
+
+	hostile := func(h *tar.Header) []byte {
+		var buf bytes.Buffer
+		buf.Write(plain[:len(plain)-1024]) // without the end-of-archive marker
+		tw := tar.NewWriter(&buf)
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Close()
+		return buf.Bytes()
+	}
+	for _, tc := range []struct {
+		h    *tar.Header
+		want string
+	}{
+		{&tar.Header{Name: "checkpoint/evil", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"},
+			`member "checkpoint/evil": unsupported member type: symbolic link`},
+		{&tar.Header{Name: "../evil", Typeflag: tar.TypeReg}, `member "../evil": unsafe member name`},
+		{&tar.Header{Name: "./config.dump", Typeflag: tar.TypeReg}, `member "./config.dump": duplicate member`},
+	} {
+		for _, data := range [][]byte{hostile(tc.h), gzipBytes(hostile(tc.h))} {
+			if _, err := layer(data); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to contain %q", err, tc.want)
+			}
+		}
+	}
+}
+
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
+}
+
 // get sends a request and returns the response with its body read.
 func get(t *testing.T, method, url string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
