@@ -130,13 +130,19 @@ type testPeer struct {
 // startPeer starts a node with its own store; h.Store is filled in if nil.
 func startPeer(t *testing.T, ca *testCA, name string, h Handlers, opts ...grpc.ServerOption) *testPeer {
 	t.Helper()
+	return startPeerOn(t, nil, ca, name, h, opts...)
+}
+
+// startPeerOn is startPeer with the Mux on network nw (nil: the host's).
+func startPeerOn(t *testing.T, nw Network, ca *testCA, name string, h Handlers, opts ...grpc.ServerOption) *testPeer {
+	t.Helper()
 	st, root := h.Store, ""
 	if st == nil {
 		st, root = openStore(t)
 		h.Store = st
 	}
 	tl := ca.nodeTLS(t, name)
-	m, err := Listen("127.0.0.1:0", tl)
+	m, err := Listen("127.0.0.1:0", tl, WithNetwork(nw))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,6 +134,7 @@ func (t *TLS) ClientConfig(serverName string, nextProtos ...string) *tls.Config 
 // close them.
 type Mux struct {
 	ln     net.Listener
+	nw     Network
 	tls    *TLS
 	config *tls.Config
 	grpc   *subListener
@@ -148,14 +149,21 @@ type Mux struct {
 // goroutine with a timeout, so a slow or hostile client never holds up
 // others. Connections negotiating "h2" go to GRPCListener, those
 // negotiating "crfailoverd-raft" to the RaftStream; others are closed.
-func Listen(addr string, t *TLS) (*Mux, error) {
-	ln, err := net.Listen("tcp", addr)
+//
+// WithNetwork chooses the network it listens on, which its RaftStream
+// also dials through; without it, the host's.
+func Listen(addr string, t *TLS, opts ...Option) (*Mux, error) {
+	nw := buildOptions(opts).network
+	if nw == nil {
+		nw = hostNetwork{}
+	}
+	ln, err := nw.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("peer: listen on %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Mux{
-		ln: ln, tls: t, config: t.ServerConfig(),
+		ln: ln, nw: nw, tls: t, config: t.ServerConfig(),
 		grpc: newSubListener(ln.Addr()), raft: newSubListener(ln.Addr()),
 		ctx: ctx, cancel: cancel,
 	}
@@ -179,9 +187,9 @@ func (m *Mux) GRPCListener() net.Listener { return m.grpc }
 //
 // Dial verifies the peer's certificate against the host part of the Raft
 // address, so when Raft addresses are IPs the certificates need them as IP
-// SANs.
+// SANs. It dials through the Mux's network (WithNetwork).
 func (m *Mux) RaftStream(advertise net.Addr) raft.StreamLayer {
-	return &raftStream{subListener: m.raft, tls: m.tls, advertise: advertise}
+	return &raftStream{subListener: m.raft, nw: m.nw, tls: m.tls, advertise: advertise}
 }
 
 // Close stops accepting, closes both sides' listeners and waits for
@@ -286,6 +294,7 @@ func (l *subListener) Addr() net.Addr { return l.addr }
 // raftStream implements raft.StreamLayer on the Mux.
 type raftStream struct {
 	*subListener
+	nw        Network
 	tls       *TLS
 	advertise net.Addr
 }
@@ -310,12 +319,16 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	d := tls.Dialer{Config: s.tls.ClientConfig(host, alpnRaft)}
-	c, err := d.DialContext(ctx, "tcp", string(address))
+	raw, err := s.nw.DialContext(ctx, "tcp", string(address))
 	if err != nil {
 		return nil, fmt.Errorf("peer: raft dial %s: %w", address, err)
 	}
-	if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != alpnRaft {
+	c := tls.Client(raw, s.tls.ClientConfig(host, alpnRaft))
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("peer: raft dial %s: %w", address, err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p != alpnRaft {
 		c.Close()
 		return nil, fmt.Errorf("peer: raft dial %s: peer negotiated protocol %q, want %q", address, p, alpnRaft)
 	}

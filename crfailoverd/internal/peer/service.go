@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -358,12 +359,19 @@ func (e *RemoteError) Error() string {
 
 // Dial returns a client for the peer nodeName at addr ("host:port"). It
 // does not connect yet. The peer's certificate must be signed by the
-// cluster CA and valid for nodeName.
-func Dial(nodeName, addr string, t *TLS) (*Client, error) {
-	conn, err := grpc.NewClient(addr,
+// cluster CA and valid for nodeName. WithNetwork chooses the network it
+// connects through; without it, the host's (as gRPC dials by default).
+func Dial(nodeName, addr string, t *TLS, opts ...Option) (*Client, error) {
+	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(t.ClientConfig(nodeName, alpnGRPC))),
 		grpc.WithDefaultCallOptions(grpc.CallContentSubtype(codecName)),
-	)
+	}
+	if nw := buildOptions(opts).network; nw != nil {
+		dopts = append(dopts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return nw.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient(addr, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("peer: dial %s at %s: %w", nodeName, addr, err)
 	}

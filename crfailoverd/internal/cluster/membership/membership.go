@@ -56,25 +56,54 @@ type Meta struct {
 	RPCAddr string `json:"rpc"` // host:port of its gRPC/Raft listener
 }
 
+// Status is a member's state as this node sees it: alive, dead or left.
+// There is no "suspect": memberlist's event delegate reports a node only
+// when it joins (or rejoins), is updated, or is declared dead or gone, so a
+// suspected node stays alive here until memberlist confirms its death.
+type Status string
+
+// The member statuses.
+const (
+	StatusAlive Status = "alive" // joined, or refuted its death
+	StatusDead  Status = "dead"  // failure detection declared it dead
+	StatusLeft  Status = "left"  // said goodbye (Leave)
+)
+
+// Alive reports whether s is StatusAlive, the one meaning of alive: dead
+// and left members, and any unknown status, are not alive.
+func (s Status) Alive() bool { return s == StatusAlive }
+
 // Member is a node as this node sees it.
 type Member struct {
 	Name      string    `json:"name"`
 	Addr      string    `json:"addr"` // gossip address
 	RPCAddr   string    `json:"rpc_addr"`
-	Status    string    `json:"status"` // alive, suspect, dead, left
-	DeadSince time.Time `json:"dead_since"`
+	Status    Status    `json:"status"`
+	DeadSince time.Time `json:"dead_since"` // when it was seen dead or left; zero while alive
 }
 
 // Options configure the membership.
 type Options struct {
-	Name          string
-	BindAddr      string // host:port
-	AdvertiseAddr string // host:port, or "" for memberlist's choice
-	RPCPort       int    // port of the RPC listener; its host is the gossip advertise address
+	Name string
+	// BindAddr is the gossip host:port (UDP and TCP). Port 0 picks a free
+	// port, which is then the advertised port too (GossipAddr).
+	BindAddr string
+	// AdvertiseAddr is the host:port the others reach this node at, or ""
+	// for memberlist's choice (the bind IP, or a private IP when bound to
+	// a wildcard). Port 0 means the bound port.
+	AdvertiseAddr string
+	RPCPort       int // port of the RPC listener; its host is the gossip advertise address
 	Join          []string
 	Key           []byte // gossip encryption key (16, 24 or 32 bytes), nil for none
 	Profile       string
-	Log           *slog.Logger
+	Log           *slog.Logger // nil: discarded
+	// WrapTransport, if not nil, wraps the UDP/TCP transport memberlist
+	// uses (already bound), for instance to inject network faults in tests
+	// (faultnet.Switch.WrapTransport). The wrapper must pass
+	// FinalAdvertiseAddr through unless it means to change what is
+	// advertised, and its Shutdown must shut the wrapped transport down.
+	// nil: memberlist uses the transport as is.
+	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // Membership is the running gossip member.
@@ -83,18 +112,23 @@ type Membership struct {
 	log  *slog.Logger
 	join []string
 
-	rpcAddr string
+	name       string
+	rpcAddr    string
+	gossipAddr string
 
-	mu        sync.Mutex
-	members   map[string]*Member
-	deadSince map[string]time.Time
-	deadAddr  map[string]string // gossip address of members that died (not those that left)
-	changes   chan struct{}
+	mu       sync.Mutex
+	members  map[string]*Member
+	deadAddr map[string]string // gossip address of members that died (not those that left)
+	leaving  map[string]bool   // members that announced they are leaving (see Leave)
+	changes  chan struct{}
 }
 
 // Start creates the member and begins to gossip. Joining happens in the
-// background (Run), with retries.
+// background (JoinLoop), with retries.
 func Start(o Options) (*Membership, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
 	c, err := profile(o.Profile)
 	if err != nil {
 		return nil, err
@@ -104,38 +138,87 @@ func Start(o Options) (*Membership, error) {
 		return nil, fmt.Errorf("gossip bind address: %w", err)
 	}
 	c.Name, c.BindAddr, c.BindPort = o.Name, host, port
-	c.AdvertisePort = port
+	advertisePort := -1 // the bound port
 	if o.AdvertiseAddr != "" {
-		if c.AdvertiseAddr, c.AdvertisePort, err = splitHostPort(o.AdvertiseAddr); err != nil {
+		if c.AdvertiseAddr, advertisePort, err = splitHostPort(o.AdvertiseAddr); err != nil {
 			return nil, fmt.Errorf("gossip advertise address: %w", err)
 		}
 	}
 	if len(o.Key) > 0 {
 		c.SecretKey = o.Key
 	}
-	m := &Membership{log: o.Log, join: o.Join, members: map[string]*Member{}, deadSince: map[string]time.Time{}, deadAddr: map[string]string{}, changes: make(chan struct{}, 1)}
-	d := &delegate{}
-	c.Delegate = d
-	c.Events = events{m}
 	c.Logger = log.New(&logWriter{o.Log}, "", 0)
-	ml, err := memberlist.Create(c)
+
+	// The transport is made here rather than by memberlist so that it can
+	// be wrapped, and so that a port picked by the kernel (bind port 0) is
+	// known before memberlist advertises it.
+	nt, err := newNetTransport(c)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", o.BindAddr, err)
 	}
-	m.ml = ml
+	c.BindPort = nt.GetAutoBindPort()
+	c.AdvertisePort = c.BindPort
+	if advertisePort > 0 {
+		c.AdvertisePort = advertisePort
+	}
+	var tr memberlist.NodeAwareTransport = nt
+	if o.WrapTransport != nil {
+		tr = o.WrapTransport(nt)
+	}
+	c.Transport = tr
+
 	// The RPC address is the address memberlist advertises (chosen when
-	// the bind address is a wildcard) with the RPC port.
-	m.rpcAddr = net.JoinHostPort(ml.LocalNode().Addr.String(), strconv.Itoa(o.RPCPort))
+	// the bind address is a wildcard) with the RPC port; it is in the
+	// metadata from the first alive message on.
+	ip, aport, err := tr.FinalAdvertiseAddr(c.AdvertiseAddr, c.AdvertisePort)
+	if err != nil {
+		_ = tr.Shutdown()
+		return nil, fmt.Errorf("gossip advertise address: %w", err)
+	}
+	m := &Membership{log: o.Log, join: o.Join, name: o.Name, members: map[string]*Member{}, deadAddr: map[string]string{}, leaving: map[string]bool{}, changes: make(chan struct{}, 1)}
+	m.gossipAddr = net.JoinHostPort(ip.String(), strconv.Itoa(aport))
+	m.rpcAddr = net.JoinHostPort(ip.String(), strconv.Itoa(o.RPCPort))
 	meta, err := json.Marshal(Meta{RPCAddr: m.rpcAddr})
 	if err != nil {
+		_ = tr.Shutdown()
 		return nil, err
 	}
-	d.set(meta)
-	if err := ml.UpdateNode(time.Second); err != nil {
-		o.Log.Debug("announce RPC address", "err", err)
+	c.Delegate = &delegate{meta: meta, m: m}
+	c.Events = events{m}
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		_ = tr.Shutdown() // memberlist shuts it down on some errors only; twice is harmless
+		return nil, fmt.Errorf("start gossip on %s: %w", o.BindAddr, err)
 	}
+	m.ml = ml
 	return m, nil
 }
+
+// newNetTransport binds memberlist's UDP and TCP transport as memberlist
+// itself would: with bind port 0 the kernel picks the TCP port and the UDP
+// socket must get the same one, which can collide, so it retries.
+func newNetTransport(c *memberlist.Config) (*memberlist.NetTransport, error) {
+	nc := &memberlist.NetTransportConfig{BindAddrs: []string{c.BindAddr}, BindPort: c.BindPort, Logger: c.Logger}
+	tries := 1
+	if c.BindPort == 0 {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var nt *memberlist.NetTransport
+		if nt, err = memberlist.NewNetTransport(nc); err == nil {
+			return nt, nil
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, err
+}
+
+// GossipAddr is this node's advertised gossip address (host:port), the
+// address others join it at; with bind port 0 it carries the port picked.
+func (m *Membership) GossipAddr() string { return m.gossipAddr }
 
 // RPCAddr is this node's advertised RPC address.
 func (m *Membership) RPCAddr() string { return m.rpcAddr }
@@ -233,26 +316,54 @@ func (m *Membership) Members() []Member {
 }
 
 // record copies a node into the member record; memberlist calls the event
-// delegate with its lock held, so reading n here is safe.
-func (m *Membership) record(n *memberlist.Node, status string) {
-	x := &Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: status}
+// delegate with its lock held, so reading n here is safe. A node that
+// memberlist reports gone is left if it announced its leaving, else dead.
+func (m *Membership) record(n *memberlist.Node, alive bool) Status {
+	x := &Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: StatusAlive}
 	var meta Meta
 	if json.Unmarshal(n.Meta, &meta) == nil {
 		x.RPCAddr = meta.RPCAddr
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if status != "alive" {
-		x.DeadSince = time.Now()
-		m.deadSince[n.Name] = x.DeadSince
-		if status == "dead" {
+	if alive {
+		if old := m.members[n.Name]; old == nil || !old.Status.Alive() {
+			delete(m.leaving, n.Name) // back (restarted): a later death is a death
+		}
+		delete(m.deadAddr, n.Name)
+	} else {
+		x.Status, x.DeadSince = StatusDead, time.Now()
+		if m.leaving[n.Name] {
+			x.Status = StatusLeft
+		} else {
 			m.deadAddr[n.Name] = x.Addr
 		}
-	} else {
-		delete(m.deadSince, n.Name)
-		delete(m.deadAddr, n.Name)
 	}
 	m.members[n.Name] = x
+	return x.Status
+}
+
+// leaveMsg is the user message by which a node announces it is leaving.
+type leaveMsg struct {
+	Leaving string `json:"leaving"`
+}
+
+// markLeaving notes that name announced its leaving; if memberlist has
+// already reported it gone, it is now left rather than dead.
+func (m *Membership) markLeaving(name string) {
+	m.mu.Lock()
+	m.leaving[name] = true
+	x := m.members[name]
+	upgraded := x != nil && x.Status == StatusDead
+	if upgraded {
+		x.Status = StatusLeft
+		delete(m.deadAddr, name)
+	}
+	m.mu.Unlock()
+	if upgraded {
+		m.log.Warn("member left", "member", name)
+		m.notify()
+	}
 }
 
 // Alive returns the names of the members memberlist has not declared dead
@@ -262,7 +373,7 @@ func (m *Membership) Alive() map[string]bool {
 	defer m.mu.Unlock()
 	out := map[string]bool{}
 	for name, x := range m.members {
-		if x.Status == "alive" {
+		if x.Status.Alive() {
 			out[name] = true
 		}
 	}
@@ -272,13 +383,61 @@ func (m *Membership) Alive() map[string]bool {
 // Changes signals (without blocking the gossip) that membership changed.
 func (m *Membership) Changes() <-chan struct{} { return m.changes }
 
-// Leave tells the others this node is going, then stops gossiping.
+// Leave tells the others this node is going, so that they see it left
+// rather than dead, then stops gossiping. It takes at most about timeout
+// (which must be positive).
+//
+// memberlist marks a node that says goodbye as left internally, but its
+// event delegate cannot tell (hashicorp/memberlist issue 293: the Node it
+// passes to NotifyLeave always says alive). So Leave first sends each
+// member it sees alive a "leaving" message directly, in half the timeout,
+// then leaves memberlist's way in the rest. A member that misses the
+// message sees this node dead.
 func (m *Membership) Leave(timeout time.Duration) error {
-	err := m.ml.Leave(timeout)
+	deadline := time.Now().Add(timeout)
+	m.announceLeave(timeout / 2)
+	err := m.ml.Leave(max(time.Until(deadline), timeout/2))
 	if serr := m.ml.Shutdown(); err == nil {
 		err = serr
 	}
 	return err
+}
+
+// announceLeave sends the leaving message to every member seen alive, in
+// parallel, waiting at most timeout.
+func (m *Membership) announceLeave(timeout time.Duration) {
+	msg, _ := json.Marshal(leaveMsg{Leaving: m.name})
+	m.mu.Lock()
+	m.leaving[m.name] = true
+	var to []*memberlist.Node
+	for _, x := range m.members {
+		if x.Name == m.name || !x.Status.Alive() {
+			continue
+		}
+		host, port, err := splitHostPort(x.Addr)
+		if ip := net.ParseIP(host); err == nil && ip != nil {
+			to = append(to, &memberlist.Node{Name: x.Name, Addr: ip, Port: uint16(port)})
+		}
+	}
+	m.mu.Unlock()
+	done := make(chan struct{}, len(to))
+	for _, n := range to {
+		go func() {
+			if err := m.ml.SendReliable(n, msg); err != nil {
+				m.log.Debug("announce leaving", "member", n.Name, "err", err)
+			}
+			done <- struct{}{}
+		}()
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for range to {
+		select {
+		case <-done:
+		case <-timer.C:
+			return // the stragglers end within memberlist's TCP timeout
+		}
+	}
 }
 
 // Shutdown stops gossiping without a goodbye (as a crash would).
@@ -294,43 +453,38 @@ func (m *Membership) notify() {
 type events struct{ m *Membership }
 
 func (e events) NotifyJoin(n *memberlist.Node) {
-	e.m.record(n, "alive")
+	e.m.record(n, true)
 	e.m.log.Info("member joined", "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
 
 func (e events) NotifyLeave(n *memberlist.Node) {
-	how := "dead"
-	if n.State == memberlist.StateLeft {
-		how = "left"
-	}
-	e.m.record(n, how)
-	e.m.log.Warn("member "+how, "member", n.Name, "addr", n.Address())
+	how := e.m.record(n, false)
+	e.m.log.Warn("member "+string(how), "member", n.Name, "addr", n.Address())
 	e.m.notify()
 }
 
 func (e events) NotifyUpdate(n *memberlist.Node) {
-	e.m.record(n, "alive")
+	e.m.record(n, true)
 	e.m.notify()
 }
 
+// delegate hands memberlist the node metadata, fixed at Start, and
+// receives the leaving messages.
 type delegate struct {
-	mu   sync.Mutex
 	meta []byte
+	m    *Membership
 }
 
-func (d *delegate) set(meta []byte) {
-	d.mu.Lock()
-	d.meta = meta
-	d.mu.Unlock()
+func (d *delegate) NodeMeta(limit int) []byte { return d.meta }
+
+func (d *delegate) NotifyMsg(b []byte) {
+	var msg leaveMsg
+	if json.Unmarshal(b, &msg) == nil && msg.Leaving != "" {
+		d.m.markLeaving(msg.Leaving)
+	}
 }
 
-func (d *delegate) NodeMeta(limit int) []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.meta
-}
-func (d *delegate) NotifyMsg([]byte)                           {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
