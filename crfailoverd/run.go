@@ -20,6 +20,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
@@ -28,6 +29,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/metrics"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
@@ -80,7 +82,7 @@ func (d *daemonRun) setGauges() {
 		raftState, fenced = r.State, r.Fenced
 		alive = 0
 		for _, m := range d.cluster.Members() {
-			if m.Status == "alive" {
+			if m.Status == string(membership.StatusAlive) {
 				alive++
 			}
 		}
@@ -97,7 +99,9 @@ func (d *daemonRun) statusLine() string {
 }
 
 // newCluster sets up the cluster side from the [cluster] configuration.
-func newCluster(c config.Config, st *store.Store, log *slog.Logger, onEvent func(cluster.Event)) (*cluster.Cluster, error) {
+// The node is the agent, which the cluster asks to act; board is where the
+// cluster publishes the ownership view the agent reads.
+func newCluster(c config.Config, st *store.Store, node *agent.Agent, board *ownership.Board, log *slog.Logger, onEvent event.Sink) (*cluster.Cluster, error) {
 	t, err := peer.LoadTLS(c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA)
 	if err != nil {
 		return nil, fmt.Errorf("cluster TLS: %w", err)
@@ -113,7 +117,7 @@ func newCluster(c config.Config, st *store.Store, log *slog.Logger, onEvent func
 		RPCAddr: c.Cluster.RPCAddr, Join: c.Cluster.Join, BootstrapExpect: c.Cluster.BootstrapExpect, GossipKey: key, TLS: t,
 		ReplicationFactor: c.Cluster.ReplicationFactor, Profile: c.Cluster.FailureProfile, Lease: c.Cluster.Lease,
 		DeadServerGrace: c.Cluster.DeadServerGrace, MaxVoters: c.Cluster.MaxVoters, Policy: c.Restore.Policy,
-		MaxAttempts: c.Restore.MaxAttempts, Store: st, Log: log, OnEvent: onEvent,
+		MaxAttempts: c.Restore.MaxAttempts, Store: st, Local: node, Board: board, Log: log, OnEvent: onEvent,
 	})
 }
 
@@ -181,16 +185,23 @@ func (d *daemonRun) run(format string) error {
 	rec := metrics.New(metrics.Options{DSN: c.Metrics.PostgresDSN, QueueSize: c.Metrics.QueueSize, Node: c.Node.Name,
 		Log: d.log.With("component", "metrics")})
 	d.rec = rec
-	var cl *cluster.Cluster
-	var gate agent.Gate
+	// The cluster publishes who owns what on the board; the agent reads it
+	// and queues its reports; the cluster asks the agent to act. Nothing
+	// else connects them.
+	var own agent.Ownership
+	var board *ownership.Board
 	if c.Cluster.Enabled {
-		if cl, err = newCluster(c, st, d.log, rec.ClusterEvent); err != nil {
+		board = ownership.NewBoard(c.Node.Name)
+		own = board
+	}
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Ownership: own, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name}, DataDir: c.Node.DataDir,
+		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
+	var cl *cluster.Cluster
+	if c.Cluster.Enabled {
+		if cl, err = newCluster(c, st, d.agent, board, d.log, rec.ClusterEvent); err != nil {
 			return err
 		}
-		gate = cl
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Gate: gate, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name}, DataDir: c.Node.DataDir,
-		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	d.cluster = cl
 
 	ln, err := admin.Listen(c.Node.AdminSocket)
@@ -200,7 +211,6 @@ func (d *daemonRun) run(format string) error {
 	var cb admin.ClusterBackend
 	var comps []component
 	if cl != nil {
-		cl.SetLocal(d.agent)
 		cb = cl
 		comps = append(comps, component{"cluster", cl.Run})
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -56,27 +57,13 @@ type Observer interface {
 	Restored(id store.Workload, seq uint64, start time.Time, took, checkpointAge time.Duration, reason string, err error)
 }
 
-// Admission is a cluster's verdict on a local copy of a workload.
-type Admission int
-
-// Verdicts.
-const (
-	AdmitRun  Admission = iota // this node owns it: checkpoint and watch it
-	AdmitWait                  // not known to the cluster yet: ask again later
-	AdmitStop                  // another node owns it, or this node is cut off: stop the copy
-)
-
-// Gate is the cluster's say over local copies; nil means a single node
-// that runs and restores everything it finds.
-type Gate interface {
-	// Admit judges a running copy that discovery found. It must not block.
-	Admit(w discovery.Workload) Admission
-	// Checkpointed is told of every committed checkpoint. It must not block.
-	Checkpointed(w discovery.Workload, e store.Entry)
-	// Failed is told that the application failed. It returns true when
-	// the agent should restore it here itself; false hands it to the
-	// cluster, and the agent removes the failed copy.
-	Failed(w discovery.Workload, reason string) (restoreLocally bool)
+// Ownership is the cluster's read-only view of who owns what (an
+// ownership.Board); nil means a single node that runs and restores
+// everything it finds.
+type Ownership interface {
+	View() *ownership.View
+	// Changed returns a channel closed at the next change of the view.
+	Changed() <-chan struct{}
 }
 
 // Checkpoint methods.
@@ -108,7 +95,7 @@ type Options struct {
 	Runtime       Runtime
 	Kubelet       Kubelet // nil: the kubelet is not configured
 	Store         *store.Store
-	Gate          Gate        // nil: single node
+	Ownership     Ownership   // nil: single node
 	StaticPods    *StaticPods // nil: restore through the CRI
 	Observer      Observer    // nil: nobody records checkpoints and restores
 	DataDir       string
@@ -128,7 +115,8 @@ type Agent struct {
 	rt      Runtime
 	kubelet Kubelet
 	store   *store.Store
-	gate    Gate
+	own     Ownership
+	reports chan ownership.Report
 	static  *StaticPods
 	obs     Observer
 	dataDir string
@@ -165,7 +153,7 @@ func New(o Options) *Agent {
 		o.MaxConcurrent = 1
 	}
 	return &Agent{
-		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, gate: o.Gate, static: o.StaticPods, obs: o.Observer, dataDir: o.DataDir, log: o.Log, now: o.Now,
+		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, own: o.Ownership, reports: make(chan ownership.Report, 1024), static: o.StaticPods, obs: o.Observer, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
 		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{}, nudge: make(chan struct{}, 1),
 	}
@@ -187,7 +175,7 @@ func (a *Agent) SetKubelet(k Kubelet) {
 	a.mu.Unlock()
 }
 
-// Nudge asks for a discovery pass now (the cluster's verdicts changed).
+// Nudge asks for a discovery pass now.
 func (a *Agent) Nudge() {
 	select {
 	case a.nudge <- struct{}{}:
@@ -219,6 +207,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	readyOnce := sync.OnceFunc(func() { close(a.ready) })
 	var lastErr string
 	for {
+		var changed <-chan struct{}
+		if a.own != nil {
+			// Taken before the pass: a change during it wakes the next one.
+			changed = a.own.Changed()
+		}
 		// Ready after the first pass even when the runtime is unreachable:
 		// the daemon then says so in its status and keeps retrying.
 		if err := a.discover(ctx); err != nil {
@@ -239,6 +232,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-a.nudge:
+		case <-changed:
 		}
 	}
 }
@@ -292,19 +286,29 @@ func (a *Agent) discover(ctx context.Context) error {
 		}
 	}
 	seen := map[store.Workload]bool{}
+	view := a.view()
 	for _, w := range found {
-		if a.gate != nil {
-			switch a.gate.Admit(w) {
-			case AdmitStop:
+		if view != nil {
+			verdict, known := view.Admit(w)
+			if !known && !view.Fenced && view.Connected {
+				a.report(ownership.Report{Kind: ownership.Unregistered, Workload: w, CopyEpoch: view.CopyEpoch(w)})
+			}
+			switch verdict {
+			case ownership.Stop:
 				var wk *worker
 				if x, ok := a.workers[w.ID]; ok && !x.isBusy() {
 					wk = x
 					wk.close()
 					delete(a.workers, w.ID)
 				}
-				a.fence(ctx, w, wk)
+				why := view.FenceWhy
+				if !view.Fenced {
+					e := view.Workloads[w.ID.String()]
+					why = fmt.Sprintf("%s owns it at epoch %d (this copy: epoch %d)", e.Owner, e.Epoch, view.CopyEpoch(w))
+				}
+				a.fence(ctx, w, wk, why)
 				continue
-			case AdmitWait:
+			case ownership.Wait:
 				if _, ok := a.workers[w.ID]; !ok {
 					continue
 				}

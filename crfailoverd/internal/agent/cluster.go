@@ -5,17 +5,45 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
-// What the cluster layer asks of the agent.
+// What the cluster asks of the node (its controller's Node interface), and
+// how the agent applies the cluster's verdicts. The agent never calls the
+// cluster: it reads the ownership view and queues reports.
+
+// report queues a report for the cluster; it never blocks. A full queue
+// drops the report: each kind is made again (an unregistered copy at the
+// next discovery, a checkpoint superseded by the next one, and a lost copy
+// is found by the controller's own check).
+func (a *Agent) report(r ownership.Report) {
+	if a.own == nil {
+		return
+	}
+	select {
+	case a.reports <- r:
+	default:
+		a.log.Error("report queue to the cluster full; dropping a report", "kind", r.Kind.String(), "workload", r.Workload.ID.String())
+	}
+}
+
+// Reports is what the agent tells the cluster (the controller reads it).
+func (a *Agent) Reports() <-chan ownership.Report { return a.reports }
+
+// view returns the cluster's newest ownership view (nil: single node).
+func (a *Agent) view() *ownership.View {
+	if a.own == nil {
+		return nil
+	}
+	return a.own.View()
+}
 
 // fence stops a local copy the cluster says must not run (another node
 // owns the workload, or this node is cut off from the quorum). It runs in
@@ -23,7 +51,7 @@ import (
 // finished what it was doing: stopping a container in the middle of a
 // dump leaves its processes frozen. The sandbox is remembered so it is
 // stopped only once.
-func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker) {
+func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker, why string) {
 	if a.fencing == nil {
 		a.fencing = map[string]bool{}
 	}
@@ -31,7 +59,7 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker) {
 		return
 	}
 	a.fencing[w.SandboxID] = true
-	a.log.Warn("stopping a local copy the cluster does not allow", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID), "copy_epoch", w.Epoch)
+	a.log.Warn("stopping a local copy the cluster does not allow", "workload", w.ID.String(), "sandbox_id", short(w.SandboxID), "copy_epoch", w.Epoch, "why", why)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -85,41 +113,27 @@ func (a *Agent) WorkloadConfig(id store.Workload) ([]byte, error) {
 	return os.ReadFile(workloadConfigPath(a.dataDir, id))
 }
 
-// RestoreAt restores a workload on this node from a checkpoint in the local
-// store, as the cluster placed it at epoch, with the restore configuration
-// cfg (as WorkloadConfig returns it). The new pod carries the epoch, so that
-// the cluster recognises the copy. It returns how long the CRI calls took.
-func (a *Agent) RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch uint64) (time.Duration, error) {
-	if err := writeFileAtomic(workloadConfigPath(a.dataDir, e.Workload), cfg); err != nil {
+// Restore restores a workload the cluster placed on this node, at
+// p.Epoch, from p.Entry (in the local store) with the restore
+// configuration p.Config (as WorkloadConfig returns it), after removing
+// any older local copy. It makes one attempt: the cluster counts attempts
+// and places the next one. It returns how long the runtime's restore took.
+func (a *Agent) Restore(ctx context.Context, p ownership.Placement) (time.Duration, error) {
+	id := p.Entry.Workload
+	if err := ValidateConfig(p.Config); err != nil {
+		return 0, fmt.Errorf("restore configuration of %s from the cluster: %w", id, err)
+	}
+	if err := writeFileAtomic(workloadConfigPath(a.dataDir, id), p.Config); err != nil {
 		return 0, err
 	}
-	wc, err := loadWorkloadConfig(a.dataDir, e.Workload)
+	wc, err := loadWorkloadConfig(a.dataDir, id)
 	if err != nil {
 		return 0, err
 	}
-	if err := a.store.Verify(e); err != nil {
-		_ = a.store.MarkBad(e.Workload, e.Seq, err.Error())
-		return 0, err
-	}
-	sb := cloneSandbox(wc.Sandbox)
-	if sb.Annotations == nil {
-		sb.Annotations = map[string]string{}
-	}
-	sb.Annotations[discovery.AnnEpoch] = strconv.FormatUint(epoch, 10)
-	if sb.Metadata != nil {
-		// A fresh attempt number keeps the sandbox name unique on this
-		// node even if a stale sandbox of an earlier epoch is still there.
-		sb.Metadata.Attempt = uint32(epoch)
-	}
-	start := a.now()
-	_, _, err = a.restoreCopy(ctx, sb, wc.Container, e, epoch)
-	took := a.now().Sub(start)
-	if err != nil {
-		return took, fmt.Errorf("restore %s from #%d: %w", e.Workload, e.Seq, err)
-	}
-	a.log.Info("restored for the cluster", "workload", e.Workload.String(), "seq", e.Seq, "epoch", epoch, "restore_ms", took.Milliseconds(),
-		"checkpoint_age_ms", start.Sub(e.Created).Milliseconds())
-	return took, nil
+	res := a.restoreWorkload(ctx, restoreRequest{id: id, reason: p.Reason, candidates: []store.Entry{p.Entry}, cfg: wc, epoch: p.Epoch,
+		policy:      RestorePolicy{MaxAttempts: 1},
+		removeFirst: func(ctx context.Context) error { _, err := a.RemoveCopies(ctx, id); return err }})
+	return res.took, res.err
 }
 
 // CheckpointNow has the workload's worker take a checkpoint at once (for a

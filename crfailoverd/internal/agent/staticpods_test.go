@@ -8,14 +8,16 @@ import (
 	"testing"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
-// TestRestoreAtWritesAStaticPod: with static pods, a restore hands kubelet
+// TestRestorePlacementWritesAStaticPod: with static pods, a placement's
+// restore hands kubelet
 // a manifest whose image is the checkpoint on the local endpoint, and
 // makes no CRI restore call; removing the copies removes the manifest.
-func TestRestoreAtWritesAStaticPod(t *testing.T) {
+func TestRestorePlacementWritesAStaticPod(t *testing.T) {
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "checkpoints"), 3)
 	if err != nil {
@@ -42,7 +44,7 @@ func TestRestoreAtWritesAStaticPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.RestoreAt(context.Background(), e, cfg, 3); err != nil {
+	if _, err := a.Restore(context.Background(), ownership.Placement{Entry: e, Config: cfg, Epoch: 3, Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	pod, err := staticpod.Load(filepath.Join(manifests, staticpod.FileName("ns", "web")))

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -222,8 +222,8 @@ func (w *worker) checkpoint(ctx context.Context, log interface {
 		return e, err
 	}
 	log.Debug("checkpointed", "seq", e.Seq, "method", e.Method, "bytes", e.Size, "duration_ms", e.Duration.Milliseconds())
-	if w.a.gate != nil {
-		w.a.gate.Checkpointed(w.spec, e)
+	if v := w.a.view(); v != nil {
+		w.a.report(ownership.Report{Kind: ownership.Checkpointed, Workload: w.spec, CopyEpoch: v.CopyEpoch(w.spec), Entry: e})
 	}
 	return e, nil
 }
@@ -282,20 +282,21 @@ var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: tru
 
 // restore brings the workload back from its newest good checkpoint, trying
 // older ones and backing off as the restore policy says, and gives up
-// loudly when the attempts run out. In a cluster the gate may take the
-// workload over instead: then the failed copy is removed and restore
-// returns false (the worker ends).
+// loudly when the attempts run out. In a cluster, unless the ownership
+// view says this node restores it itself, the failure is handed to the
+// cluster: the failed copy is removed and restore returns false (the
+// worker ends).
 func (w *worker) restore(ctx context.Context, reason string) bool {
 	log := w.a.log.With("workload", w.id.String())
-	if w.a.gate != nil && !w.a.gate.Failed(w.spec, reason) {
+	if v := w.a.view(); v != nil && !v.RestoreHere(w.spec) {
 		log.Warn("application failed; the cluster restores it", "reason", reason)
 		if err := w.a.rt.RemovePod(ctx, w.spec.SandboxID); err != nil {
 			log.Warn("removing the failed pod failed", "sandbox_id", short(w.spec.SandboxID), "err", err)
 		}
 		w.set(func() { w.state = "handed over"; w.removed[w.spec.SandboxID] = true })
+		w.a.report(ownership.Report{Kind: ownership.AppFailed, Workload: w.spec, CopyEpoch: v.CopyEpoch(w.spec), Reason: reason})
 		return false
 	}
-	set := w.a.cfg()
 	w.set(func() { w.busy, w.state = true, stateRestoring })
 	defer w.set(func() { w.busy = false })
 	detected := w.a.now()
@@ -318,69 +319,32 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 			candidates = append(candidates, e)
 		}
 	}
-	if err := w.a.rt.RemovePod(ctx, old); err != nil {
-		log.Warn("removing the failed pod failed; restoring anyway", "sandbox_id", short(old), "err", err)
-	}
-	w.set(func() { w.removed[old] = true })
-
-	var lastErr error = errors.New("no checkpoint to restore from")
-	for attempt := 0; ; attempt++ {
-		e, wait, giveUp := set.Restore.Next(attempt, candidates)
-		if giveUp {
-			w.giveUp(log, reason, detected, attempt, lastErr)
-			return true
-		}
-		if wait > 0 {
-			log.Info("waiting before the next restore attempt", "wait", wait, "attempt", attempt+1)
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(wait):
-			}
-		}
-		if err := w.a.store.Verify(e); err != nil {
-			lastErr = err
-			log.Error("checkpoint is corrupt; marking it bad", "seq", e.Seq, "err", err)
-			_ = w.a.store.MarkBad(w.id, e.Seq, err.Error())
-			continue
-		}
-		sb := cloneSandbox(cfg.Sandbox)
-		if sb.Metadata != nil {
-			sb.Metadata.Attempt++
-			cfg.Sandbox.Metadata.Attempt = sb.Metadata.Attempt
-		}
-		start := w.a.now()
-		sbID, ctrID, err := w.a.restoreCopy(ctx, sb, cfg.Container, e, 0)
-		took := w.a.now().Sub(start)
-		ri := &api.RestoreInfo{At: start, Reason: reason, Seq: e.Seq, Age: start.Sub(e.Created), Duration: took, Attempts: attempt + 1, OK: err == nil, NewSandbox: sbID}
-		if w.a.obs != nil {
-			w.a.obs.Restored(w.id, e.Seq, start, took, ri.Age, reason, err)
-		}
-		if err != nil {
-			lastErr = err
-			ri.Error = err.Error()
-			w.set(func() { w.lastRestore = ri })
-			log.Error("restore attempt failed", "seq", e.Seq, "attempt", attempt+1, "err", err)
-			continue
-		}
-		if sbID == "" {
-			// Handed to kubelet (static pod): discovery finds the new pod and
-			// starts a new worker for it.
-			w.set(func() { w.restores++; w.lastRestore = ri; w.state = "handed to kubelet" })
-			log.Info("restore handed to kubelet", "seq", e.Seq)
-			return false
-		}
-		w.set(func() {
-			w.restores++
-			w.lastRestore = ri
-			w.state = stateRunning
-			w.spec.SandboxID, w.spec.ContainerID, w.spec.State = sbID, ctrID, cri.StateRunning
-			w.probeFailures = 0
-		})
-		log.Info("restored", "seq", e.Seq, "checkpoint_age_ms", ri.Age.Milliseconds(), "restore_ms", took.Milliseconds(),
-			"detect_to_restored_ms", w.a.now().Sub(detected).Milliseconds(), "sandbox_id", short(sbID), "container_id", short(ctrID))
+	res := w.a.restoreWorkload(ctx, restoreRequest{id: w.id, reason: reason, candidates: candidates, cfg: cfg, policy: w.a.cfg().Restore,
+		removeFirst: func(ctx context.Context) error {
+			w.set(func() { w.removed[old] = true })
+			return w.a.rt.RemovePod(ctx, old)
+		}})
+	ri := res.info
+	switch {
+	case res.err != nil && ctx.Err() != nil:
+		return false
+	case res.err != nil:
+		w.giveUp(log, reason, detected, ri.Attempts, res.err)
 		return true
+	case res.sandboxID == "":
+		// Handed to kubelet (static pod): discovery finds the new pod and
+		// starts a new worker for it.
+		w.set(func() { w.restores++; w.lastRestore = &ri; w.state = "handed to kubelet" })
+		return false
 	}
+	w.set(func() {
+		w.restores++
+		w.lastRestore = &ri
+		w.state = stateRunning
+		w.spec.SandboxID, w.spec.ContainerID, w.spec.State = res.sandboxID, res.containerID, cri.StateRunning
+		w.probeFailures = 0
+	})
+	return true
 }
 
 func (w *worker) giveUp(log interface {

@@ -84,6 +84,7 @@ type RaftInfo struct {
 	AppliedIndex uint64        `json:"applied_index"`
 	LastContact  time.Duration `json:"last_contact_ns"`
 	Fenced       bool          `json:"fenced"`
+	FenceReason  string        `json:"fence_reason,omitempty"`
 	Peers        []RaftPeer    `json:"peers"`
 }
 

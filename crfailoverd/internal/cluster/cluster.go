@@ -1,15 +1,25 @@
-// Package cluster joins crfailoverd daemons into one cluster: gossip
-// membership and failure detection (memberlist), a replicated state
-// machine (Raft) that records every workload's owner, epoch and
-// checkpoints, archive replication to peers, the leader's failover
-// decisions (package failover, no I/O), and each node's controller that
-// restores what the cluster placed on it and stops what it no longer owns.
+// Package cluster wires crfailoverd's cluster parts into one member of the
+// cluster, and owns nothing but the wiring and the Raft plumbing:
+//
+//   - membership: gossip membership and failure detection (memberlist);
+//   - replicated: the Raft FSM over package state, with a change signal;
+//   - leader: membership to Raft configuration, failover decisions;
+//   - controller: this node's reaction (fencing, the ownership view for
+//     the agent, restores of placements, lost copies, registration,
+//     migration);
+//   - replication: checkpoint records, pushes to peers, holders, fetches.
+//
+// The parts talk to each other through small interfaces each declares
+// itself; this package implements them over hashicorp/raft, memberlist
+// and the peer transport. The agent is reached only through the
+// controller's Node interface, and reads only the ownership view.
 package cluster
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -18,31 +28,28 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/controller"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/leader"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/replicated"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/replication"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/failover"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
-// Local is what the cluster needs of the node's own agent.
-type Local interface {
-	RecordConfig(ctx context.Context, w discovery.Workload) ([]byte, error)
-	RestoreAt(ctx context.Context, e store.Entry, cfg []byte, epoch uint64) (time.Duration, error)
-	RemoveCopies(ctx context.Context, id store.Workload) (int, error)
-	Running(id store.Workload) bool
-	Nudge()
-	CheckpointNow(ctx context.Context, id store.Workload) (store.Entry, error)
-	Stop(ctx context.Context, id store.Workload) error
-}
-
 // Restore policies for an application failure on a live node.
 const (
-	PolicyPeer  = "peer"
-	PolicyLocal = "local"
+	PolicyPeer  = controller.PolicyPeer
+	PolicyLocal = controller.PolicyLocal
 )
 
 // Options configure the cluster side of a daemon.
@@ -64,60 +71,43 @@ type Options struct {
 	Policy            string
 	MaxAttempts       int
 	Store             *store.Store
-	Log               *slog.Logger
+	// Local is the node's agent, which the controller asks to act.
+	Local controller.Node
+	// Board is where the controller publishes the ownership view the
+	// agent reads.
+	Board *ownership.Board
+	Log   *slog.Logger
 	// OnEvent, when set, is told of cluster events (failovers, restores)
-	// for metrics.
-	OnEvent func(Event)
-}
+	// for metrics. It must not block.
+	OnEvent event.Sink
 
-// Event is something the cluster did that metrics record.
-type Event struct {
-	Kind     string // "placed", "restored", "restore-failed", "replicated", "replicate-failed", "node-dead"
-	Workload string
-	Node     string
-	From, To string
-	Seq      uint64
-	Epoch    uint64
-	Reason   string
-	Took     time.Duration
-	Bytes    int64
-	Err      string
-	At       time.Time
+	// For in-process tests: the network the RPC port listens and dials on
+	// (nil: the host's), a wrapper of the gossip transport (nil: none),
+	// and faster loops (zero: the defaults).
+	Network       peer.Network
+	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
+	Tick          time.Duration
+	LostGrace     time.Duration
 }
 
 // Cluster is the running cluster member.
 type Cluster struct {
-	o     Options
-	log   *slog.Logger
-	ml    *membership.Membership
-	mux   *peer.Mux
-	srv   *grpc.Server
-	raft  *raft.Raft
-	fsm   *fsm
-	repl  *peer.Replicator
-	local Local
-	start time.Time
+	o      Options
+	log    *slog.Logger
+	ml     *membership.Membership
+	mux    *peer.Mux
+	srv    *grpc.Server
+	raft   *raft.Raft
+	logs   io.Closer // the Raft log store, closed after Raft
+	fsm    *replicated.FSM
+	queue  *peer.Replicator
+	repl   *replication.Replication
+	ctrl   *controller.Controller
+	leader *leader.Leader
+	events *event.Ring
 
-	mu            sync.Mutex
-	clients       map[string]*peer.Client
-	restoring     map[string]uint64 // workload -> epoch the controller restores or restored
-	registering   map[string]bool
-	everConnected bool
-	minoritySince time.Time            // since when this node sees fewer than a quorum of voters answer
-	lastQuorum    time.Time            // last time this node was in contact with a working quorum
-	lostSince     map[string]time.Time // owned workloads with no local copy, since when
-	adopted       map[string]uint64    // sandbox -> epoch a registration gave a running copy
-	deadSeen      map[string]time.Time // dead members the leader has reported, with the time they died
-	wasFenced     bool
-	lastEvents    []Event
-
-	proposals chan proposal
-}
-
-type proposal struct {
-	what string
-	cmd  state.Command
-	then func(error)
+	mu      sync.Mutex
+	clients map[string]*peer.Client
 }
 
 // New starts listening (gossip, gRPC and Raft) and opens the Raft state.
@@ -126,9 +116,15 @@ func New(o Options) (*Cluster, error) {
 	if o.Lease <= 0 {
 		o.Lease = 3 * time.Second
 	}
+	if o.Local == nil || o.Board == nil || o.Store == nil {
+		return nil, errors.New("cluster: Local, Board and Store are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
 	c := &Cluster{o: o, log: o.Log.With("component", "cluster"), clients: map[string]*peer.Client{},
-		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{}, deadSeen: map[string]time.Time{}, proposals: make(chan proposal, 4096), start: time.Now()}
-	mux, err := peer.Listen(o.RPCAddr, o.TLS)
+		events: &event.Ring{Next: o.OnEvent}}
+	mux, err := peer.Listen(o.RPCAddr, o.TLS, peer.WithNetwork(o.Network))
 	if err != nil {
 		return nil, fmt.Errorf("cluster RPC listener on %s: %w", o.RPCAddr, err)
 	}
@@ -136,7 +132,8 @@ func New(o Options) (*Cluster, error) {
 	_, rpcPort, _ := net.SplitHostPort(mux.Addr().String())
 	port, _ := strconv.Atoi(rpcPort)
 	ml, err := membership.Start(membership.Options{Name: o.Node, BindAddr: o.BindAddr, AdvertiseAddr: o.AdvertiseAddr,
-		RPCPort: port, Join: o.Join, Key: o.GossipKey, Profile: o.Profile, Log: o.Log.With("component", "gossip")})
+		RPCPort: port, Join: o.Join, Key: o.GossipKey, Profile: o.Profile, Log: o.Log.With("component", "gossip"),
+		WrapTransport: o.WrapTransport})
 	if err != nil {
 		mux.Close()
 		return nil, err
@@ -155,21 +152,32 @@ func New(o Options) (*Cluster, error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: mux.RaftStream(advertise), MaxPool: 3, Timeout: 5 * time.Second, Logger: hclogOf(o.Log, "raft-net"),
 	})
-	c.fsm = newFSM()
+	c.fsm = replicated.New()
 	r, err := raft.NewRaft(raftConfig(o.Node, o.Log), c.fsm, logs, logs, snaps, trans)
 	if err != nil {
 		c.closeListeners()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	c.raft = r
+	c.raft, c.logs = r, logs
 	if existing, err := raft.HasExistingState(logs, logs, snaps); err == nil && existing {
 		c.log.Info("raft state found; rejoining the cluster it belongs to", "dir", filepath.Join(o.DataDir, "raft"))
 	}
-	c.srv = peer.NewServer(peer.Handlers{Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Log: o.Log.With("component", "peer")})
-	c.repl = peer.NewReplicator(peer.ReplicatorOptions{
+	prop := proposer{c}
+	c.repl = replication.New(replication.Options{Node: o.Node, Factor: o.ReplicationFactor, Store: o.Store, Proposer: prop,
+		Members: ml, Peer: func(n string) (replication.Peer, error) { return c.client(n) }, Events: c.events.Emit,
+		Log: o.Log.With("component", "replication")})
+	c.queue = peer.NewReplicator(peer.ReplicatorOptions{
 		Clients: c.client, MaxConcurrent: 4, Timeout: 2 * time.Minute, MaxTries: 5,
-		OnReplicated: c.replicated, OnFailed: c.replicateFailed, Log: o.Log.With("component", "replication"),
+		OnReplicated: c.repl.Replicated, OnFailed: c.repl.ReplicateFailed, Log: o.Log.With("component", "replication"),
 	})
+	c.repl.UseQueue(c.queue)
+	c.ctrl = controller.New(controller.Options{Node: o.Node, Lease: o.Lease, Policy: o.Policy, Local: o.Local, State: c.fsm,
+		Proposer: prop, Quorum: raftNode{c}, Members: ml, Replication: c.repl, Store: o.Store, Board: o.Board,
+		Events: c.events.Emit, Log: c.log, Tick: o.Tick, LostGrace: o.LostGrace})
+	c.leader = leader.New(leader.Options{Node: o.Node, MaxVoters: o.MaxVoters, DeadServerGrace: o.DeadServerGrace,
+		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
+		Raft:   raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log})
+	c.srv = peer.NewServer(peer.Handlers{Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Log: o.Log.With("component", "peer")})
 	return c, nil
 }
 
@@ -182,40 +190,39 @@ func (c *Cluster) closeListeners() {
 	}
 }
 
-// SetLocal connects the node's agent; call it before Run.
-func (c *Cluster) SetLocal(l Local) { c.local = l }
-
-// Run runs the cluster until ctx ends.
+// Run runs the cluster until ctx ends, then leaves the gossip and shuts
+// Raft down.
 func (c *Cluster) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	run := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(ctx)
-		}()
+	g, gctx := errgroup.WithContext(ctx)
+	loop := func(f func(context.Context)) func() error {
+		return func() error { f(gctx); return nil }
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- c.srv.Serve(c.mux.GRPCListener()) }()
-	run(func(ctx context.Context) { c.ml.JoinLoop(ctx.Done()) })
-	run(func(ctx context.Context) { c.ml.ReconnectLoop(ctx.Done(), 2*time.Second) })
-	run(c.bootstrap)
-	run(c.leadership)
-	run(c.controller)
-	run(c.proposer)
-	run(c.repl.Run)
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		c.log.Error("cluster RPC server stopped", "err", err)
-	}
+	g.Go(func() error {
+		// The listener ends when Run stops the server below; before that
+		// an early end is an error.
+		if err := c.srv.Serve(c.mux.GRPCListener()); err != nil && gctx.Err() == nil {
+			return fmt.Errorf("cluster RPC server: %w", err)
+		}
+		return nil
+	})
+	g.Go(loop(func(ctx context.Context) { c.ml.JoinLoop(ctx.Done()) }))
+	g.Go(loop(func(ctx context.Context) { c.ml.ReconnectLoop(ctx.Done(), 2*time.Second) }))
+	g.Go(loop(c.bootstrap))
+	g.Go(func() error { return c.leader.Run(gctx) })
+	g.Go(func() error { return c.ctrl.Run(gctx) })
+	g.Go(func() error { return c.repl.Run(gctx) })
+	g.Go(loop(c.queue.Run))
+	<-gctx.Done()
 	c.srv.Stop()
-	wg.Wait()
-	if err := c.raft.Shutdown().Error(); err != nil {
-		c.log.Warn("raft shutdown", "err", err)
+	err := g.Wait()
+	if serr := c.raft.Shutdown().Error(); serr != nil {
+		c.log.Warn("raft shutdown", "err", serr)
 	}
-	if err := c.ml.Leave(time.Second); err != nil {
-		c.log.Debug("gossip leave", "err", err)
+	if cerr := c.logs.Close(); cerr != nil {
+		c.log.Warn("close the raft log", "err", cerr)
+	}
+	if lerr := c.ml.Leave(time.Second); lerr != nil {
+		c.log.Debug("gossip leave", "err", lerr)
 	}
 	_ = c.mux.Close()
 	c.mu.Lock()
@@ -223,7 +230,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 		_ = cl.Close()
 	}
 	c.mu.Unlock()
-	return nil
+	return err
 }
 
 // bootstrap forms the cluster when there is no Raft state yet: once
@@ -232,12 +239,12 @@ func (c *Cluster) Run(ctx context.Context) error {
 // leader.
 func (c *Cluster) bootstrap(ctx context.Context) {
 	for {
-		if c.raftHasState() {
+		if c.raft.LastIndex() > 0 {
 			return
 		}
 		var alive []membership.Member
 		for _, m := range c.ml.Members() {
-			if m.Status == "alive" && m.RPCAddr != "" {
+			if m.Status.Alive() && m.RPCAddr != "" {
 				alive = append(alive, m)
 			}
 		}
@@ -274,102 +281,6 @@ func (c *Cluster) bootstrap(ctx context.Context) {
 	}
 }
 
-func (c *Cluster) raftHasState() bool {
-	return c.raft.LastIndex() > 0
-}
-
-// fenced reports whether this node must not run or restore anything: it
-// sees fewer than a quorum of the Raft voters answer (gossip notices in
-// well under a second), or, as a follower, has not heard from a leader for
-// longer than the lease. A node that never had contact (still forming the
-// cluster) is not fenced, only not admitted.
-func (c *Cluster) fenced() bool {
-	c.mu.Lock()
-	ever, minority, last := c.everConnected, !c.minoritySince.IsZero(), c.lastQuorum
-	c.mu.Unlock()
-	if !ever {
-		return false
-	}
-	return minority || time.Since(last) > c.fenceAfter()
-}
-
-// fenceAfter is how long without a working quorum fences this node: half
-// the lease, so that the copies stop (at the next discovery, a second later
-// at most) within the lease, while a leader election (about a second) does
-// not fence anyone.
-func (c *Cluster) fenceAfter() time.Duration { return c.o.Lease / 2 }
-
-// watchQuorum updates minoritySince from gossip: how many of the Raft
-// voters (this node included) answer.
-func (c *Cluster) watchQuorum() {
-	f := c.raft.GetConfiguration()
-	if f.Error() != nil {
-		return
-	}
-	alive := c.ml.Alive()
-	voters, up := 0, 0
-	for _, s := range f.Configuration().Servers {
-		if s.Suffrage != raft.Voter {
-			continue
-		}
-		voters++
-		if alive[string(s.ID)] || string(s.ID) == c.o.Node {
-			up++
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case voters == 0 || up > voters/2:
-		if !c.minoritySince.IsZero() {
-			c.log.Info("quorum visible again", "voters_up", up, "voters", voters)
-		}
-		c.minoritySince = time.Time{}
-	case c.minoritySince.IsZero():
-		c.minoritySince = time.Now()
-		c.log.Warn("FENCED: fewer than a quorum of voters answer; local copies stop", "voters_up", up, "voters", voters)
-	}
-}
-
-// connected reports whether this node is in contact with a working quorum
-// now: it leads (raft steps a leader down within its lease timeout of
-// losing the quorum), or it heard from a leader within the heartbeat
-// timeout.
-func (c *Cluster) connected() bool {
-	if c.raft.State() == raft.Leader {
-		c.markConnected(time.Now())
-		return true
-	}
-	if c.leaderID() == "" {
-		return false
-	}
-	last := c.raft.LastContact()
-	if last.IsZero() {
-		return false
-	}
-	c.markConnected(last)
-	return time.Since(last) < time.Second
-}
-
-func (c *Cluster) markConnected(at time.Time) {
-	c.mu.Lock()
-	if at.After(c.lastQuorum) {
-		c.lastQuorum = at
-	}
-	if !c.everConnected {
-		c.everConnected = true
-		c.mu.Unlock()
-		c.log.Info("connected to the cluster's quorum", "leader", string(c.leaderID()))
-		return
-	}
-	c.mu.Unlock()
-}
-
-func (c *Cluster) leaderID() raft.ServerID {
-	_, id := c.raft.LeaderWithID()
-	return id
-}
-
 // client returns the (cached) RPC client of a node.
 func (c *Cluster) client(node string) (*peer.Client, error) {
 	c.mu.Lock()
@@ -381,7 +292,7 @@ func (c *Cluster) client(node string) (*peer.Client, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("no RPC address known for node %s", node)
 	}
-	cl, err := peer.Dial(node, addr, c.o.TLS)
+	cl, err := peer.Dial(node, addr, c.o.TLS, peer.WithNetwork(c.o.Network))
 	if err != nil {
 		return nil, err
 	}
@@ -395,26 +306,19 @@ func (c *Cluster) rpcAddrOf(node string) string {
 			return m.RPCAddr
 		}
 	}
-	if w, ok := c.fsmNode(node); ok {
-		return w
+	if n, ok := c.fsm.Node(node); ok {
+		return n.RPCAddr
 	}
 	return ""
 }
 
-func (c *Cluster) fsmNode(name string) (string, bool) {
-	c.fsm.mu.RLock()
-	defer c.fsm.mu.RUnlock()
-	n, ok := c.fsm.s.Nodes[name]
-	if !ok {
-		return "", false
-	}
-	return n.RPCAddr, true
-}
+// proposer commits commands: on the leader through Raft, elsewhere
+// forwarded to the leader. It returns the command's own error (for
+// example state.ErrStale) as well as any failure to commit it.
+type proposer struct{ c *Cluster }
 
-// apply proposes cmd: on the leader through Raft, elsewhere forwarded to
-// the leader. It returns the command's own error (for example
-// state.ErrStale) as well as any failure to commit it.
-func (c *Cluster) apply(ctx context.Context, cmd state.Command) error {
+func (p proposer) Apply(ctx context.Context, cmd state.Command) error {
+	c := p.c
 	b, err := state.Encode(cmd)
 	if err != nil {
 		return err
@@ -422,18 +326,18 @@ func (c *Cluster) apply(ctx context.Context, cmd state.Command) error {
 	if c.raft.State() == raft.Leader {
 		return c.applyHere(ctx, b)
 	}
-	leader := c.leaderID()
-	if leader == "" {
+	_, id := c.raft.LeaderWithID()
+	if id == "" {
 		return errors.New("no cluster leader (no quorum?)")
 	}
-	cl, err := c.client(string(leader))
+	cl, err := c.client(string(id))
 	if err != nil {
-		return fmt.Errorf("forward to leader %s: %w", leader, err)
+		return fmt.Errorf("forward to leader %s: %w", id, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := cl.Apply(ctx, b); err != nil {
-		return fmt.Errorf("forwarded to leader %s: %w", leader, err)
+		return fmt.Errorf("forwarded to leader %s: %w", id, err)
 	}
 	return nil
 }
@@ -442,7 +346,8 @@ func (c *Cluster) apply(ctx context.Context, cmd state.Command) error {
 // leader's), and is the handler of forwarded commands.
 func (c *Cluster) applyHere(ctx context.Context, b []byte) error {
 	if c.raft.State() != raft.Leader {
-		return fmt.Errorf("%s is not the leader (leader: %s)", c.o.Node, c.leaderID())
+		_, id := c.raft.LeaderWithID()
+		return fmt.Errorf("%s is not the leader (leader: %s)", c.o.Node, id)
 	}
 	f := c.raft.Apply(b, 5*time.Second)
 	if err := f.Error(); err != nil {
@@ -454,54 +359,77 @@ func (c *Cluster) applyHere(ctx context.Context, b []byte) error {
 	return nil
 }
 
-// proposer sends queued proposals one by one, so that callers that must
-// not block (the agent's hooks) can propose.
-func (c *Cluster) proposer(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case p := <-c.proposals:
-			err := c.apply(ctx, p.cmd)
-			if err != nil && !errors.Is(err, state.ErrStale) {
-				c.log.Warn("cluster update failed", "what", p.what, "err", err)
-			}
-			if p.then != nil {
-				p.then(err)
-			}
-		}
+// raftNode adapts *raft.Raft to the leader's Raft and the controller's
+// Quorum interfaces.
+type raftNode struct{ c *Cluster }
+
+func (n raftNode) LeaderCh() <-chan bool { return n.c.raft.LeaderCh() }
+
+func (n raftNode) Barrier(timeout time.Duration) error { return n.c.raft.Barrier(timeout).Error() }
+
+func (n raftNode) Servers() ([]leader.Server, error) {
+	f := n.c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
 	}
+	var out []leader.Server
+	for _, s := range f.Configuration().Servers {
+		out = append(out, leader.Server{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+	}
+	return out, nil
 }
 
-func (c *Cluster) propose(what string, cmd state.Command, then func(error)) {
-	select {
-	case c.proposals <- proposal{what: what, cmd: cmd, then: then}:
-	default:
-		c.log.Error("cluster update queue full; dropping", "what", what)
-	}
+func (n raftNode) AddVoter(id, addr string) error {
+	return n.c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 5*time.Second).Error()
 }
 
-func (c *Cluster) event(e Event) {
-	if e.At.IsZero() {
-		e.At = time.Now()
-	}
-	c.mu.Lock()
-	c.lastEvents = append(c.lastEvents, e)
-	if len(c.lastEvents) > 200 {
-		c.lastEvents = c.lastEvents[len(c.lastEvents)-200:]
-	}
-	c.mu.Unlock()
-	if c.o.OnEvent != nil {
-		c.o.OnEvent(e)
-	}
+func (n raftNode) AddNonvoter(id, addr string) error {
+	return n.c.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 5*time.Second).Error()
 }
 
-func (c *Cluster) aliveNodes() []string {
+func (n raftNode) RemoveServer(id string) error {
+	return n.c.raft.RemoveServer(raft.ServerID(id), 0, 5*time.Second).Error()
+}
+
+func (n raftNode) IsLeader() bool { return n.c.raft.State() == raft.Leader }
+
+func (n raftNode) Leader() string {
+	_, id := n.c.raft.LeaderWithID()
+	return string(id)
+}
+
+func (n raftNode) LastContact() time.Time { return n.c.raft.LastContact() }
+
+func (n raftNode) Voters() ([]string, error) {
+	servers, err := n.Servers()
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, m := range c.ml.Members() {
-		if m.Status == "alive" {
-			out = append(out, m.Name)
+	for _, s := range servers {
+		if s.Voter {
+			out = append(out, s.ID)
 		}
 	}
-	return out
+	return out, nil
+}
+
+// Migrate moves a workload to node to. Asked on a node that does not own
+// it, it is forwarded to the owner; the owner's controller does it.
+func (c *Cluster) Migrate(ctx context.Context, workload, to string) (uint64, time.Duration, error) {
+	w, ok := c.fsm.Workload(workload)
+	if !ok {
+		return 0, 0, fmt.Errorf("no workload %q in the cluster", workload)
+	}
+	if w.Owner != c.o.Node && w.Owner != "" && w.Owner != to {
+		if !c.ml.Alive()[to] {
+			return 0, 0, fmt.Errorf("target node %s is not an alive member", to)
+		}
+		cl, err := c.client(w.Owner)
+		if err != nil {
+			return 0, 0, fmt.Errorf("reach owner %s: %w", w.Owner, err)
+		}
+		return cl.Migrate(ctx, workload, to)
+	}
+	return c.ctrl.Migrate(ctx, workload, to)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 )
 
 // Members lists the gossip members with their Raft role.
@@ -18,10 +19,10 @@ func (c *Cluster) Members() []api.Member {
 			roles[string(s.ID)] = s.Suffrage.String()
 		}
 	}
-	leader := string(c.leaderID())
+	leader := raftNode{c}.Leader()
 	var out []api.Member
 	for _, m := range c.ml.Members() {
-		x := api.Member{Name: m.Name, Addr: m.Addr, RPCAddr: m.RPCAddr, Status: m.Status, DeadSince: m.DeadSince,
+		x := api.Member{Name: m.Name, Addr: m.Addr, RPCAddr: m.RPCAddr, Status: string(m.Status), DeadSince: m.DeadSince,
 			Raft: roles[m.Name], Leader: m.Name == leader}
 		out = append(out, x)
 	}
@@ -31,7 +32,8 @@ func (c *Cluster) Members() []api.Member {
 // RaftPeers lists the Raft configuration as this node sees it.
 func (c *Cluster) RaftPeers() api.RaftInfo {
 	info := api.RaftInfo{Node: c.o.Node, State: c.raft.State().String(), LastIndex: c.raft.LastIndex(),
-		AppliedIndex: c.raft.AppliedIndex(), Fenced: c.fenced()}
+		AppliedIndex: c.raft.AppliedIndex()}
+	info.Fenced, info.FenceReason = c.ctrl.Fenced()
 	if t := c.raft.LastContact(); !t.IsZero() {
 		info.LastContact = time.Since(t)
 	}
@@ -49,10 +51,10 @@ func (c *Cluster) RaftPeers() api.RaftInfo {
 
 // Workloads lists the workloads of the cluster state.
 func (c *Cluster) Workloads() []api.ClusterWorkload {
-	st := c.fsm.clone()
+	st := c.fsm.State()
 	var out []api.ClusterWorkload
 	for _, w := range st.Workloads {
-		x := api.ClusterWorkload{ID: w.ID, Owner: w.Owner, Epoch: w.Epoch, Status: w.Status, Reason: w.Reason,
+		x := api.ClusterWorkload{ID: w.ID, Owner: w.Owner, Epoch: w.Epoch, Status: string(w.Status), Reason: w.Reason,
 			Since: w.Since, LastError: w.LastError, Interval: w.Interval}
 		if len(w.Checkpoints) > 0 {
 			cp := w.Checkpoints[0]
@@ -68,20 +70,22 @@ func (c *Cluster) Workloads() []api.ClusterWorkload {
 }
 
 // Events returns the recent cluster events seen on this node.
-func (c *Cluster) Events() []Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]Event(nil), c.lastEvents...)
-}
+func (c *Cluster) Events() []event.Event { return c.events.Recent() }
 
 // StatusLine summarises the cluster for systemd's STATUS=.
 func (c *Cluster) StatusLine() string {
-	alive := len(c.aliveNodes())
+	alive := len(c.ml.Alive())
 	s := itoa(uint64(alive)) + " member(s) alive, raft " + c.raft.State().String()
-	if c.fenced() {
+	if f, _ := c.ctrl.Fenced(); f {
 		s += ", FENCED (no quorum)"
 	}
 	return s
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// GossipAddr is this node's advertised gossip address.
+func (c *Cluster) GossipAddr() string { return c.ml.GossipAddr() }
+
+// RPCAddr is this node's advertised RPC (gRPC and Raft) address.
+func (c *Cluster) RPCAddr() string { return c.ml.RPCAddr() }

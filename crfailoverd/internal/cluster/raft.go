@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 )
 
 // raftTimings are tuned for a LAN: a new leader within about a second of
@@ -30,22 +32,38 @@ func raftConfig(node string, log *slog.Logger) *raft.Config {
 	return c
 }
 
-// openStores opens the durable log and stable store (raft-wal) and the
-// snapshot store under dir.
-func openStores(dir string, log *slog.Logger) (*wal.WAL, *raft.FileSnapshotStore, error) {
+// logStore is the durable Raft log and stable store (raft-wal). Close
+// closes the WAL and its metadata database: raft-wal v0.4.0's own Close
+// leaves the database (and its file lock) open, so a node restarted in
+// the same process (the in-process test cluster) could not reopen it.
+type logStore struct {
+	*wal.WAL
+	meta *metadb.BoltMetaDB
+}
+
+func (l *logStore) Close() error {
+	return errors.Join(l.WAL.Close(), l.meta.Close())
+}
+
+// openStores opens the durable log and stable store and the snapshot
+// store under dir.
+func openStores(dir string, log *slog.Logger) (*logStore, *raft.FileSnapshotStore, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "wal"), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("raft directory: %w", err)
 	}
-	w, err := wal.Open(filepath.Join(dir, "wal"))
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithMetaStore(meta))
 	if err != nil {
+		_ = meta.Close()
 		return nil, nil, fmt.Errorf("open raft log %s: %w", filepath.Join(dir, "wal"), err)
 	}
+	ls := &logStore{WAL: w, meta: meta}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hclogOf(log, "raft-snapshots"))
 	if err != nil {
-		w.Close()
+		_ = ls.Close()
 		return nil, nil, fmt.Errorf("open raft snapshots in %s: %w", dir, err)
 	}
-	return w, snaps, nil
+	return ls, snaps, nil
 }
 
 // hclogOf routes hashicorp's logger into slog, at warning level and above

@@ -18,7 +18,7 @@ var (
 )
 
 // wl builds a workload; cps lists its checkpoints newest first.
-func wl(id, owner string, epoch uint64, status string, seq uint64, cps ...state.Checkpoint) *state.Workload {
+func wl(id, owner string, epoch uint64, status state.Status, seq uint64, cps ...state.Checkpoint) *state.Workload {
 	return &state.Workload{ID: id, Owner: owner, Epoch: epoch, Status: status, Seq: seq, Since: now.Add(-time.Minute), Checkpoints: cps}
 }
 
@@ -255,7 +255,7 @@ func randomState(rng *rand.Rand) (*state.State, View) {
 			}
 		}
 	}
-	statuses := []string{state.StatusRunning, state.StatusRestoring, state.StatusAppFailed, state.StatusFailed}
+	statuses := []state.Status{state.StatusRunning, state.StatusRestoring, state.StatusAppFailed, state.StatusFailed}
 	for i := range 1 + rng.IntN(8) {
 		w := &state.Workload{ID: fmt.Sprintf("w%d", i), Epoch: 1 + uint64(rng.IntN(5)), Status: statuses[rng.IntN(4)],
 			Since: now.Add(-time.Duration(rng.IntN(200)) * time.Second)}

@@ -3,7 +3,7 @@ package metrics
 import (
 	"time"
 
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 )
 
 // ClusterEvent records an event of the cluster; it fits
@@ -13,10 +13,13 @@ import (
 //
 //   - placed: a failover decided (detected when the previous owner was
 //     reported dead by a node-dead event of this recorder);
-//   - restored, restore-failed: a restore, and the failover's outcome;
+//   - restored, restore-failed: the failover's outcome (the restore
+//     attempts themselves are recorded by the agent, which makes them,
+//     through Restore); a failed one is also an event in the ring, since
+//     it may have failed before reaching the runtime (a fetch, say);
 //   - replicated, replicate-failed: a transfer from e.Node to e.To;
 //   - node-dead, and any other kind: an event in the ring only.
-func (r *Recorder) ClusterEvent(e cluster.Event) {
+func (r *Recorder) ClusterEvent(e event.Event) {
 	if r == nil {
 		return
 	}
@@ -25,7 +28,7 @@ func (r *Recorder) ClusterEvent(e cluster.Event) {
 		at = time.Now()
 	}
 	switch e.Kind {
-	case "placed":
+	case event.Placed:
 		rec := FailoverRecord{ID: FailoverID(e.Workload, e.Epoch), Workload: e.Workload, Reason: e.Reason,
 			From: e.From, To: e.To, Epoch: e.Epoch, Decided: at}
 		if e.From != "" {
@@ -36,14 +39,15 @@ func (r *Recorder) ClusterEvent(e cluster.Event) {
 			r.mu.Unlock()
 		}
 		r.Failover(rec)
-	case "restored", "restore-failed":
-		ok := e.Kind == "restored"
+	case event.Restored, event.RestoreFailed:
+		ok := e.Kind == event.Restored
 		node := e.Node
 		if node == "" {
 			node = e.To
 		}
-		r.Restore(RestoreRecord{Workload: e.Workload, Node: node, Seq: e.Seq, Start: at.Add(-e.Took),
-			Duration: e.Took, OK: ok, Error: e.Err, Reason: e.Reason})
+		if !ok {
+			r.clusterEventInRing(e, at)
+		}
 		if e.Epoch > 0 {
 			rec := FailoverRecord{ID: FailoverID(e.Workload, e.Epoch), Workload: e.Workload, To: node, Epoch: e.Epoch}
 			if ok {
@@ -53,11 +57,11 @@ func (r *Recorder) ClusterEvent(e cluster.Event) {
 			}
 			r.Failover(rec)
 		}
-	case "replicated", "replicate-failed":
+	case event.Replicated, event.ReplicateFailed:
 		r.Transfer(TransferRecord{Workload: e.Workload, From: e.Node, To: e.To, Seq: e.Seq, Start: at.Add(-e.Took),
-			Duration: e.Took, Bytes: e.Bytes, OK: e.Kind == "replicated", Error: e.Err})
+			Duration: e.Took, Bytes: e.Bytes, OK: e.Kind == event.Replicated, Error: e.Err})
 	default:
-		if e.Kind == "node-dead" && e.Node != "" {
+		if e.Kind == event.NodeDead && e.Node != "" {
 			r.mu.Lock()
 			if len(r.deadAt) >= 1024 { // a bound; nodes are few
 				clear(r.deadAt)
@@ -65,25 +69,30 @@ func (r *Recorder) ClusterEvent(e cluster.Event) {
 			r.deadAt[e.Node] = at
 			r.mu.Unlock()
 		}
-		f := map[string]string{}
-		for k, v := range map[string]string{"node": e.Node, "from": e.From, "to": e.To, "reason": e.Reason, "error": e.Err} {
-			if v != "" {
-				f[k] = v
-			}
-		}
-		msg := e.Kind
-		switch {
-		case e.Kind == "node-dead":
-			msg = "node " + e.Node + " is dead"
-		case e.Workload != "":
-			msg += " " + e.Workload
-		}
-		if e.Reason != "" {
-			msg += " (" + e.Reason + ")"
-		}
-		if e.Err != "" {
-			msg += ": " + e.Err
-		}
-		r.ev.add(Event{Time: at, Kind: e.Kind, Workload: e.Workload, Message: msg, Fields: f})
+		r.clusterEventInRing(e, at)
 	}
+}
+
+// clusterEventInRing adds e to the event ring as it is.
+func (r *Recorder) clusterEventInRing(e event.Event, at time.Time) {
+	f := map[string]string{}
+	for k, v := range map[string]string{"node": e.Node, "from": e.From, "to": e.To, "reason": e.Reason, "error": e.Err} {
+		if v != "" {
+			f[k] = v
+		}
+	}
+	msg := string(e.Kind)
+	switch {
+	case e.Kind == event.NodeDead:
+		msg = "node " + e.Node + " is dead"
+	case e.Workload != "":
+		msg += " " + e.Workload
+	}
+	if e.Reason != "" {
+		msg += " (" + e.Reason + ")"
+	}
+	if e.Err != "" {
+		msg += ": " + e.Err
+	}
+	r.ev.add(Event{Time: at, Kind: string(e.Kind), Workload: e.Workload, Message: msg, Fields: f})
 }

@@ -67,12 +67,15 @@ type Try struct {
 	Error string `json:"error"`
 }
 
+// Status of a workload in the cluster.
+type Status string
+
 // Workload status values.
 const (
-	StatusRunning   = "running"    // owner runs it
-	StatusRestoring = "restoring"  // owner was told to restore it at Epoch from Seq
-	StatusAppFailed = "app-failed" // owner reported the application failed; wants it restored on a peer
-	StatusFailed    = "failed"     // gave up: no candidate left, or attempts exhausted
+	StatusRunning   Status = "running"    // owner runs it
+	StatusRestoring Status = "restoring"  // owner was told to restore it at Epoch from Seq
+	StatusAppFailed Status = "app-failed" // owner reported the application failed; wants it restored on a peer
+	StatusFailed    Status = "failed"     // gave up: no candidate left, or attempts exhausted
 )
 
 // Workload is a container the cluster protects.
@@ -80,7 +83,7 @@ type Workload struct {
 	ID          string        `json:"id"`     // "namespace/pod/container"
 	Owner       string        `json:"owner"`  // node that runs it (or must restore it); "" only when failed
 	Epoch       uint64        `json:"epoch"`  // starts at 1; every placement change is Epoch+1
-	Status      string        `json:"status"` // one of the Status constants
+	Status      Status        `json:"status"` // one of the Status constants
 	Seq         uint64        `json:"seq"`    // for restoring: the checkpoint to restore from
 	Reason      string        `json:"reason"` // why the last placement was made
 	Since       time.Time     `json:"since"`  // when Status was last set (from the command's At)
@@ -143,7 +146,7 @@ func (s *State) Clone() *State {
 		Nodes:     make(map[string]*Node, len(s.Nodes)),
 	}
 	for id, w := range s.Workloads {
-		c.Workloads[id] = w.clone()
+		c.Workloads[id] = w.Clone()
 	}
 	for name, n := range s.Nodes {
 		nn := *n
@@ -152,7 +155,8 @@ func (s *State) Clone() *State {
 	return c
 }
 
-func (w *Workload) clone() *Workload {
+// Clone returns a deep copy of w.
+func (w *Workload) Clone() *Workload {
 	c := *w
 	c.Config = bytes.Clone(w.Config)
 	c.Tried = slices.Clone(w.Tried)

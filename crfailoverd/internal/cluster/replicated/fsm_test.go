@@ -1,4 +1,4 @@
-package cluster
+package replicated
 
 import (
 	"bytes"
@@ -34,7 +34,7 @@ func logOf(t *testing.T, i uint64, cmd state.Command) *raft.Log {
 
 func TestFSMApplySnapshotRestore(t *testing.T) {
 	at := time.Unix(1000, 0).UTC()
-	f := newFSM()
+	f := New()
 	cmds := []state.Command{
 		&state.UpsertNode{At: at, Name: "n1", RPCAddr: "10.0.0.1:7947"},
 		&state.UpsertNode{At: at, Name: "n2", RPCAddr: "10.0.0.2:7947"},
@@ -43,6 +43,7 @@ func TestFSMApplySnapshotRestore(t *testing.T) {
 			Checkpoint: state.Checkpoint{Seq: 1, SHA256: "aa", Size: 10, Created: at, Holders: []string{"n1"}}},
 		&state.AddHolder{At: at, ID: "ns/web/app", Seq: 1, Node: "n2"},
 	}
+	changed := f.Changed()
 	for i, c := range cmds {
 		if resp := f.Apply(logOf(t, uint64(i+1), c)); resp != nil {
 			t.Fatalf("apply %T: %v", c, resp)
@@ -55,7 +56,7 @@ func TestFSMApplySnapshotRestore(t *testing.T) {
 		t.Fatalf("checkpoint from a node that does not own the workload: response %v, want ErrStale", resp)
 	}
 	select {
-	case <-f.changed:
+	case <-changed:
 	default:
 		t.Fatal("apply did not signal a change")
 	}
@@ -68,14 +69,14 @@ func TestFSMApplySnapshotRestore(t *testing.T) {
 	if err := snap.Persist(&sk); err != nil || sk.cancelled {
 		t.Fatalf("persist: %v (cancelled %t)", err, sk.cancelled)
 	}
-	g := newFSM()
+	g := New()
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sk.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(f.clone(), g.clone()) {
-		t.Fatalf("restored state differs:\n%+v\n%+v", f.clone(), g.clone())
+	if !reflect.DeepEqual(f.State(), g.State()) {
+		t.Fatalf("restored state differs:\n%+v\n%+v", f.State(), g.State())
 	}
-	w, ok := g.workload("ns/web/app")
+	w, ok := g.Workload("ns/web/app")
 	if !ok || w.Owner != "n1" || w.Epoch != 1 || len(w.Checkpoints) != 1 || !reflect.DeepEqual(w.Checkpoints[0].Holders, []string{"n1", "n2"}) {
 		t.Fatalf("restored workload %+v", w)
 	}

@@ -1,0 +1,316 @@
+// Package leader is the work only the Raft leader does: it turns gossip
+// membership into the Raft configuration (voters up to a limit, then
+// non-voters; dead servers removed after a grace, never below three
+// voters), records members' RPC addresses in the replicated state, and
+// makes the failover decisions (package failover, no I/O) and commits
+// them. The loop starts when this node becomes leader and stops when it
+// stops being leader.
+package leader
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/failover"
+)
+
+// Server is a member of the Raft configuration.
+type Server struct {
+	ID    string
+	Addr  string
+	Voter bool
+}
+
+// Raft is what the leader part needs of the consensus module.
+type Raft interface {
+	// LeaderCh tells of leadership changes (true: this node leads now).
+	LeaderCh() <-chan bool
+	// Barrier waits until this node has applied everything committed.
+	Barrier(timeout time.Duration) error
+	Servers() ([]Server, error)
+	AddVoter(id, addr string) error
+	AddNonvoter(id, addr string) error
+	RemoveServer(id string) error
+}
+
+// Members is the gossip view.
+type Members interface {
+	Members() []membership.Member
+	Changes() <-chan struct{}
+}
+
+// State reads the replicated state.
+type State interface {
+	State() *state.State
+}
+
+// Proposer commits a command to the replicated state.
+type Proposer interface {
+	Apply(ctx context.Context, cmd state.Command) error
+}
+
+// Options configure the leader part.
+type Options struct {
+	Node            string
+	MaxVoters       int
+	DeadServerGrace time.Duration
+	Policy          failover.Policy
+	Raft            Raft
+	Members         Members
+	State           State
+	Proposer        Proposer
+	Events          event.Sink // nil: none
+	Log             *slog.Logger
+	// Every is how often the leader looks even without a change (default
+	// 250 ms).
+	Every time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Leader is the leader part; Run follows leadership.
+type Leader struct {
+	o Options
+
+	mu       sync.Mutex
+	deadSeen map[string]time.Time // dead members reported, with the time they died
+	passes   int
+}
+
+// New makes the leader part.
+func New(o Options) *Leader {
+	if o.Every <= 0 {
+		o.Every = 250 * time.Millisecond
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Events == nil {
+		o.Events = func(event.Event) {}
+	}
+	return &Leader{o: o, deadSeen: map[string]time.Time{}}
+}
+
+// Passes is how many leader passes this node has made (for tests).
+func (l *Leader) Passes() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.passes
+}
+
+// Run starts the leader loop when this node becomes leader and stops it
+// when it no longer is, until ctx ends. Quick flaps are handled by the
+// loop's own stop channel.
+func (l *Leader) Run(ctx context.Context) error {
+	var stop chan struct{}
+	done := make(chan struct{})
+	close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			if stop != nil {
+				close(stop)
+			}
+			<-done
+			return nil
+		case leader := <-l.o.Raft.LeaderCh():
+			if leader && stop == nil {
+				<-done
+				stop, done = make(chan struct{}), make(chan struct{})
+				l.o.Log.Info("this node is the cluster leader")
+				go func(stop, done chan struct{}) {
+					defer close(done)
+					l.loop(ctx, stop)
+				}(stop, done)
+			} else if !leader && stop != nil {
+				l.o.Log.Info("this node is no longer the cluster leader")
+				close(stop)
+				stop = nil
+			}
+		}
+	}
+}
+
+// loop reconciles membership with Raft and makes failover decisions, on
+// every membership change and every Every.
+func (l *Leader) loop(ctx context.Context, stop <-chan struct{}) {
+	// Barrier: the state has everything the old leader committed.
+	start := time.Now()
+	if err := l.o.Raft.Barrier(5 * time.Second); err != nil {
+		l.o.Log.Warn("leader barrier", "err", err)
+	}
+	l.o.Log.Debug("leader barrier done", "took_ms", time.Since(start).Milliseconds())
+	t := time.NewTicker(l.o.Every)
+	defer t.Stop()
+	for {
+		t0 := time.Now()
+		l.Reconcile()
+		t1 := time.Now()
+		l.Decide(ctx)
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			l.o.Log.Warn("slow leader pass", "reconcile_ms", t1.Sub(t0).Milliseconds(), "decide_ms", time.Since(t1).Milliseconds())
+		}
+		l.mu.Lock()
+		l.passes++
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		case <-l.o.Members.Changes():
+		}
+	}
+}
+
+// Reconcile adds alive gossip members to Raft (voters up to MaxVoters,
+// then non-voters), records their RPC addresses in the state, and removes
+// servers that have been dead longer than DeadServerGrace, never below
+// three voters.
+func (l *Leader) Reconcile() {
+	servers, err := l.o.Raft.Servers()
+	if err != nil {
+		l.o.Log.Debug("raft configuration unavailable", "err", err)
+		return
+	}
+	inRaft := map[string]Server{}
+	voters := 0
+	for _, s := range servers {
+		inRaft[s.ID] = s
+		if s.Voter {
+			voters++
+		}
+	}
+	members := l.o.Members.Members()
+	st := l.o.State.State()
+	for _, m := range members {
+		if !m.Status.Alive() || m.RPCAddr == "" {
+			continue
+		}
+		if n, ok := st.Nodes[m.Name]; !ok || n.RPCAddr != m.RPCAddr {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := l.o.Proposer.Apply(ctx, &state.UpsertNode{At: l.o.Now(), Name: m.Name, RPCAddr: m.RPCAddr}); err != nil {
+				l.o.Log.Warn("recording a member's address failed", "member", m.Name, "err", err)
+			}
+			cancel()
+		}
+		if s, ok := inRaft[m.Name]; ok && s.Addr == m.RPCAddr {
+			continue
+		}
+		var err error
+		if voters < l.o.MaxVoters {
+			err = l.o.Raft.AddVoter(m.Name, m.RPCAddr)
+			voters++
+		} else {
+			err = l.o.Raft.AddNonvoter(m.Name, m.RPCAddr)
+		}
+		if err != nil {
+			l.o.Log.Warn("adding a member to raft failed", "member", m.Name, "err", err)
+		} else {
+			l.o.Log.Info("added a member to raft", "member", m.Name, "rpc_addr", m.RPCAddr)
+		}
+	}
+	for _, m := range members {
+		s, ok := inRaft[m.Name]
+		if !ok || m.Name == l.o.Node || m.Status.Alive() || m.DeadSince.IsZero() {
+			continue
+		}
+		if m.Status == membership.StatusDead && l.o.Now().Sub(m.DeadSince) < l.o.DeadServerGrace {
+			continue
+		}
+		if s.Voter && voters <= 3 {
+			// Never shrink below three voters: a small cluster keeps its dead
+			// server, which rejoins when it comes back.
+			continue
+		}
+		if err := l.o.Raft.RemoveServer(s.ID); err != nil {
+			l.o.Log.Warn("removing a dead member from raft failed", "member", m.Name, "err", err)
+			continue
+		}
+		if s.Voter {
+			voters--
+		}
+		l.o.Log.Warn("removed a dead member from raft", "member", m.Name, "dead_since", m.DeadSince)
+	}
+}
+
+// View is the leader's view of the members for failover.Decide: alive
+// members (membership.Status.Alive, the one meaning of alive), and when
+// each other one was declared dead.
+func View(now time.Time, members []membership.Member) failover.View {
+	v := failover.View{Now: now, Alive: map[string]bool{}, DeadSince: map[string]time.Time{}}
+	for _, m := range members {
+		if m.Status.Alive() {
+			v.Alive[m.Name] = true
+		} else {
+			v.DeadSince[m.Name] = m.DeadSince
+		}
+	}
+	return v
+}
+
+// Decide runs the failover decision logic on the current state and view
+// and commits what it returns.
+func (l *Leader) Decide(ctx context.Context) {
+	st := l.o.State.State()
+	members := l.o.Members.Members()
+	for _, m := range members {
+		if m.Status.Alive() {
+			continue
+		}
+		l.mu.Lock()
+		seen := l.deadSeen[m.Name].Equal(m.DeadSince)
+		l.deadSeen[m.Name] = m.DeadSince
+		l.mu.Unlock()
+		if !seen && !m.DeadSince.IsZero() {
+			l.o.Events(event.Event{Kind: event.NodeDead, Node: m.Name, At: m.DeadSince, Reason: string(m.Status)})
+		}
+	}
+	cmds := failover.Decide(st, View(l.o.Now(), members), l.o.Policy)
+	for _, cmd := range cmds {
+		if err := l.o.Proposer.Apply(ctx, cmd); err != nil {
+			l.o.Log.Warn("failover decision not committed", "cmd", describe(cmd), "err", err)
+			continue
+		}
+		if p, ok := cmd.(*state.Place); ok {
+			from := ""
+			if w, ok := st.Workloads[p.ID]; ok {
+				from = w.Owner
+			}
+			l.o.Log.Warn("failover: workload placed", "workload", p.ID, "from", from, "to", p.Owner, "epoch", p.Epoch, "seq", p.Seq, "reason", p.Reason)
+			l.o.Events(event.Event{Kind: event.Placed, Workload: p.ID, From: from, To: p.Owner, Seq: p.Seq, Epoch: p.Epoch, Reason: p.Reason})
+		} else {
+			l.o.Log.Warn("failover decision", "cmd", describe(cmd))
+		}
+	}
+}
+
+func describe(cmd state.Command) string {
+	switch x := cmd.(type) {
+	case *state.Place:
+		return "place " + x.ID + " on " + x.Owner
+	case *state.GiveUp:
+		return "give up " + x.ID + ": " + x.Reason
+	case *state.RestoreDone:
+		return "restore of " + x.ID + " on " + x.Node + " failed: " + x.Error
+	}
+	return "command"
+}
+
+// MinDetect is the least time between a node losing the network and the
+// others declaring it dead under the LAN profile (probe plus suspicion).
+const MinDetect = 1200 * time.Millisecond
+
+// FenceDelay is how long the leader waits after a node is declared dead
+// before moving its workloads: a node cut off from the others stops its
+// copies within the lease of losing them, and the others declare it dead
+// no sooner than MinDetect after that.
+func FenceDelay(lease time.Duration) time.Duration {
+	return max(lease-MinDetect, 0)
+}

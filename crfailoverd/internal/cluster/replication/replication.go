@@ -1,0 +1,193 @@
+// Package replication is the cluster's archive replication: it records
+// each new local checkpoint in the replicated state, pushes it to the
+// peers chosen for its workload (peer.Targets), records every peer that
+// committed a copy as a holder, and fetches a checkpoint this node lacks
+// from one of its holders. The transfers themselves are peer's (a queue
+// per peer, latest wins); this part decides what goes where and records
+// it.
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// Proposer commits a command to the replicated state.
+type Proposer interface {
+	Apply(ctx context.Context, cmd state.Command) error
+}
+
+// Peer is one other node's archive service.
+type Peer interface {
+	Push(ctx context.Context, e store.Entry, progress func(sent int64)) error
+	Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error)
+}
+
+// Queue sends entries to peers in the background (peer.Replicator).
+type Queue interface {
+	Enqueue(e store.Entry, targets []string)
+}
+
+// Members is the gossip view: which members are alive.
+type Members interface {
+	Alive() map[string]bool
+}
+
+// Options configure the replication part.
+type Options struct {
+	Node     string
+	Factor   int // replicas per checkpoint besides this node's own
+	Store    *store.Store
+	Proposer Proposer
+	Members  Members
+	Peer     func(node string) (Peer, error)
+	Events   event.Sink // nil: none
+	Log      *slog.Logger
+	// FetchTimeout bounds one fetch from one holder (default 2 minutes).
+	FetchTimeout time.Duration
+}
+
+// Replication is the running part. Record queues; Run works the queue.
+type Replication struct {
+	o       Options
+	queue   Queue
+	records chan record
+}
+
+type record struct {
+	cmd   *state.CommitCheckpoint
+	entry store.Entry
+}
+
+// New makes the part; set its transfer queue with UseQueue before Run.
+func New(o Options) *Replication {
+	if o.Events == nil {
+		o.Events = func(event.Event) {}
+	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 2 * time.Minute
+	}
+	return &Replication{o: o, records: make(chan record, 4096)}
+}
+
+// UseQueue sets the transfer queue (whose callbacks are Replicated and
+// ReplicateFailed).
+func (r *Replication) UseQueue(q Queue) { r.queue = q }
+
+// Record commits checkpoint e of a local copy of epoch copyEpoch to the
+// replicated state, then replicates it. It does not block: records wait
+// in a bounded queue, in order.
+func (r *Replication) Record(w discovery.Workload, copyEpoch uint64, e store.Entry) {
+	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{r.o.Node}}
+	rec := record{cmd: &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: r.o.Node, Epoch: copyEpoch, Checkpoint: cp}, entry: e}
+	select {
+	case r.records <- rec:
+	default:
+		r.o.Log.Error("checkpoint record queue full; dropping this record (the next checkpoint supersedes it)", "workload", w.ID.String(), "seq", e.Seq)
+	}
+}
+
+// Run records queued checkpoints until ctx ends.
+func (r *Replication) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case rec := <-r.records:
+			err := r.o.Proposer.Apply(ctx, rec.cmd)
+			if err != nil {
+				if !errors.Is(err, state.ErrStale) && ctx.Err() == nil {
+					r.o.Log.Warn("recording a checkpoint in the cluster failed", "workload", rec.cmd.ID, "seq", rec.entry.Seq, "err", err)
+				}
+				continue
+			}
+			if targets := r.Targets(rec.cmd.ID); len(targets) > 0 && r.queue != nil {
+				r.queue.Enqueue(rec.entry, targets)
+			}
+		}
+	}
+}
+
+// Targets are the alive peers that should hold replicas of workload.
+func (r *Replication) Targets(workload string) []string {
+	var peers []string
+	for n, ok := range r.o.Members.Alive() {
+		if ok && n != r.o.Node {
+			peers = append(peers, n)
+		}
+	}
+	sort.Strings(peers)
+	return peer.Targets(workload, r.o.Node, peers, r.o.Factor)
+}
+
+// Replicated records that peer to committed a copy of e.
+func (r *Replication) Replicated(e store.Entry, to string, took time.Duration, bytes int64) {
+	r.o.Events(event.Event{Kind: event.Replicated, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Took: took, Bytes: bytes})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := r.o.Proposer.Apply(ctx, &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, Node: to}); err != nil && !errors.Is(err, state.ErrStale) {
+		r.o.Log.Warn("recording a replica failed", "workload", e.Workload.String(), "seq", e.Seq, "holder", to, "err", err)
+	}
+}
+
+// ReplicateFailed records that e could not be sent to peer to.
+func (r *Replication) ReplicateFailed(e store.Entry, to string, err error) {
+	r.o.Events(event.Event{Kind: event.ReplicateFailed, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Err: err.Error()})
+}
+
+// Fetch pulls checkpoint seq of w from one of its holders, in holder order.
+func (r *Replication) Fetch(ctx context.Context, w state.Workload, seq uint64) (store.Entry, error) {
+	id, err := store.ParseWorkload(w.ID)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	var holders []string
+	if cp := w.Checkpoint(seq); cp != nil {
+		holders = cp.Holders
+	}
+	var errs []error
+	for _, h := range holders {
+		if h == r.o.Node {
+			continue
+		}
+		p, err := r.o.Peer(h)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h, err))
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, r.o.FetchTimeout)
+		e, err := p.Fetch(fctx, r.o.Store, id, seq)
+		cancel()
+		if err == nil {
+			r.o.Log.Info("fetched a checkpoint from a holder", "workload", w.ID, "seq", seq, "from", h)
+			return e, nil
+		}
+		errs = append(errs, fmt.Errorf("from %s: %w", h, err))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no other holder is recorded"))
+	}
+	return store.Entry{}, fmt.Errorf("checkpoint #%d is not on this node and no holder gave it: %w", seq, errors.Join(errs...))
+}
+
+// Push sends e to node now and records it there as a holder (migration).
+func (r *Replication) Push(ctx context.Context, node string, e store.Entry) error {
+	p, err := r.o.Peer(node)
+	if err != nil {
+		return err
+	}
+	if err := p.Push(ctx, e, nil); err != nil {
+		return fmt.Errorf("send checkpoint #%d to %s: %w", e.Seq, node, err)
+	}
+	return nil
+}
