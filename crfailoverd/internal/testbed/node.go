@@ -193,6 +193,7 @@ func killNodeProcesses(netns string) error {
 	if len(left) > 0 {
 		// Processes frozen by a dump in progress die once thawed.
 		thawBedCgroups(node)
+		thawCgroupsOf(left)
 		left = killAll(func(pid int) bool { return inNetns(pid, ino) }, 10*time.Second)
 	}
 	if len(left) > 0 {

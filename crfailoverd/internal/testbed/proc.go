@@ -171,6 +171,33 @@ func mountsUnder(dirs ...string) []string {
 // sub, when not empty): CRIU freezes a container while it dumps it, and a
 // frozen process cannot die, so a power cut in the middle of a checkpoint
 // would leave it behind.
+// thawCgroupsOf thaws the freezer cgroups the given processes are in
+// (cgroup v1 freezer and v2), whatever node's path they carry: a pod
+// restored from another node's recorded configuration lives under that
+// node's cgroup parent, so thawing by node name misses it.
+func thawCgroupsOf(pids []int) {
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) != 3 || !strings.HasPrefix(parts[2], "/"+cgroupRoot+"/") {
+				continue
+			}
+			switch {
+			case parts[1] == "freezer":
+				_ = os.WriteFile(filepath.Join("/sys/fs/cgroup/freezer", parts[2], "freezer.state"), []byte("THAWED"), 0o644)
+			case parts[0] == "0" && parts[1] == "":
+				for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+					_ = os.WriteFile(filepath.Join(root, parts[2], "cgroup.freeze"), []byte("0"), 0o644)
+				}
+			}
+		}
+	}
+}
+
 func thawBedCgroups(sub string) {
 	roots := []string{filepath.Join("/sys/fs/cgroup/freezer", cgroupRoot, sub), filepath.Join("/sys/fs/cgroup/unified", cgroupRoot, sub), filepath.Join("/sys/fs/cgroup", cgroupRoot, sub)}
 	for _, root := range roots {

@@ -228,3 +228,44 @@ func TestFailedRestoreMovesToTheNextCandidate(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// The leader that committed a placement is lost while the target
+// restores: the target reports to the new leader, and the migration that
+// made the placement completes.
+func TestLeaderLostInTheMiddleOfAPlacement(t *testing.T) {
+	c := New(t, Options{})
+	leader := c.Leader()
+	var others []string
+	for _, n := range c.Nodes {
+		if n != leader {
+			others = append(others, n.Name)
+		}
+	}
+	owner, target := others[0], others[1]
+	protect(t, c, owner, counter)
+	c.Node(target).Fake.SlowRestores(1500 * time.Millisecond)
+	type result struct {
+		seq uint64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		seq, _, err := c.Node(owner).Cluster().Migrate(ctx, counter.String(), target)
+		done <- result{seq, err}
+	}()
+	c.Eventually(20*time.Second, "placed on "+target, func() (bool, string) {
+		e := c.Node(target).View().Workloads[counter.String()]
+		return e.Owner == target && e.Status == "restoring", fmt.Sprintf("%+v", e)
+	})
+	leader.PowerCut()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("migration across a leader change: %v", r.err)
+	}
+	c.AgreeOn(10*time.Second, counter, target, 2, "running")
+	if l := c.Leader(); l == nil || l == leader {
+		t.Fatalf("leader after the cut: %v", l)
+	}
+}

@@ -40,7 +40,8 @@ type FakeNode struct {
 	restores []ownership.Placement
 	stopped  []Copy
 	failNext error // the next Restore fails with it
-	down     bool  // powered off: no copies, no reports
+	delay    time.Duration
+	down     bool // powered off: no copies, no reports
 }
 
 func newFakeNode(name string, st *store.Store, board *ownership.Board) *FakeNode {
@@ -203,11 +204,26 @@ func (f *FakeNode) RecordConfig(_ context.Context, w discovery.Workload) ([]byte
 	return []byte(fmt.Sprintf(`{"sandbox":{"recorded_on":%q,"sandbox_id":%q}}`, f.name, w.SandboxID)), nil
 }
 
+// SlowRestores makes every Restore take d (a big checkpoint, say).
+func (f *FakeNode) SlowRestores(d time.Duration) {
+	f.mu.Lock()
+	f.delay = d
+	f.mu.Unlock()
+}
+
 // Restore starts a copy at the placement's epoch, after checking the
 // archive against the store's checksum.
-func (f *FakeNode) Restore(_ context.Context, p ownership.Placement) (time.Duration, error) {
+func (f *FakeNode) Restore(ctx context.Context, p ownership.Placement) (time.Duration, error) {
 	if err := f.store.Verify(p.Entry); err != nil {
 		return 0, err
+	}
+	f.mu.Lock()
+	delay := f.delay
+	f.mu.Unlock()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(delay):
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
