@@ -70,6 +70,9 @@ func cmdRaft(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fenced := ""
 	if r.Fenced {
 		fenced = "  FENCED: no contact with the quorum; local copies are stopped"
+		if r.FenceReason != "" {
+			fenced += " (" + r.FenceReason + ")"
+		}
 	}
 	fmt.Fprintf(stdout, "This node: %s (%s), applied %d of %d, leader %s%s\n\n", r.Node, r.State, r.AppliedIndex, r.LastIndex, r.Leader, fenced)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
