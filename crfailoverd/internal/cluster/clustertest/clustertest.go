@@ -24,6 +24,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pki"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -270,30 +271,11 @@ func (c *Cluster) Running() []*Node {
 	return out
 }
 
-// Eventually polls cond every 20 ms until it holds, and fails the test
-// with what, the last reason cond gave, after timeout.
+// Eventually polls cond until it holds, and fails the test with what and
+// the last reason cond gave after timeout.
 func (c *Cluster) Eventually(timeout time.Duration, what string, cond func() (bool, string)) {
 	c.t.Helper()
-	Eventually(c.t, timeout, what, cond)
-}
-
-// Eventually polls cond every 20 ms until it holds, and fails t with
-// what, the last reason cond gave, after timeout.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var why string
-	for {
-		ok, reason := cond()
-		if ok {
-			return
-		}
-		why = reason
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s: not yet: %s", timeout, what, why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(c.t, timeout, what, cond)
 }
 
 // LiveCopies lists "node@epoch" for every live copy of id on running nodes.

@@ -15,6 +15,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/notify"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -221,17 +222,6 @@ func (r *rig) run(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 5s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // baseState: nodes n1..n3; the workload registered on n1 with checkpoint
 // #3 held by n1 and n3; then optionally changed.
 func baseState(t *testing.T, change func(at time.Time) []state.Command) *state.State {
@@ -307,7 +297,7 @@ func TestControllerPlacements(t *testing.T) {
 				}
 			}
 			r.run(t)
-			eventually(t, "a restore report", func() bool { return lastDone(r.prop.sent()) != nil })
+			poll.True(t, 5*time.Second, "a restore report", func() bool { return lastDone(r.prop.sent()) != nil })
 			d := lastDone(r.prop.sent())
 			if d.OK != tc.wantOK || d.Node != "n2" || d.Epoch != 2 || d.Seq != 3 {
 				t.Fatalf("report %+v, want OK=%t from n2 at epoch 2 of #3", d, tc.wantOK)
@@ -325,7 +315,7 @@ func TestControllerPlacements(t *testing.T) {
 				t.Errorf("restored=%t, want %t", restored, tc.restored)
 			}
 			if tc.removedAt > 0 {
-				eventually(t, "the refused copy removed", func() bool { r.node.mu.Lock(); defer r.node.mu.Unlock(); return r.node.removed >= tc.removedAt })
+				poll.True(t, 5*time.Second, "the refused copy removed", func() bool { r.node.mu.Lock(); defer r.node.mu.Unlock(); return r.node.removed >= tc.removedAt })
 			} else if removed != 0 {
 				t.Errorf("RemoveCopies called %d times", removed)
 			}
@@ -359,7 +349,7 @@ func TestControllerFencedDoesNotRestore(t *testing.T) {
 	r.q.leader = false
 	r.q.mu.Unlock()
 	r.run(t)
-	eventually(t, "a fenced view published", func() bool { return r.board.View().Fenced })
+	poll.True(t, 5*time.Second, "a fenced view published", func() bool { return r.board.View().Fenced })
 	if why := r.board.View().FenceWhy; !strings.Contains(why, "1 of 3 raft voters") {
 		t.Errorf("fence reason %q", why)
 	}
@@ -376,14 +366,9 @@ func TestControllerFencedDoesNotRestore(t *testing.T) {
 func TestControllerReportsLostCopies(t *testing.T) {
 	// n2 owns the workload (it was placed and reported running) but the
 	// node runs no copy of it.
-	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
-		return []state.Command{
-			&state.Place{At: at, ID: wid.String(), Owner: "n2", Epoch: 2, Seq: 3, Reason: "test"},
-			&state.RestoreDone{At: at, ID: wid.String(), Node: "n2", Epoch: 2, Seq: 3, OK: true},
-		}
-	}), fakeStore{3: true})
+	r := newRig(t, runningOnN2(t), fakeStore{3: true})
 	r.run(t)
-	eventually(t, "the lost copy reported", func() bool {
+	poll.True(t, 5*time.Second, "the lost copy reported", func() bool {
 		for _, c := range r.prop.sent() {
 			if f, ok := c.(*state.AppFailed); ok && f.Node == "n2" && f.Epoch == 2 && strings.Contains(f.Reason, "no copy running on n2") {
 				return true
@@ -399,18 +384,18 @@ func TestControllerHandlesReports(t *testing.T) {
 	// n2 finds a copy the cluster does not know: it registers it.
 	other := store.Workload{Namespace: "ns", Pod: "db", Container: "pg"}
 	r.node.reports <- ownership.Report{Kind: ownership.Unregistered, Workload: discovery.Workload{ID: other, SandboxID: "sb-db", Interval: time.Second}}
-	eventually(t, "registered and in the view", func() bool {
+	poll.True(t, 5*time.Second, "registered and in the view", func() bool {
 		e, ok := r.board.View().Workloads[other.String()]
 		return ok && e.Owner == "n2" && e.Epoch == 1
 	})
 	r.node.reports <- ownership.Report{Kind: ownership.Checkpointed, Workload: discovery.Workload{ID: other}, CopyEpoch: 1, Entry: store.Entry{Seq: 1}}
-	eventually(t, "the checkpoint handed to replication", func() bool {
+	poll.True(t, 5*time.Second, "the checkpoint handed to replication", func() bool {
 		r.repl.mu.Lock()
 		defer r.repl.mu.Unlock()
 		return len(r.repl.recorded) == 1
 	})
 	r.node.reports <- ownership.Report{Kind: ownership.AppFailed, Workload: discovery.Workload{ID: other}, CopyEpoch: 1, Reason: "probe failed"}
-	eventually(t, "app failure proposed", func() bool {
+	poll.True(t, 5*time.Second, "app failure proposed", func() bool {
 		w, _ := r.st.Workload(other.String())
 		return w.Status == state.StatusAppFailed && w.Reason == "probe failed"
 	})
@@ -425,12 +410,12 @@ func TestControllerReRegisteredCopyIsAdopted(t *testing.T) {
 	}), fakeStore{})
 	r.run(t)
 	copy := discovery.Workload{ID: wid, SandboxID: "sb-by-hand", Interval: time.Second}
-	eventually(t, "the given-up workload is unknown to the view", func() bool {
+	poll.True(t, 5*time.Second, "the given-up workload is unknown to the view", func() bool {
 		_, known := r.board.View().Admit(copy)
 		return !known
 	})
 	r.node.reports <- ownership.Report{Kind: ownership.Unregistered, Workload: copy, CopyEpoch: 1}
-	eventually(t, "re-registered on n2 and the copy admitted", func() bool {
+	poll.True(t, 5*time.Second, "re-registered on n2 and the copy admitted", func() bool {
 		v := r.board.View()
 		verdict, _ := v.Admit(copy)
 		return v.Workloads[wid.String()].Owner == "n2" && v.Workloads[wid.String()].Epoch == 2 && verdict == ownership.Run
@@ -440,14 +425,18 @@ func TestControllerReRegisteredCopyIsAdopted(t *testing.T) {
 	}
 }
 
-func TestMigrateRefusals(t *testing.T) {
-	running := baseState(t, func(at time.Time) []state.Command {
-		// Moved to n2 and running there.
+// runningOnN2: the workload moved to n2 (epoch 2) and runs there.
+func runningOnN2(t *testing.T) *state.State {
+	return baseState(t, func(at time.Time) []state.Command {
 		return []state.Command{
 			&state.Place{At: at, ID: wid.String(), Owner: "n2", Epoch: 2, Seq: 3, Reason: "test"},
 			&state.RestoreDone{At: at, ID: wid.String(), Node: "n2", Epoch: 2, Seq: 3, OK: true},
 		}
 	})
+}
+
+func TestMigrateRefusals(t *testing.T) {
+	running := runningOnN2(t)
 	cases := []struct {
 		name     string
 		s        *state.State
@@ -479,12 +468,7 @@ func TestMigrateRefusals(t *testing.T) {
 }
 
 func TestMigrateHandsBackWhenThePlacementFails(t *testing.T) {
-	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
-		return []state.Command{
-			&state.Place{At: at, ID: wid.String(), Owner: "n2", Epoch: 2, Seq: 3, Reason: "test"},
-			&state.RestoreDone{At: at, ID: wid.String(), Node: "n2", Epoch: 2, Seq: 3, OK: true},
-		}
-	}), fakeStore{})
+	r := newRig(t, runningOnN2(t), fakeStore{})
 	r.c.observeQuorum()
 	r.prop.fail = func(c state.Command) error {
 		if _, ok := c.(*state.Place); ok {
@@ -509,17 +493,16 @@ func TestMigrateHandsBackWhenThePlacementFails(t *testing.T) {
 }
 
 func TestMigrateWaitsForTheTarget(t *testing.T) {
-	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
-		return []state.Command{
-			&state.Place{At: at, ID: wid.String(), Owner: "n2", Epoch: 2, Seq: 3, Reason: "test"},
-			&state.RestoreDone{At: at, ID: wid.String(), Node: "n2", Epoch: 2, Seq: 3, OK: true},
-		}
-	}), fakeStore{})
+	r := newRig(t, runningOnN2(t), fakeStore{})
 	r.c.observeQuorum()
 	go func() {
 		// The target reports the restore once it is placed there.
-		eventually(t, "placed on n3", func() bool { w, _ := r.st.Workload(wid.String()); return w.Owner == "n3" })
-		_ = r.prop.Apply(context.Background(), &state.RestoreDone{At: time.Now(), ID: wid.String(), Node: "n3", Epoch: 3, Seq: 9, OK: true})
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if w, _ := r.st.Workload(wid.String()); w.Owner == "n3" {
+				_ = r.prop.Apply(context.Background(), &state.RestoreDone{At: time.Now(), ID: wid.String(), Node: "n3", Epoch: 3, Seq: 9, OK: true})
+				return
+			}
+		}
 	}()
 	seq, _, err := r.c.Migrate(context.Background(), wid.String(), "n3")
 	if err != nil || seq != 9 {

@@ -15,6 +15,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/failover"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 )
 
 type fakeRaft struct {
@@ -290,7 +291,7 @@ func TestRunFollowsLeadership(t *testing.T) {
 		t.Fatal("a follower made leader passes")
 	}
 	r.leader <- true
-	waitFor(t, "leader passes", func() bool { return l.Passes() > 2 })
+	poll.True(t, 5*time.Second, "leader passes", func() bool { return l.Passes() > 2 })
 	r.mu.Lock()
 	ops := slices.Clone(r.ops)
 	r.mu.Unlock()
@@ -305,21 +306,10 @@ func TestRunFollowsLeadership(t *testing.T) {
 		t.Fatal("passes go on after leadership was lost")
 	}
 	r.leader <- true // regained
-	waitFor(t, "passes again", func() bool { return l.Passes() > n })
+	poll.True(t, 5*time.Second, "passes again", func() bool { return l.Passes() > n })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 5s: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 

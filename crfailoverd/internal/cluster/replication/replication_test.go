@@ -13,6 +13,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -89,17 +90,6 @@ func runFor(t *testing.T, r *Replication) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 5s: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestRecordCommitsThenReplicatesToAlivePeers(t *testing.T) {
 	p := &fakeProposer{}
 	var evs []event.Event
@@ -107,7 +97,7 @@ func TestRecordCommitsThenReplicatesToAlivePeers(t *testing.T) {
 	r, q := newRepl(fakeMembers{"n1": true, "n3": true}, nil, p, &evs)
 	runFor(t, r)
 	r.Record(discovery.Workload{ID: wid}, 2, store.Entry{Workload: wid, Seq: 7, SHA256: "abc", Size: 10})
-	waitFor(t, "enqueued", func() bool { return len(q.get()) == 1 })
+	poll.True(t, 5*time.Second, "enqueued", func() bool { return len(q.get()) == 1 })
 	if got := q.get()[0]; got != "#7->n3" {
 		t.Fatalf("queued %s, want #7 to n3 (the only live peer)", got)
 	}
@@ -125,7 +115,7 @@ func TestRecordRefusedIsNotReplicated(t *testing.T) {
 	r, q := newRepl(fakeMembers{"n1": true, "n2": true}, nil, p, &evs)
 	runFor(t, r)
 	r.Record(discovery.Workload{ID: wid}, 1, store.Entry{Workload: wid, Seq: 1})
-	waitFor(t, "proposed", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.cmds) == 1 })
+	poll.True(t, 5*time.Second, "proposed", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.cmds) == 1 })
 	time.Sleep(20 * time.Millisecond)
 	if jobs := q.get(); len(jobs) != 0 {
 		t.Fatalf("a checkpoint the cluster refused was replicated: %v", jobs)
