@@ -135,7 +135,6 @@ type Agent struct {
 	runtimeErr    string
 	kubeletPaused time.Time // "auto" uses the CRI until then
 	lastLoop      time.Time // last pass of the discovery loop
-	nudge         chan struct{}
 	podLevel      podLevelSupport
 	fencing       map[string]bool // sandboxes being stopped on the cluster's word
 	wg            sync.WaitGroup
@@ -155,7 +154,7 @@ func New(o Options) *Agent {
 	return &Agent{
 		rt: o.Runtime, kubelet: o.Kubelet, store: o.Store, own: o.Ownership, reports: make(chan ownership.Report, 1024), static: o.StaticPods, obs: o.Observer, dataDir: o.DataDir, log: o.Log, now: o.Now,
 		every: o.DiscoverEvery, sem: make(chan struct{}, o.MaxConcurrent), started: o.Now(),
-		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{}, nudge: make(chan struct{}, 1),
+		ready: make(chan struct{}), settings: o.Settings, workers: map[store.Workload]*worker{},
 	}
 }
 
@@ -173,14 +172,6 @@ func (a *Agent) SetKubelet(k Kubelet) {
 	a.kubelet = k
 	a.kubeletPaused = time.Time{}
 	a.mu.Unlock()
-}
-
-// Nudge asks for a discovery pass now.
-func (a *Agent) Nudge() {
-	select {
-	case a.nudge <- struct{}{}:
-	default:
-	}
 }
 
 // Ready is closed after the first discovery pass.
@@ -231,7 +222,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.wg.Wait()
 			return nil
 		case <-t.C:
-		case <-a.nudge:
 		case <-changed:
 		}
 	}

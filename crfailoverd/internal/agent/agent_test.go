@@ -75,6 +75,7 @@ type fakeRuntime struct {
 	overlap      bool
 	podLevel     bool // implements CheckpointPod/RestorePod
 	podCalls     int
+	removeErr    error // RemovePod fails with it
 }
 
 func (f *fakeRuntime) CheckpointPod(_ context.Context, sandboxID string, ids []string, outDir string, _ time.Duration) error {
@@ -151,6 +152,9 @@ func (f *fakeRuntime) RestoreContainer(_ context.Context, sb *runtimeapi.PodSand
 func (f *fakeRuntime) RemovePod(_ context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.removeErr != nil {
+		return f.removeErr
+	}
 	f.removed = append(f.removed, id)
 	return nil
 }
@@ -170,6 +174,11 @@ func startAgentLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 
 func startAgent(t *testing.T, rt *fakeRuntime, attempts int) (*Agent, *store.Store) {
 	t.Helper()
+	return startAgentWith(t, rt, attempts, nil)
+}
+
+func startAgentWith(t *testing.T, rt *fakeRuntime, attempts int, own Ownership) (*Agent, *store.Store) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(dir+"/checkpoints", 3)
 	if err != nil {
@@ -179,7 +188,7 @@ func startAgent(t *testing.T, rt *fakeRuntime, attempts int) (*Agent, *store.Sto
 		Settings: Settings{Node: "n1", Method: MethodCRI, Defaults: discovery.Defaults{Interval: time.Second, ProbePeriod: time.Second, FailureThreshold: 3},
 			CheckpointTimeout: time.Second, Retention: 3, ProbeTimeout: time.Second,
 			Restore: RestorePolicy{MaxAttempts: attempts, BackoffInitial: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond}},
-		Runtime: rt, Store: st, DataDir: dir, MaxConcurrent: 2, DiscoverEvery: 20 * time.Millisecond,
+		Runtime: rt, Store: st, DataDir: dir, MaxConcurrent: 2, DiscoverEvery: 20 * time.Millisecond, Ownership: own,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

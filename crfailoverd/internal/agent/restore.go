@@ -28,7 +28,10 @@ type restoreRequest struct {
 	// with backoff; a placement makes one attempt (the cluster counts its
 	// attempts across nodes and places the next one).
 	policy RestorePolicy
-	// removeFirst lists the local copies to remove before restoring.
+	// removeFirst removes the local copies a restore replaces. For a
+	// placement (epoch > 0) a failure fails the restore: an older copy
+	// must not run beside the new one; for a local restore of the failed
+	// copy itself, the restore goes on.
 	removeFirst func(ctx context.Context) error
 }
 
@@ -52,7 +55,12 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 	res := restoreResult{info: api.RestoreInfo{At: detected, Reason: req.reason}}
 	if req.removeFirst != nil {
 		if err := req.removeFirst(ctx); err != nil {
-			log.Warn("removing the old copy failed; restoring anyway", "err", err)
+			if req.epoch > 0 {
+				res.err = fmt.Errorf("remove the older local copy of %s before restoring epoch %d: %w", req.id, req.epoch, err)
+				res.info.Error = res.err.Error()
+				return res
+			}
+			log.Warn("removing the failed pod failed; restoring anyway", "err", err)
 		}
 	}
 	var lastErr error = errors.New("no checkpoint to restore from")

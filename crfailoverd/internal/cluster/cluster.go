@@ -116,8 +116,10 @@ func New(o Options) (*Cluster, error) {
 	if o.Lease <= 0 {
 		o.Lease = 3 * time.Second
 	}
-	if o.Local == nil || o.Board == nil || o.Store == nil {
-		return nil, errors.New("cluster: Local, Board and Store are required")
+	for name, missing := range map[string]bool{"Local (the node's agent)": o.Local == nil, "Board": o.Board == nil, "Store": o.Store == nil} {
+		if missing {
+			return nil, fmt.Errorf("cluster: option %s is required", name)
+		}
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

@@ -11,7 +11,8 @@
 //   - the cluster asks the node to act (restore a [Placement], stop a
 //     copy, checkpoint now) through an interface the cluster declares.
 //
-// Everything here is plain data and pure functions.
+// Everything here is plain data and pure functions, but for the Board,
+// which holds the newest View under a lock and signals its changes.
 package ownership
 
 import (

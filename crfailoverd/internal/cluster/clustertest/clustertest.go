@@ -68,7 +68,8 @@ type Node struct {
 	mu      sync.Mutex
 	cl      *cluster.Cluster
 	cancel  context.CancelFunc
-	done    chan error
+	done    chan error    // the member's Run returned
+	fake    chan struct{} // the fake's loop returned
 	running bool
 }
 
@@ -103,6 +104,7 @@ func New(t testing.TB, o Options) *Cluster {
 		n.Start()
 	}
 	t.Cleanup(c.Stop)
+	c.watchCopies()
 	c.Eventually(30*time.Second, "a leader and every member alive on every node", func() (bool, string) {
 		if c.Leader() == nil {
 			return false, "no leader"
@@ -161,8 +163,7 @@ func (n *Node) Start() {
 		log = slog.New(slog.NewTextHandler(testWriter{c.t, n.Name}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	n.Board = ownership.NewBoard(n.Name)
-	n.Fake.board = n.Board
-	n.Fake.powerOn()
+	n.Fake.powerOn(n.Board)
 	cl, err := cluster.New(cluster.Options{
 		Node: n.Name, DataDir: n.dir, BindAddr: n.gossip, RPCAddr: n.rpc, Join: join, BootstrapExpect: len(c.Nodes),
 		TLS: n.tls, ReplicationFactor: c.o.ReplicationFactor, Profile: "lan", Lease: Lease, DeadServerGrace: time.Hour,
@@ -174,12 +175,13 @@ func (n *Node) Start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
-	n.cl, n.cancel, n.done, n.running = cl, cancel, make(chan error, 1), true
+	n.cl, n.cancel, n.done, n.fake, n.running = cl, cancel, make(chan error, 1), make(chan struct{}), true
+	done, fake, board := n.done, n.fake, n.Board
 	n.mu.Unlock()
 	n.gossip = cl.GossipAddr()
 	n.rpc = cl.RPCAddr()
-	go func() { n.done <- cl.Run(ctx) }()
-	go n.Fake.run(ctx)
+	go func() { done <- cl.Run(ctx) }()
+	go func() { defer close(fake); n.Fake.run(ctx, board) }()
 }
 
 // Cluster returns the node's running cluster member.
@@ -205,10 +207,11 @@ func (n *Node) PowerCut() {
 	n.Switch.Heal()
 }
 
-// Stop stops the node gracefully (it leaves the gossip).
+// stop stops the node gracefully (it leaves the gossip, unless its network
+// is cut).
 func (n *Node) stop() {
 	n.mu.Lock()
-	cancel, done, running := n.cancel, n.done, n.running
+	cancel, done, fake, running := n.cancel, n.done, n.fake, n.running
 	n.running = false
 	n.mu.Unlock()
 	if !running {
@@ -223,10 +226,42 @@ func (n *Node) stop() {
 	case <-time.After(20 * time.Second):
 		n.c.t.Errorf("%s did not stop within 20s", n.Name)
 	}
+	<-fake
 }
 
 // View is the node's current ownership view.
 func (n *Node) View() *ownership.View { return n.Board.View() }
+
+// watchCopies checks, every 10 ms until the test ends, that no workload
+// has two live copies at once, and fails the test when one has.
+func (c *Cluster) watchCopies() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	c.t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			seen := map[store.Workload][]string{}
+			for _, n := range c.Nodes {
+				for id, cp := range n.Fake.Copies() {
+					seen[id] = append(seen[id], fmt.Sprintf("%s@%d", n.Name, max(cp.Epoch, 1)))
+				}
+			}
+			for id, where := range seen {
+				if len(where) > 1 {
+					c.t.Errorf("two live copies of %s at once: %v", id, where)
+				}
+			}
+		}
+	}()
+}
 
 // Stop stops every node.
 func (c *Cluster) Stop() {
@@ -278,7 +313,8 @@ func (c *Cluster) Eventually(timeout time.Duration, what string, cond func() (bo
 	poll.Until(c.t, timeout, what, cond)
 }
 
-// LiveCopies lists "node@epoch" for every live copy of id on running nodes.
+// LiveCopies lists "node@epoch" for every live copy of id (a powered-off
+// node has none).
 func (c *Cluster) LiveCopies(id store.Workload) []string {
 	var out []string
 	for _, n := range c.Nodes {

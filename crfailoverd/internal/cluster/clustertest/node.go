@@ -30,21 +30,23 @@ type Copy struct {
 type FakeNode struct {
 	name  string
 	store *store.Store
-	board *ownership.Board
 
 	reports chan ownership.Report
 
 	mu       sync.Mutex
+	board    *ownership.Board // the running member's; replaced on a restart
 	copies   map[store.Workload]*Copy
 	sandbox  int
 	restores []ownership.Placement
 	stopped  []Copy
 	failNext error // the next Restore fails with it
+	failed   int   // restores that failed
 	delay    time.Duration
 	down     bool // powered off: no copies, no reports
 }
 
 func newFakeNode(name string, st *store.Store, board *ownership.Board) *FakeNode {
+	// board is replaced at every start (powerOn).
 	return &FakeNode{name: name, store: st, board: board, reports: make(chan ownership.Report, 1024), copies: map[store.Workload]*Copy{}}
 }
 
@@ -52,13 +54,20 @@ func newFakeNode(name string, st *store.Store, board *ownership.Board) *FakeNode
 // view change (the agent's discovery runs every second).
 const DiscoverEvery = 100 * time.Millisecond
 
-// run is the fake's discovery loop.
-func (f *FakeNode) run(ctx context.Context) {
+func (f *FakeNode) view() *ownership.View {
+	f.mu.Lock()
+	b := f.board
+	f.mu.Unlock()
+	return b.View()
+}
+
+// run is the fake's discovery loop, on board (the running member's).
+func (f *FakeNode) run(ctx context.Context, board *ownership.Board) {
 	t := time.NewTicker(DiscoverEvery)
 	defer t.Stop()
 	for {
-		changed := f.board.Changed()
-		f.discover()
+		changed := board.Changed()
+		f.discover(board.View())
 		select {
 		case <-ctx.Done():
 			return
@@ -68,8 +77,7 @@ func (f *FakeNode) run(ctx context.Context) {
 	}
 }
 
-func (f *FakeNode) discover() {
-	v := f.board.View()
+func (f *FakeNode) discover(v *ownership.View) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -121,7 +129,7 @@ func (f *FakeNode) Checkpoint(id store.Workload, size int) (store.Entry, error) 
 	if err != nil {
 		return e, err
 	}
-	v := f.board.View()
+	v := f.view()
 	w := c.discovered()
 	f.mu.Lock()
 	f.send(ownership.Report{Kind: ownership.Checkpointed, Workload: w, CopyEpoch: v.CopyEpoch(w), Entry: e})
@@ -145,7 +153,7 @@ func (f *FakeNode) writeCheckpoint(id store.Workload, size int) (store.Entry, er
 // Fail makes a live copy's application fail and hands it to the cluster,
 // as the agent does under restore.policy "peer".
 func (f *FakeNode) Fail(id store.Workload, reason string) error {
-	v := f.board.View()
+	v := f.view()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, ok := f.copies[id]
@@ -176,6 +184,13 @@ func (f *FakeNode) Copies() map[store.Workload]Copy {
 	return out
 }
 
+// FailedRestores is how many restores failed here.
+func (f *FakeNode) FailedRestores() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failed
+}
+
 // Restores returns the placements this node restored.
 func (f *FakeNode) Restores() []ownership.Placement {
 	f.mu.Lock()
@@ -191,9 +206,10 @@ func (f *FakeNode) powerOff() {
 	f.mu.Unlock()
 }
 
-func (f *FakeNode) powerOn() {
+func (f *FakeNode) powerOn(board *ownership.Board) {
 	f.mu.Lock()
 	f.down = false
+	f.board = board
 	f.mu.Unlock()
 }
 
@@ -232,6 +248,7 @@ func (f *FakeNode) Restore(ctx context.Context, p ownership.Placement) (time.Dur
 	}
 	if err := f.failNext; err != nil {
 		f.failNext = nil
+		f.failed++
 		return 0, err
 	}
 	if len(p.Config) == 0 {

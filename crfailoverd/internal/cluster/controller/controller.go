@@ -78,6 +78,9 @@ type Replication interface {
 	// Record commits a checkpoint a local copy of epoch copyEpoch took,
 	// then replicates it; it must not block.
 	Record(w discovery.Workload, copyEpoch uint64, e store.Entry)
+	// InOrder commits cmd after every record queued before it; it must
+	// not block.
+	InOrder(what string, cmd state.Command)
 	// Fetch pulls checkpoint seq of w from one of its holders.
 	Fetch(ctx context.Context, w state.Workload, seq uint64) (store.Entry, error)
 	// Push sends a checkpoint to node now (migration).
@@ -140,6 +143,7 @@ type Controller struct {
 	registering map[string]bool
 	lostSince   map[string]time.Time
 	adopted     map[string]uint64 // sandbox -> epoch a registration gave a running copy
+	wake        chan struct{}     // asks for a pass now
 	wg          sync.WaitGroup
 }
 
@@ -158,7 +162,8 @@ func New(o Options) *Controller {
 		o.Events = func(event.Event) {}
 	}
 	return &Controller{o: o, log: o.Log, fence: fenceClock{lease: o.Lease},
-		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{}}
+		restoring: map[string]uint64{}, registering: map[string]bool{}, lostSince: map[string]time.Time{}, adopted: map[string]uint64{},
+		wake: make(chan struct{}, 1)}
 }
 
 // Fenced reports whether this node is fenced now, and why.
@@ -187,7 +192,17 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-changed:
+		case <-c.wake:
 		}
+	}
+}
+
+// nudge asks for a pass now; the view is published only by passes, so
+// that a newer view is never replaced by an older one.
+func (c *Controller) nudge() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -271,15 +286,6 @@ func (c *Controller) publish(st *state.State, v fenceVerdict) {
 	c.o.Board.Publish(view)
 }
 
-// republish publishes the view again now (after a registration changed
-// what it adopts).
-func (c *Controller) republish() {
-	c.mu.Lock()
-	v := c.verdict
-	c.mu.Unlock()
-	c.publish(c.o.State.State(), v)
-}
-
 // checkLostCopies reports owned workloads that have no local copy (it was
 // fenced away during a partition, or vanished) as failed, so that the
 // leader places them again.
@@ -315,21 +321,8 @@ func (c *Controller) checkLostCopies(st *state.State) {
 	c.mu.Unlock()
 	for _, w := range lost {
 		c.log.Warn("an owned workload has no local copy; asking the cluster to restore it", "workload", w.ID, "epoch", w.Epoch)
-		c.applyAsync("report lost copy", &state.AppFailed{At: now, ID: w.ID, Node: c.o.Node, Epoch: w.Epoch, Reason: "no copy running on " + c.o.Node})
+		c.o.Replication.InOrder("report lost copy", &state.AppFailed{At: now, ID: w.ID, Node: c.o.Node, Epoch: w.Epoch, Reason: "no copy running on " + c.o.Node})
 	}
-}
-
-// applyAsync commits cmd in the background and logs a failure.
-func (c *Controller) applyAsync(what string, cmd state.Command) {
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := c.o.Proposer.Apply(ctx, cmd); err != nil && !errors.Is(err, state.ErrStale) {
-			c.log.Warn("cluster update failed", "what", what, "err", err)
-		}
-	}()
 }
 
 // reports handles what the agent tells the cluster.
@@ -345,7 +338,9 @@ func (c *Controller) reports(ctx context.Context) {
 			case ownership.Checkpointed:
 				c.o.Replication.Record(r.Workload, r.CopyEpoch, r.Entry)
 			case ownership.AppFailed:
-				c.applyAsync("report application failure", &state.AppFailed{At: time.Now(), ID: r.Workload.ID.String(),
+				// After the checkpoints reported before it: the leader then
+				// places the workload from the newest one.
+				c.o.Replication.InOrder("report application failure", &state.AppFailed{At: time.Now(), ID: r.Workload.ID.String(),
 					Node: c.o.Node, Epoch: r.CopyEpoch, Reason: r.Reason})
 			}
 		}
@@ -385,20 +380,39 @@ func (c *Controller) register(ctx context.Context, w discovery.Workload) {
 		switch {
 		case err == nil:
 			// Registering a workload the cluster had given up on gives it a
-			// new epoch; the running copy belongs to it.
-			if cw, ok := c.o.State.Workload(id); ok && cw.Owner == c.o.Node {
+			// new epoch; the running copy belongs to it. On a follower the
+			// local state catches up with the leader's commit a moment
+			// later: wait for it.
+			cw, ok := c.awaitOwned(ctx, id)
+			if ok {
 				c.mu.Lock()
 				c.adopted[w.SandboxID] = cw.Epoch
 				c.mu.Unlock()
-				c.republish()
+				c.nudge()
 			}
-			c.log.Info("workload registered with the cluster", "workload", id)
+			c.log.Info("workload registered with the cluster", "workload", id, "epoch", cw.Epoch, "seen_locally", ok)
 		case errors.Is(err, state.ErrStale):
 			c.log.Warn("another node owns this workload; the local copy will be stopped", "workload", id, "err", err)
 		default:
 			c.log.Warn("registering a workload failed; retrying at the next discovery", "workload", id, "err", err)
 		}
 	}()
+}
+
+// awaitOwned waits until the local state shows workload id owned by this
+// node, up to ctx's end.
+func (c *Controller) awaitOwned(ctx context.Context, id string) (state.Workload, bool) {
+	for {
+		changed := c.o.State.Changed()
+		if w, ok := c.o.State.Workload(id); ok && w.Owner == c.o.Node && w.Status != state.StatusFailed {
+			return w, true
+		}
+		select {
+		case <-ctx.Done():
+			return state.Workload{}, false
+		case <-changed:
+		}
+	}
 }
 
 // restore restores a workload the cluster placed here, fetching the
@@ -452,10 +466,21 @@ func (c *Controller) restoreFrom(ctx context.Context, w state.Workload) (time.Du
 		return 0, err
 	}
 	// Past the leader's restore deadline the workload may already be placed
-	// elsewhere: never start a copy then (a margin covers clock skew).
-	if time.Since(w.Since) > RestoreTimeout-restoreMargin {
-		return 0, fmt.Errorf("placement of %s is too old to act on (since %s)", w.ID, w.Since.Format(time.RFC3339))
+	// elsewhere: never start a copy then (a margin covers clock skew). The
+	// deadline bounds the fetch and the restore too.
+	deadline := w.Since.Add(RestoreTimeout - restoreMargin)
+	tooOld := func() error {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("placement of %s at epoch %d is too old to act on (since %s, deadline %s)", w.ID, w.Epoch,
+				w.Since.Format(time.RFC3339), deadline.Format(time.RFC3339))
+		}
+		return nil
 	}
+	if err := tooOld(); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	if len(w.Config) == 0 {
 		return 0, errors.New("the cluster holds no restore configuration for it")
 	}
@@ -464,6 +489,9 @@ func (c *Controller) restoreFrom(ctx context.Context, w state.Workload) (time.Du
 		if e, err = c.o.Replication.Fetch(ctx, w, w.Seq); err != nil {
 			return 0, err
 		}
+	}
+	if err := tooOld(); err != nil {
+		return 0, err
 	}
 	if f, why := c.Fenced(); f {
 		return 0, fmt.Errorf("this node is fenced (%s)", why)

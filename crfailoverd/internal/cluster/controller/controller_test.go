@@ -52,6 +52,9 @@ type fakeProposer struct {
 	mu   sync.Mutex
 	cmds []state.Command
 	fail func(state.Command) error
+	// lag: the local state applies commands this long after Apply
+	// returned (a follower's state behind the leader's commit).
+	lag time.Duration
 }
 
 func (p *fakeProposer) Apply(_ context.Context, cmd state.Command) error {
@@ -64,11 +67,18 @@ func (p *fakeProposer) Apply(_ context.Context, cmd state.Command) error {
 			return err
 		}
 	}
-	p.st.mu.Lock()
-	err := p.st.s.Apply(cmd)
-	p.st.mu.Unlock()
-	p.st.changed.Signal()
-	return err
+	apply := func() error {
+		p.st.mu.Lock()
+		err := p.st.s.Apply(cmd)
+		p.st.mu.Unlock()
+		p.st.changed.Signal()
+		return err
+	}
+	if p.lag > 0 {
+		time.AfterFunc(p.lag, func() { _ = apply() })
+		return nil
+	}
+	return apply()
 }
 
 func (p *fakeProposer) sent() []state.Command {
@@ -153,6 +163,7 @@ func (n *fakeNode) Stop(_ context.Context, id store.Workload) error {
 func (n *fakeNode) Reports() <-chan ownership.Report { return n.reports }
 
 type fakeReplication struct {
+	prop     *fakeProposer // InOrder commits through it
 	mu       sync.Mutex
 	fetched  []uint64
 	fetchErr error
@@ -165,6 +176,9 @@ func (r *fakeReplication) Record(_ discovery.Workload, _ uint64, e store.Entry) 
 	r.mu.Lock()
 	r.recorded = append(r.recorded, e.Seq)
 	r.mu.Unlock()
+}
+func (r *fakeReplication) InOrder(_ string, cmd state.Command) {
+	go func() { _ = r.prop.Apply(context.Background(), cmd) }()
 }
 func (r *fakeReplication) Fetch(_ context.Context, w state.Workload, seq uint64) (store.Entry, error) {
 	r.mu.Lock()
@@ -207,7 +221,8 @@ type rig struct {
 func newRig(t *testing.T, s *state.State, local fakeStore) *rig {
 	t.Helper()
 	st := &fakeState{s: s}
-	r := &rig{st: st, prop: &fakeProposer{st: st}, node: newFakeNode(), repl: &fakeReplication{},
+	prop := &fakeProposer{st: st}
+	r := &rig{st: st, prop: prop, node: newFakeNode(), repl: &fakeReplication{prop: prop},
 		q: &fakeQuorum{leader: true, voters: []string{"n1", "n2", "n3"}}, board: ownership.NewBoard("n2"), evs: make(chan event.Event, 64)}
 	r.c = New(Options{Node: "n2", Lease: 3 * time.Second, Policy: PolicyPeer, Local: r.node, State: st, Proposer: r.prop, Quorum: r.q,
 		Members: fakeMembers{"n1": true, "n2": true, "n3": true}, Replication: r.repl, Store: local, Board: r.board,
@@ -319,7 +334,12 @@ func TestControllerPlacements(t *testing.T) {
 			} else if removed != 0 {
 				t.Errorf("RemoveCopies called %d times", removed)
 			}
-			ev := <-r.evs
+			var ev event.Event
+			select {
+			case ev = <-r.evs:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no restore event")
+			}
 			if wantKind := map[bool]event.Kind{true: event.Restored, false: event.RestoreFailed}[tc.wantOK]; ev.Kind != wantKind {
 				t.Errorf("event %s, want %s", ev.Kind, wantKind)
 			}
@@ -405,9 +425,16 @@ func TestControllerHandlesReports(t *testing.T) {
 // hand): its registration gives it a new epoch, and the view adopts the
 // running original copy at that epoch, so the agent keeps it.
 func TestControllerReRegisteredCopyIsAdopted(t *testing.T) {
+	for _, lag := range []time.Duration{0, 300 * time.Millisecond} {
+		t.Run(fmt.Sprintf("state lag %s", lag), func(t *testing.T) { testReRegisteredCopyIsAdopted(t, lag) })
+	}
+}
+
+func testReRegisteredCopyIsAdopted(t *testing.T, lag time.Duration) {
 	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
 		return []state.Command{&state.GiveUp{At: at, ID: wid.String(), Epoch: 1, Reason: "no candidate"}}
 	}), fakeStore{})
+	r.prop.lag = lag
 	r.run(t)
 	copy := discovery.Workload{ID: wid, SandboxID: "sb-by-hand", Interval: time.Second}
 	poll.True(t, 5*time.Second, "the given-up workload is unknown to the view", func() bool {

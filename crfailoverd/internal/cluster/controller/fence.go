@@ -42,7 +42,6 @@ type fenceVerdict struct {
 	why       string
 	// transitions to log
 	firstContact   bool // connected for the first time
-	minorityStart  bool // started to see a minority of voters
 	minorityEnded  bool // sees a quorum again
 	votersUp, nVot int
 }
@@ -59,7 +58,6 @@ func (f *fenceClock) observe(s quorumSample) fenceVerdict {
 		f.minoritySince = time.Time{}
 	case f.minoritySince.IsZero():
 		f.minoritySince = s.now
-		v.minorityStart = true
 	}
 	switch {
 	case s.leader:
@@ -76,7 +74,9 @@ func (f *fenceClock) observe(s quorumSample) fenceVerdict {
 	case !f.minoritySince.IsZero():
 		v.fenced, v.why = true, fmt.Sprintf("%d of %d raft voters answer gossip (no quorum) since %s", s.votersUp, s.voters, f.minoritySince.UTC().Format(time.RFC3339Nano))
 	case s.now.Sub(f.lastQuorum) > f.lease/2:
-		v.fenced, v.why = true, fmt.Sprintf("no contact with a quorum for %s (more than half the %s lease)", s.now.Sub(f.lastQuorum).Round(time.Millisecond), f.lease)
+		// Stable while it lasts (no elapsed time), so that the published
+		// view does not change, and wake its readers, at every look.
+		v.fenced, v.why = true, fmt.Sprintf("no contact with a quorum since %s (more than half the %s lease)", f.lastQuorum.UTC().Format(time.RFC3339Nano), f.lease)
 	}
 	return v
 }

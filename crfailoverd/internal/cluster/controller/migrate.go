@@ -15,7 +15,8 @@ import (
 const MigrateTimeout = 2 * time.Minute
 
 // Migrate moves a workload this node owns to node to: it checkpoints it
-// now, sends the archive to the target, records it, stops the local copy
+// now, records the checkpoint, sends it to the target, records the copy
+// there, stops the local copy
 // and commits the new placement; the target's controller restores it. It
 // returns the checkpoint used and the time from stopping the local copy to
 // the target reporting it running. (The cluster forwards a migration asked
@@ -25,6 +26,8 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	switch {
 	case !ok:
 		return 0, 0, fmt.Errorf("no workload %q in the cluster", workload)
+	case w.Status == state.StatusFailed:
+		return 0, 0, fmt.Errorf("%s was given up by the cluster (%s); start it again by hand first", workload, w.LastError)
 	case w.Owner == to:
 		return 0, 0, fmt.Errorf("%s already runs on %s", workload, to)
 	case w.Owner != c.o.Node:
@@ -46,12 +49,14 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	if err != nil {
 		return 0, 0, fmt.Errorf("checkpoint for the migration: %w", err)
 	}
-	if err := c.o.Replication.Push(ctx, to, e); err != nil {
-		return 0, 0, err
-	}
-	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{c.o.Node, to}}
+	// Recorded before it is sent: a peer accepts only checkpoints the
+	// cluster state records for the pushing owner.
+	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{c.o.Node}}
 	if err := c.o.Proposer.Apply(ctx, &state.CommitCheckpoint{At: time.Now(), ID: workload, Node: c.o.Node, Epoch: w.Epoch, Checkpoint: cp}); err != nil {
 		return 0, 0, fmt.Errorf("record checkpoint #%d: %w", e.Seq, err)
+	}
+	if err := c.o.Replication.Push(ctx, to, e); err != nil {
+		return 0, 0, err
 	}
 	if err := c.o.Proposer.Apply(ctx, &state.AddHolder{At: time.Now(), ID: workload, Seq: e.Seq, Node: to}); err != nil {
 		return 0, 0, fmt.Errorf("record the copy on %s: %w", to, err)

@@ -80,6 +80,7 @@ type Leader struct {
 	mu       sync.Mutex
 	deadSeen map[string]time.Time // dead members reported, with the time they died
 	passes   int
+	leading  bool
 }
 
 // New makes the leader part.
@@ -94,6 +95,13 @@ func New(o Options) *Leader {
 		o.Events = func(event.Event) {}
 	}
 	return &Leader{o: o, deadSeen: map[string]time.Time{}}
+}
+
+// Leading reports whether the leader loop runs.
+func (l *Leader) Leading() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.leading
 }
 
 // Passes is how many leader passes this node has made (for tests).
@@ -139,6 +147,14 @@ func (l *Leader) Run(ctx context.Context) error {
 // loop reconciles membership with Raft and makes failover decisions, on
 // every membership change and every Every.
 func (l *Leader) loop(ctx context.Context, stop <-chan struct{}) {
+	l.mu.Lock()
+	l.leading = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.leading = false
+		l.mu.Unlock()
+	}()
 	// Barrier: the state has everything the old leader committed.
 	start := time.Now()
 	if err := l.o.Raft.Barrier(5 * time.Second); err != nil {

@@ -299,7 +299,7 @@ func TestRunFollowsLeadership(t *testing.T) {
 		t.Fatalf("raft changes %v: the leader did not add n2", ops)
 	}
 	r.leader <- false
-	time.Sleep(20 * time.Millisecond)
+	poll.True(t, 5*time.Second, "the loop stopped", func() bool { return !l.Leading() })
 	n := l.Passes()
 	time.Sleep(30 * time.Millisecond)
 	if l.Passes() != n {

@@ -64,9 +64,12 @@ type Replication struct {
 	records chan record
 }
 
+// record is one queued proposal: a checkpoint to commit and then
+// replicate (entry set), or another command to commit in order.
 type record struct {
-	cmd   *state.CommitCheckpoint
-	entry store.Entry
+	what  string
+	cmd   state.Command
+	entry *store.Entry
 }
 
 // New makes the part; set its transfer queue with UseQueue before Run.
@@ -89,15 +92,26 @@ func (r *Replication) UseQueue(q Queue) { r.queue = q }
 // in a bounded queue, in order.
 func (r *Replication) Record(w discovery.Workload, copyEpoch uint64, e store.Entry) {
 	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{r.o.Node}}
-	rec := record{cmd: &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: r.o.Node, Epoch: copyEpoch, Checkpoint: cp}, entry: e}
+	r.queueRecord(record{what: "record checkpoint", cmd: &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: r.o.Node, Epoch: copyEpoch, Checkpoint: cp}, entry: &e})
+}
+
+// InOrder commits cmd after every record queued before it, without
+// blocking (an application failure after the checkpoints before it).
+func (r *Replication) InOrder(what string, cmd state.Command) {
+	r.queueRecord(record{what: what, cmd: cmd})
+}
+
+func (r *Replication) queueRecord(rec record) {
 	select {
 	case r.records <- rec:
 	default:
-		r.o.Log.Error("checkpoint record queue full; dropping this record (the next checkpoint supersedes it)", "workload", w.ID.String(), "seq", e.Seq)
+		// Each kind is made again: the next checkpoint supersedes this one,
+		// a lost copy is found again by the controller's next look.
+		r.o.Log.Error("cluster record queue full; dropping a record", "what", rec.what, "cmd", fmt.Sprintf("%T", rec.cmd))
 	}
 }
 
-// Run records queued checkpoints until ctx ends.
+// Run commits queued records, in order, until ctx ends.
 func (r *Replication) Run(ctx context.Context) error {
 	for {
 		select {
@@ -107,12 +121,16 @@ func (r *Replication) Run(ctx context.Context) error {
 			err := r.o.Proposer.Apply(ctx, rec.cmd)
 			if err != nil {
 				if !errors.Is(err, state.ErrStale) && ctx.Err() == nil {
-					r.o.Log.Warn("recording a checkpoint in the cluster failed", "workload", rec.cmd.ID, "seq", rec.entry.Seq, "err", err)
+					r.o.Log.Warn("cluster update failed", "what", rec.what, "cmd", fmt.Sprintf("%T", rec.cmd), "err", err)
 				}
 				continue
 			}
-			if targets := r.Targets(rec.cmd.ID); len(targets) > 0 && r.queue != nil {
-				r.queue.Enqueue(rec.entry, targets)
+			if rec.entry == nil {
+				continue
+			}
+			id := rec.entry.Workload.String()
+			if targets := r.Targets(id); len(targets) > 0 && r.queue != nil {
+				r.queue.Enqueue(*rec.entry, targets)
 			}
 		}
 	}
@@ -130,14 +148,11 @@ func (r *Replication) Targets(workload string) []string {
 	return peer.Targets(workload, r.o.Node, peers, r.o.Factor)
 }
 
-// Replicated records that peer to committed a copy of e.
+// Replicated records that peer to committed a copy of e (queued, in
+// order; it does not block the peer's transfers).
 func (r *Replication) Replicated(e store.Entry, to string, took time.Duration, bytes int64) {
 	r.o.Events(event.Event{Kind: event.Replicated, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Took: took, Bytes: bytes})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := r.o.Proposer.Apply(ctx, &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, Node: to}); err != nil && !errors.Is(err, state.ErrStale) {
-		r.o.Log.Warn("recording a replica failed", "workload", e.Workload.String(), "seq", e.Seq, "holder", to, "err", err)
-	}
+	r.queueRecord(record{what: "record replica on " + to, cmd: &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, Node: to}})
 }
 
 // ReplicateFailed records that e could not be sent to peer to.
@@ -184,7 +199,7 @@ func (r *Replication) Fetch(ctx context.Context, w state.Workload, seq uint64) (
 func (r *Replication) Push(ctx context.Context, node string, e store.Entry) error {
 	p, err := r.o.Peer(node)
 	if err != nil {
-		return err
+		return fmt.Errorf("send checkpoint #%d to %s: %w", e.Seq, node, err)
 	}
 	if err := p.Push(ctx, e, nil); err != nil {
 		return fmt.Errorf("send checkpoint #%d to %s: %w", e.Seq, node, err)

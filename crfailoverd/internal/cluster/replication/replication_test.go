@@ -109,6 +109,22 @@ func TestRecordCommitsThenReplicatesToAlivePeers(t *testing.T) {
 	}
 }
 
+func TestInOrderFollowsTheRecordsBeforeIt(t *testing.T) {
+	p := &fakeProposer{}
+	var evs []event.Event
+	r, _ := newRepl(fakeMembers{"n1": true}, nil, p, &evs)
+	r.Record(discovery.Workload{ID: wid}, 1, store.Entry{Workload: wid, Seq: 1})
+	r.Record(discovery.Workload{ID: wid}, 1, store.Entry{Workload: wid, Seq: 2})
+	r.InOrder("report application failure", &state.AppFailed{ID: wid.String(), Node: "n1", Epoch: 1, Reason: "probe"})
+	runFor(t, r)
+	poll.True(t, 5*time.Second, "three commits", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.cmds) == 3 })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.cmds[2].(*state.AppFailed); !ok {
+		t.Fatalf("commits %T %T %T: the failure report must follow the checkpoints queued before it", p.cmds[0], p.cmds[1], p.cmds[2])
+	}
+}
+
 func TestRecordRefusedIsNotReplicated(t *testing.T) {
 	p := &fakeProposer{err: fmt.Errorf("commit: %w", state.ErrStale)}
 	var evs []event.Event
@@ -126,8 +142,13 @@ func TestReplicatedRecordsTheHolder(t *testing.T) {
 	p := &fakeProposer{}
 	var evs []event.Event
 	r, _ := newRepl(fakeMembers{}, nil, p, &evs)
+	runFor(t, r)
 	r.Replicated(store.Entry{Workload: wid, Seq: 4}, "n2", time.Second, 99)
 	r.ReplicateFailed(store.Entry{Workload: wid, Seq: 5}, "n3", errors.New("peer n3: connection refused"))
+	poll.True(t, 5*time.Second, "the holder recorded", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.cmds) == 1 })
+	time.Sleep(20 * time.Millisecond) // nothing else may follow
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if h, ok := p.cmds[0].(*state.AddHolder); !ok || h.Node != "n2" || h.Seq != 4 || h.ID != wid.String() {
 		t.Fatalf("proposed %+v, want AddHolder n2 #4", p.cmds[0])
 	}
