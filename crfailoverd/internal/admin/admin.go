@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
@@ -99,27 +100,110 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Listen opens the admin socket at path: its directory is created 0700, a
-// stale socket is replaced, and the socket is made 0600. A live daemon
-// already listening there is an error.
+// Listen opens the admin socket at path, mode 0600.
+//
+// Its directory is created 0700 when missing; an existing one that group or
+// others may write is refused (they could replace the socket with their
+// own, or bind one at its name first), with an error naming the directory,
+// its mode and the fix. A live daemon already listening at path is an
+// error; a stale socket (or other non-directory file) is replaced.
+//
+// The socket has mode 0600 from the moment it exists at path: it is bound
+// in a private temporary directory (0700) next to path, made 0600 there,
+// and renamed into place. This needs no change of the process-wide umask,
+// which would race with goroutines creating files: the daemon opens the
+// socket after memberlist and Raft have started theirs.
+//
+// Closing the listener removes the socket, unless another socket has
+// replaced it at path in the meantime.
 func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := checkSocketDir(dir); err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("admin socket %s: another crfailoverd is listening there", path)
 	}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	// Leftovers of a daemon killed inside this function.
+	old, _ := filepath.Glob(filepath.Join(dir, socketTempPrefix+"*"))
+	for _, o := range old {
+		_ = os.RemoveAll(o)
+	}
+	tmpDir, err := os.MkdirTemp(dir, socketTempPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	defer os.RemoveAll(tmpDir)
+	tmp := filepath.Join(tmpDir, "s")
+	if len(tmp) > maxSocketPath {
+		return nil, fmt.Errorf("admin socket %s: path too long: %s (used while the socket is set up) has %d bytes, at most %d fit a unix socket address",
+			path, tmp, len(tmp), maxSocketPath)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	// Its bound name goes away with the rename; socketListener.Close
+	// removes the socket at path instead.
+	ln.SetUnlinkOnClose(false)
+	var st os.FileInfo
+	if err = os.Chmod(tmp, 0o600); err == nil {
+		if err = os.Rename(tmp, path); err == nil {
+			st, err = os.Lstat(path)
+		}
+	}
+	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	return ln, nil
+	return &socketListener{UnixListener: ln, path: path, file: st}, nil
+}
+
+// socketTempPrefix names the private directories Listen binds sockets in.
+const socketTempPrefix = ".crfadm-"
+
+// maxSocketPath is the longest path a unix socket can be bound at
+// (sun_path is 108 bytes on Linux, with the terminating NUL).
+const maxSocketPath = 107
+
+// checkSocketDir refuses a socket directory that group or others may write.
+func checkSocketDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("directory %s has mode %04o: its group or others may write it and replace the socket; fix: chmod go-w %s", dir, perm, dir)
+	}
+	return nil
+}
+
+// socketListener is the admin socket's listener; it reports path as its
+// address and removes the socket there when closed.
+type socketListener struct {
+	*net.UnixListener
+	path string
+	file os.FileInfo // the socket as renamed to path
+	once sync.Once
+}
+
+func (l *socketListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if st, e := os.Lstat(l.path); e == nil && os.SameFile(st, l.file) {
+			_ = os.Remove(l.path)
+		}
+	})
+	return err
 }
 
 // Serve serves h on ln until ctx ends (also used for the Prometheus

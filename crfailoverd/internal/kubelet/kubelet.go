@@ -19,6 +19,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/secfile"
 )
 
 // Client checkpoints containers through one kubelet.
@@ -29,7 +31,8 @@ type Client struct {
 
 // Options configure a client. Key may be empty when Cert holds the key too
 // (kubelet-client-current.pem does); Cert empty means no client
-// certificate, CA empty the system's trust store.
+// certificate, CA empty the system's trust store. The file holding the key
+// must not be accessible to group or others (see secfile.CheckPrivate).
 type Options struct {
 	URL  string
 	Cert string
@@ -53,6 +56,11 @@ func New(o Options) (*Client, error) {
 		cert, err := tls.LoadX509KeyPair(o.Cert, key)
 		if err != nil {
 			return nil, fmt.Errorf("load kubelet client certificate %s (key %s): %w", o.Cert, key, err)
+		}
+		// The file the key is read from (Cert itself when Key is empty)
+		// must be private to its owner; a separate certificate need not be.
+		if err := secfile.CheckPrivate(key); err != nil {
+			return nil, fmt.Errorf("kubelet client key: %w", err)
 		}
 		// Present the certificate whatever CAs the server names, so that a
 		// CA mismatch fails loudly in the handshake instead of as 401.

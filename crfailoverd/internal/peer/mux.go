@@ -24,6 +24,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/secfile"
 )
 
 // ALPN protocol names the Mux dispatches on.
@@ -52,6 +54,9 @@ func LoadTLS(certFile, keyFile, caFile string) (*TLS, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("peer: load certificate %s and key %s: %w", certFile, keyFile, err)
+	}
+	if err := secfile.CheckPrivate(keyFile); err != nil {
+		return nil, fmt.Errorf("peer: TLS key: %w", err)
 	}
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {

@@ -8,11 +8,14 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -318,4 +321,86 @@ func TestAcceptedByPeer(t *testing.T) {
 	if _, err := membership.DecodeKey(k); err != nil {
 		t.Errorf("membership refuses the gossip key: %v", err)
 	}
+}
+
+// TestLoadersRefuseLooseKeys: the cluster's loaders accept the material as
+// written and readable certificates, and refuse a TLS key or gossip key
+// that group or others may read, naming the file and the fix.
+func TestLoadersRefuseLooseKeys(t *testing.T) {
+	caDir := mustCA(t)
+	dir := t.TempDir()
+	if err := WriteNodeCert(dir, caDir, "worker-1", []net.IP{net.ParseIP("10.78.0.11")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	gossip := filepath.Join(dir, "gossip.key")
+	if err := WriteGossipKey(gossip); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, ca := filepath.Join(dir, NodeCertFile), filepath.Join(dir, NodeKeyFile), filepath.Join(caDir, CACertFile)
+	chmod := func(p string, m os.FileMode) {
+		t.Helper()
+		if err := os.Chmod(p, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chmod(cert, 0o644)
+	chmod(ca, 0o644)
+	if _, err := peer.LoadTLS(cert, key, ca); err != nil {
+		t.Fatalf("readable certificates, key 0600: %v", err)
+	}
+	if _, err := membership.ReadKey(gossip); err != nil {
+		t.Fatalf("gossip key 0600: %v", err)
+	}
+	for _, m := range []os.FileMode{0o640, 0o604, 0o660, 0o644} {
+		chmod(key, m)
+		_, err := peer.LoadTLS(cert, key, ca)
+		if want := fmt.Sprintf("%s has mode %04o", key, m); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "chmod 600 "+key) {
+			t.Errorf("peer.LoadTLS with the key %04o: %v, want an error with %q and the chmod fix", m, err, want)
+		}
+		chmod(gossip, m)
+		_, err = membership.ReadKey(gossip)
+		if want := fmt.Sprintf("%s has mode %04o", gossip, m); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "chmod 600 "+gossip) {
+			t.Errorf("membership.ReadKey with the key %04o: %v, want an error with %q and the chmod fix", m, err, want)
+		}
+	}
+}
+
+// TestModesWhateverTheUmask: keys are 0600 and directories 0700 even with
+// a permissive umask, and Force replaces a loose key with a 0600 one.
+func TestModesWhateverTheUmask(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	root := t.TempDir()
+	caDir, dir := filepath.Join(root, "ca"), filepath.Join(root, "nodes", "n1")
+	if err := WriteCA(caDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteNodeCert(dir, caDir, "n1", []net.IP{net.ParseIP("10.0.0.1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	gossip := filepath.Join(root, "g", "gossip.key")
+	if err := WriteGossipKey(gossip); err != nil {
+		t.Fatal(err)
+	}
+	checkModes(t, caDir, CACertFile, CAKeyFile)
+	checkModes(t, dir, NodeCertFile, NodeKeyFile)
+	checkModes(t, filepath.Dir(gossip), "gossip.key")
+	for _, d := range []string{caDir, dir, filepath.Dir(gossip)} {
+		if st, err := os.Stat(d); err != nil || st.Mode().Perm() != 0o700 {
+			t.Errorf("directory %s: mode %v (%v), want 0700", d, st.Mode().Perm(), err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, NodeKeyFile), gossip} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := WriteNodeCert(dir, caDir, "n1", []net.IP{net.ParseIP("10.0.0.1")}, nil, Force()); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteGossipKey(gossip, Force()); err != nil {
+		t.Fatal(err)
+	}
+	checkModes(t, dir, NodeCertFile, NodeKeyFile)
+	checkModes(t, filepath.Dir(gossip), "gossip.key")
 }

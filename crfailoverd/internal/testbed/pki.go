@@ -163,9 +163,15 @@ func writePKI(p PKI, nodes map[string]net.IP) error {
 		return err
 	}
 	files[p.GossipKey()] = []byte(base64.StdEncoding.EncodeToString(key) + "\n")
+	// Every file 0600, also one left by an earlier bed (os.WriteFile keeps
+	// the mode of an existing file): crfailoverd refuses keys that group or
+	// others may read.
 	for path, b := range files {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/secfile"
 )
 
 // Profiles are failure-detection presets. "lan" declares a dead node in
@@ -244,6 +246,9 @@ func ReadKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read gossip key: %w", err)
+	}
+	if err := secfile.CheckPrivate(path); err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
 	}
 	return DecodeKey(strings.TrimSpace(string(b)))
 }
