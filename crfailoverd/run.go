@@ -157,6 +157,10 @@ func (d *daemonRun) run(format string) error {
 	c := d.cfg
 	d.log.Info("crfailoverd starting", "version", versionString(), "node", c.Node.Name, "config", d.cfgPath,
 		"runtime_endpoint", c.Runtime.SocketPath(), "method", c.Checkpoint.Method, "data_dir", c.Node.DataDir, "log_format", format)
+	if c.Cluster.Enabled && c.Cluster.InsecureGossip {
+		d.log.Warn("INSECURE: cluster.insecure_gossip = true: gossip is neither encrypted nor authenticated; anyone who reaches bind_addr can join the membership or forge its messages; set cluster.gossip_key_file (crfailoverd keygen --out FILE)",
+			"bind_addr", c.Cluster.BindAddr)
+	}
 	var static *agent.StaticPods
 	if mode := staticpod.Mode(c.Runtime.RestoreMode, c.Runtime.StaticPodDir); mode == staticpod.ModeStaticPod {
 		if c.Images.ListenAddr == "" {

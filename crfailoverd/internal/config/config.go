@@ -85,21 +85,22 @@ type Restore struct {
 
 // Cluster is the [cluster] table, used by the gossip + Raft cluster feature.
 type Cluster struct {
-	Enabled           bool          `toml:"enabled"`            // enabled
-	BindAddr          string        `toml:"bind_addr"`          // bind_addr: gossip "host:port" (host may be empty)
-	AdvertiseAddr     string        `toml:"advertise_addr"`     // advertise_addr: "" (derived) or "host:port"
-	RPCAddr           string        `toml:"rpc_addr"`           // rpc_addr: gRPC "host:port" (host may be empty)
-	Join              []string      `toml:"join"`               // join: "host:port" peers; nil when empty
-	BootstrapExpect   int           `toml:"bootstrap_expect"`   // bootstrap_expect: >= 1
-	GossipKeyFile     string        `toml:"gossip_key_file"`    // gossip_key_file: "" or absolute path
-	TLSCert           string        `toml:"tls_cert"`           // tls_cert: "" or absolute path; required when Enabled
-	TLSKey            string        `toml:"tls_key"`            // tls_key: "" or absolute path; required when Enabled
-	TLSCA             string        `toml:"tls_ca"`             // tls_ca: "" or absolute path; required when Enabled
-	ReplicationFactor int           `toml:"replication_factor"` // replication_factor: >= 0
-	FailureProfile    string        `toml:"failure_profile"`    // failure_profile: "lan", "wan" or "local"
-	Lease             time.Duration `toml:"lease"`              // lease: > 0
-	DeadServerGrace   time.Duration `toml:"dead_server_grace"`  // dead_server_grace: > 0
-	MaxVoters         int           `toml:"max_voters"`         // max_voters: odd, >= 1
+	Enabled           bool          `toml:"enabled"`                          // enabled
+	BindAddr          string        `toml:"bind_addr"`                        // bind_addr: gossip "host:port" (host may be empty)
+	AdvertiseAddr     string        `toml:"advertise_addr"`                   // advertise_addr: "" (derived) or "host:port"
+	RPCAddr           string        `toml:"rpc_addr"`                         // rpc_addr: gRPC "host:port" (host may be empty)
+	Join              []string      `toml:"join"`                             // join: "host:port" peers; nil when empty
+	BootstrapExpect   int           `toml:"bootstrap_expect"`                 // bootstrap_expect: >= 1
+	GossipKeyFile     string        `toml:"gossip_key_file"`                  // gossip_key_file: "" or absolute path; required when Enabled unless InsecureGossip
+	InsecureGossip    bool          `toml:"insecure_gossip" reload:"restart"` // insecure_gossip: gossip without a key, explicitly
+	TLSCert           string        `toml:"tls_cert"`                         // tls_cert: "" or absolute path; required when Enabled
+	TLSKey            string        `toml:"tls_key"`                          // tls_key: "" or absolute path; required when Enabled
+	TLSCA             string        `toml:"tls_ca"`                           // tls_ca: "" or absolute path; required when Enabled
+	ReplicationFactor int           `toml:"replication_factor"`               // replication_factor: >= 0
+	FailureProfile    string        `toml:"failure_profile"`                  // failure_profile: "lan", "wan" or "local"
+	Lease             time.Duration `toml:"lease"`                            // lease: > 0
+	DeadServerGrace   time.Duration `toml:"dead_server_grace"`                // dead_server_grace: > 0
+	MaxVoters         int           `toml:"max_voters"`                       // max_voters: odd, >= 1
 }
 
 // Images is the [images] table: the embedded, read-only OCI registry that

@@ -95,6 +95,7 @@ rpc_addr = "[::]:8001"
 join = ["10.0.0.1:8000", "n3.example:8000"]
 bootstrap_expect = 1
 gossip_key_file = "/etc/crf/gossip.key"
+insecure_gossip = false
 tls_cert = "/etc/crf/tls.crt"
 tls_key = "/etc/crf/tls.key"
 tls_ca = "/etc/crf/ca.crt"
@@ -241,8 +242,18 @@ func TestBadConfigs(t *testing.T) {
 		{"[cluster]\nlease = \"1s\"\n", "t.toml:2: cluster.lease: ", "want at least 2s"},
 		{"[cluster]\ndead_server_grace = \"-5s\"\n", "t.toml:2: cluster.dead_server_grace: ", "want a duration greater than 0"},
 		{"[cluster]\nmax_voters = 4\n", "t.toml:2: cluster.max_voters: ", "want an odd number of at least 1, got 4"},
-		{"[cluster]\nenabled = true\ntls_cert = \"/c\"\ntls_ca = \"/ca\"\n", "t.toml: cluster.tls_key: ", "required when cluster.enabled = true"},
-		{"[cluster]\nenabled = true\ntls_cert = \"\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml:3: cluster.tls_cert: ", "required when cluster.enabled = true"},
+		{"[cluster]\nenabled = true\ngossip_key_file = \"/g\"\ntls_cert = \"/c\"\ntls_ca = \"/ca\"\n", "t.toml: cluster.tls_key: ", "required when cluster.enabled = true"},
+		{"[cluster]\nenabled = true\ngossip_key_file = \"/g\"\ntls_cert = \"\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml:4: cluster.tls_cert: ", "required when cluster.enabled = true"},
+		// The gossip key: required with the cluster on, unless explicitly insecure.
+		{"[cluster]\nenabled = true\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml: cluster.gossip_key_file: ",
+			"required when cluster.enabled = true: without a key gossip is neither encrypted nor authenticated"},
+		{"[cluster]\nenabled = true\ngossip_key_file = \"\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml:3: cluster.gossip_key_file: ",
+			"make one with `crfailoverd keygen --out /etc/crfailoverd/tls/gossip.key` (the same file on every node, mode 0600) and set this key to its path, or set cluster.insecure_gossip = true"},
+		{"[cluster]\nenabled = true\ninsecure_gossip = false\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml: cluster.gossip_key_file: ", "required when cluster.enabled = true"},
+		{"[cluster]\nenabled = true\ngossip_key_file = \"gossip.key\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n", "t.toml:3: cluster.gossip_key_file: ", `want an absolute path or "", got "gossip.key"`},
+		{"[cluster]\ninsecure_gossip = true\ngossip_key_file = \"/g\"\n", "t.toml:2: cluster.insecure_gossip: ", "true, but cluster.gossip_key_file is set too: remove one of them"},
+		{"[cluster]\ninsecure_gossip = \"yes\"\n", "t.toml:2: cluster.insecure_gossip: ", `want a boolean (true or false), got string "yes"`},
+		{"[cluster]\ninsecure_gosip = true\n", "t.toml:2: cluster.insecure_gosip: ", "unknown key; [cluster] has enabled, bind_addr"},
 		{"[metrics]\nprometheus_addr = \"9090\"\n", "t.toml:2: metrics.prometheus_addr: ", "missing port in address"},
 		{"[metrics]\nqueue_size = 0\n", "t.toml:2: metrics.queue_size: ", "want at least 1, got 0"},
 		{"[images]\nlisten_addr = \":5001\"\n", "t.toml:2: images.listen_addr: ", "host"},
@@ -263,8 +274,36 @@ func TestBadConfigs(t *testing.T) {
 		if !hasLine(err.Error(), tt.want, tt.msg) {
 			t.Errorf("Parse(%q) error:\n%v\nwant a line starting %q and containing %q", tt.doc, err, tt.want, tt.msg)
 		}
-		if n := strings.Count(err.Error(), "\n") + 1; n != 1 && !strings.Contains(tt.want, "tls") {
+		if n := strings.Count(err.Error(), "\n") + 1; n != 1 {
 			t.Errorf("Parse(%q) gave %d errors, want 1:\n%v", tt.doc, n, err)
+		}
+	}
+}
+
+// TestGossipKeyOrInsecure: a cluster node needs a gossip key, or
+// insecure_gossip = true to do without one; without the cluster neither
+// matters.
+func TestGossipKeyOrInsecure(t *testing.T) {
+	const tlsKeys = "tls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n"
+	for _, tc := range []struct {
+		doc      string
+		key      string
+		insecure bool
+	}{
+		{"[cluster]\nenabled = true\ngossip_key_file = \"/etc/crf/gossip.key\"\n" + tlsKeys, "/etc/crf/gossip.key", false},
+		{"[cluster]\nenabled = true\ninsecure_gossip = true\n" + tlsKeys, "", true},
+		{"[cluster]\nenabled = false\n", "", false},
+		{"[cluster]\nenabled = false\ninsecure_gossip = true\n", "", true},
+		{"[cluster]\ngossip_key_file = \"/g\"\ninsecure_gossip = false\n", "/g", false},
+	} {
+		c, err := Parse([]byte(tc.doc), "t.toml")
+		if err != nil {
+			t.Errorf("Parse(%q): %v", tc.doc, err)
+			continue
+		}
+		if c.Cluster.GossipKeyFile != tc.key || c.Cluster.InsecureGossip != tc.insecure {
+			t.Errorf("Parse(%q): gossip_key_file %q, insecure_gossip %v; want %q, %v",
+				tc.doc, c.Cluster.GossipKeyFile, c.Cluster.InsecureGossip, tc.key, tc.insecure)
 		}
 	}
 }
@@ -306,6 +345,9 @@ data_dir = "rel"
 		`/etc/crf.toml:7: checkpoint.intervall: unknown key; [checkpoint] has method, default_interval, timeout, retention, max_concurrent`,
 		`/etc/crf.toml:11: cluster.max_voters: want an odd number of at least 1, got 2`,
 		`/etc/crf.toml:14: node.data_dir: want an absolute path, got "rel"`,
+		"/etc/crf.toml: cluster.gossip_key_file: required when cluster.enabled = true: without a key gossip is neither encrypted nor authenticated, " +
+			"and anyone who reaches bind_addr can join the membership; make one with `crfailoverd keygen --out /etc/crfailoverd/tls/gossip.key` " +
+			"(the same file on every node, mode 0600) and set this key to its path, or set cluster.insecure_gossip = true to run without one",
 		`/etc/crf.toml: cluster.tls_cert: required when cluster.enabled = true: want an absolute path`,
 		`/etc/crf.toml: cluster.tls_key: required when cluster.enabled = true: want an absolute path`,
 		`/etc/crf.toml: cluster.tls_ca: required when cluster.enabled = true: want an absolute path`,

@@ -137,6 +137,7 @@ func (d *decoder) decode(c *Config) {
 	t.strList("join", &c.Cluster.Join)
 	t.integer("bootstrap_expect", &c.Cluster.BootstrapExpect)
 	t.str("gossip_key_file", &c.Cluster.GossipKeyFile)
+	t.boolean("insecure_gossip", &c.Cluster.InsecureGossip)
 	t.str("tls_cert", &c.Cluster.TLSCert)
 	t.str("tls_key", &c.Cluster.TLSKey)
 	t.str("tls_ca", &c.Cluster.TLSCA)

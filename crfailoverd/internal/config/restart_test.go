@@ -34,6 +34,7 @@ func TestRestartNeeded(t *testing.T) {
 		{"cluster.join empty vs nil", func(c *Config) { c.Cluster.Join = []string{} }, []string{"cluster.join"}},
 		{"cluster.bootstrap_expect", func(c *Config) { c.Cluster.BootstrapExpect = 1 }, []string{"cluster.bootstrap_expect"}},
 		{"cluster.gossip_key_file", func(c *Config) { c.Cluster.GossipKeyFile = "/k" }, []string{"cluster.gossip_key_file"}},
+		{"cluster.insecure_gossip", func(c *Config) { c.Cluster.InsecureGossip = true }, []string{"cluster.insecure_gossip"}},
 		{"cluster.tls_cert", func(c *Config) { c.Cluster.TLSCert = "/c" }, []string{"cluster.tls_cert"}},
 		{"cluster.tls_key", func(c *Config) { c.Cluster.TLSKey = "/k" }, []string{"cluster.tls_key"}},
 		{"cluster.tls_ca", func(c *Config) { c.Cluster.TLSCA = "/ca" }, []string{"cluster.tls_ca"}},

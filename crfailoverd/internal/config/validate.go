@@ -96,7 +96,16 @@ func (c Config) problems() []problem {
 		}
 	}
 	v.atLeast("cluster.bootstrap_expect", cl.BootstrapExpect, 1)
-	v.absPath("cluster.gossip_key_file", cl.GossipKeyFile, true)
+	switch {
+	case cl.Enabled && cl.GossipKeyFile == "" && !cl.InsecureGossip:
+		v.addf("cluster.gossip_key_file", "required when cluster.enabled = true: without a key gossip is neither encrypted nor authenticated, "+
+			"and anyone who reaches bind_addr can join the membership; make one with `crfailoverd keygen --out /etc/crfailoverd/tls/gossip.key` "+
+			"(the same file on every node, mode 0600) and set this key to its path, or set cluster.insecure_gossip = true to run without one")
+	case cl.InsecureGossip && cl.GossipKeyFile != "":
+		v.addf("cluster.insecure_gossip", "true, but cluster.gossip_key_file is set too: remove one of them (with the key file, gossip is encrypted)")
+	default:
+		v.absPath("cluster.gossip_key_file", cl.GossipKeyFile, true)
+	}
 	for _, f := range []struct{ key, val string }{
 		{"cluster.tls_cert", cl.TLSCert}, {"cluster.tls_key", cl.TLSKey}, {"cluster.tls_ca", cl.TLSCA},
 	} {

@@ -21,6 +21,9 @@ import (
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/secfile"
 )
 
 func TestMain(m *testing.M) {
@@ -257,5 +260,61 @@ func TestServeEmulatorNamesATakenPort(t *testing.T) {
 	err = ServeEmulator(context.Background(), e, ln.Addr().String(), p.ServerCert("n1"), p.ServerKey("n1"), p.CACert)
 	if err == nil || !regexp.MustCompile(`listen on 127\.0\.0\.1:\d+`).MatchString(err.Error()) {
 		t.Fatalf("want an error naming the taken address, got %v", err)
+	}
+}
+
+// TestWritePKIKeysArePrivate: the bed's keys pass crfailoverd's check of
+// key files (secfile.CheckPrivate), also over files an earlier bed left
+// with a looser mode.
+func TestWritePKIKeysArePrivate(t *testing.T) {
+	dir := t.TempDir()
+	p := pkiAt(dir)
+	nodes := map[string]net.IP{"n1": net.ParseIP("10.0.0.1"), "n2": net.ParseIP("10.0.0.2")}
+	if err := os.WriteFile(p.GossipKey(), []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p.GossipKey(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writePKI(p, nodes); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{p.CAKey, p.ClientKey, p.GossipKey()}
+	for n := range nodes {
+		keys = append(keys, p.PeerKey(n), p.ServerKey(n))
+	}
+	for _, k := range keys {
+		if err := secfile.CheckPrivate(k); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestClusterConfigIsValid: the configuration StartCluster writes passes
+// crfailoverd's validation, with the gossip key set.
+func TestClusterConfigIsValid(t *testing.T) {
+	b := &Bed{cfg: Config{RegistryPort: 5000, Dir: "/bed", Subnet: netip.MustParsePrefix("10.1.2.0/24")}}
+	b.PKI = pkiAt("/bed/pki")
+	for i := 1; i <= 3; i++ {
+		n := b.newNode(i)
+		b.state.Nodes = append(b.state.Nodes, &n)
+	}
+	for _, n := range b.Nodes() {
+		cfg, err := b.DaemonConfig(n.Name, "cri", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := b.ClusterConfig(n.Name, 3, "replication_factor = 2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := config.Parse([]byte(cfg+cl), n.DaemonConfigPath())
+		if err != nil {
+			t.Fatalf("node %s: %v\n%s", n.Name, err, cfg+cl)
+		}
+		if !c.Cluster.Enabled || c.Cluster.GossipKeyFile != b.PKI.GossipKey() || c.Cluster.InsecureGossip {
+			t.Errorf("node %s: cluster enabled %v, gossip_key_file %q, insecure_gossip %v; want true, %q, false",
+				n.Name, c.Cluster.Enabled, c.Cluster.GossipKeyFile, c.Cluster.InsecureGossip, b.PKI.GossipKey())
+		}
 	}
 }
