@@ -285,8 +285,11 @@ func (a *Agent) discover(ctx context.Context) error {
 			}
 			switch verdict {
 			case ownership.Stop:
+				// The copy is removed only after its worker has finished what
+				// it is doing (a dump or a restore in flight): removing a pod
+				// under CRIU leaves its processes frozen.
 				var wk *worker
-				if x, ok := a.workers[w.ID]; ok && !x.isBusy() {
+				if x, ok := a.workers[w.ID]; ok {
 					wk = x
 					wk.close()
 					delete(a.workers, w.ID)

@@ -2,16 +2,13 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -181,11 +178,8 @@ func (a *Agent) Stop(ctx context.Context, id store.Workload) error {
 // ValidateConfig checks that cfg is a restore configuration this agent can
 // use.
 func ValidateConfig(cfg []byte) error {
-	var f workloadConfigFile
-	if err := json.Unmarshal(cfg, &f); err != nil {
-		return err
-	}
-	return protojson.Unmarshal(f.Sandbox, &runtimeapi.PodSandboxConfig{})
+	_, err := restorecfg.Parse(cfg)
+	return err
 }
 
 // RecordConfig records the restore configuration of a running copy (the

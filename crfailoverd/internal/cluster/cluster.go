@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -88,6 +89,12 @@ type Options struct {
 	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 	Tick          time.Duration
 	LostGrace     time.Duration
+	// JoinWait bounds the first gossip join before Raft starts (default
+	// 10 s).
+	JoinWait time.Duration
+	// Stabilization: how long a gossip member must be alive before the
+	// leader makes it a Raft server (default 5 s).
+	Stabilization time.Duration
 }
 
 // Cluster is the running cluster member.
@@ -105,6 +112,10 @@ type Cluster struct {
 	ctrl   *controller.Controller
 	leader *leader.Leader
 	events *event.Ring
+	// leaderCh gets every leadership change (raft's NotifyCh).
+	leaderCh chan bool
+	// raftUp is c.raft once it exists, for the Raft connection check.
+	raftUp atomic.Pointer[raft.Raft]
 
 	mu      sync.Mutex
 	clients map[string]*peer.Client
@@ -141,6 +152,19 @@ func New(o Options) (*Cluster, error) {
 		return nil, err
 	}
 	c.ml = ml
+	// Raft starts after the first gossip join has succeeded or timed out,
+	// so that a restarted node sees its peers alive before it may lead
+	// (and decide about their workloads).
+	if len(o.Join) > 0 {
+		joinWait := o.JoinWait
+		if joinWait <= 0 {
+			joinWait = 10 * time.Second
+		}
+		stop := make(chan struct{})
+		t := time.AfterFunc(joinWait, func() { close(stop) })
+		ml.JoinLoop(stop)
+		t.Stop()
+	}
 	advertise, err := net.ResolveTCPAddr("tcp", ml.RPCAddr())
 	if err != nil {
 		c.closeListeners()
@@ -151,16 +175,24 @@ func New(o Options) (*Cluster, error) {
 		c.closeListeners()
 		return nil, err
 	}
+	mux.AuthorizeRaft(c.authorizeRaft)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: mux.RaftStream(advertise), MaxPool: 3, Timeout: 5 * time.Second, Logger: hclogOf(o.Log, "raft-net"),
 	})
 	c.fsm = replicated.New()
-	r, err := raft.NewRaft(raftConfig(o.Node, o.Log), c.fsm, logs, logs, snaps, trans)
+	rc := raftConfig(o.Node, o.Log)
+	// Every leadership change, flaps included (LeaderCh collapses a quick
+	// loss and regain into nothing), so the leader loop restarts with a
+	// new barrier.
+	c.leaderCh = make(chan bool, 64)
+	rc.NotifyCh = c.leaderCh
+	r, err := raft.NewRaft(rc, c.fsm, logs, logs, snaps, trans)
 	if err != nil {
 		c.closeListeners()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	c.raft, c.logs = r, logs
+	c.raftUp.Store(r)
 	if existing, err := raft.HasExistingState(logs, logs, snaps); err == nil && existing {
 		c.log.Info("raft state found; rejoining the cluster it belongs to", "dir", filepath.Join(o.DataDir, "raft"))
 	}
@@ -176,10 +208,16 @@ func New(o Options) (*Cluster, error) {
 	c.ctrl = controller.New(controller.Options{Node: o.Node, Lease: o.Lease, Policy: o.Policy, Local: o.Local, State: c.fsm,
 		Proposer: prop, Quorum: raftNode{c}, Members: ml, Replication: c.repl, Store: o.Store, Board: o.Board,
 		Events: c.events.Emit, Log: c.log, Tick: o.Tick, LostGrace: o.LostGrace})
+	stabilization := o.Stabilization
+	if stabilization <= 0 {
+		stabilization = 5 * time.Second
+	}
 	c.leader = leader.New(leader.Options{Node: o.Node, MaxVoters: o.MaxVoters, DeadServerGrace: o.DeadServerGrace,
 		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
-		Raft:   raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log})
-	c.srv = peer.NewServer(peer.Handlers{Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Log: o.Log.With("component", "peer")})
+		Raft:   raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
+		Prove: c.prove, Stabilization: stabilization})
+	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},
+		Log: o.Log.With("component", "peer")})
 	return c, nil
 }
 
@@ -263,6 +301,15 @@ func (c *Cluster) bootstrap(ctx context.Context) {
 				c.log.Info("not among the bootstrap servers; waiting for the leader to add this node")
 				return
 			}
+			if err := c.proveAll(ctx, first); err != nil {
+				c.log.Warn("not bootstrapping yet: a member did not prove its name over mutual TLS", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+				continue
+			}
 			err := c.raft.BootstrapCluster(cfg).Error()
 			switch {
 			case err == nil:
@@ -281,6 +328,33 @@ func (c *Cluster) bootstrap(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// prove checks that addr serves a certificate of the cluster CA for node
+// name and answers to that name.
+func (c *Cluster) prove(ctx context.Context, name, addr string) error {
+	cl, err := peer.Dial(name, addr, c.o.TLS, peer.WithNetwork(c.o.Network))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return cl.Identify(ctx)
+}
+
+// proveAll proves every member but this node.
+func (c *Cluster) proveAll(ctx context.Context, ms []membership.Member) error {
+	for _, m := range ms {
+		if m.Name == c.o.Node {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := c.prove(pctx, m.Name, m.RPCAddr)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s at %s: %w", m.Name, m.RPCAddr, err)
+		}
+	}
+	return nil
 }
 
 // client returns the (cached) RPC client of a node.
@@ -365,7 +439,7 @@ func (c *Cluster) applyHere(ctx context.Context, b []byte) error {
 // Quorum interfaces.
 type raftNode struct{ c *Cluster }
 
-func (n raftNode) LeaderCh() <-chan bool { return n.c.raft.LeaderCh() }
+func (n raftNode) LeaderCh() <-chan bool { return n.c.leaderCh }
 
 func (n raftNode) Barrier(timeout time.Duration) error { return n.c.raft.Barrier(timeout).Error() }
 

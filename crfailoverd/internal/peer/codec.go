@@ -106,6 +106,13 @@ type applyReply struct {
 	Error string `json:"error,omitempty"`
 }
 
+// identifyRequest asks a peer for its node name.
+type identifyRequest struct{}
+
+type identifyReply struct {
+	Node string `json:"node"`
+}
+
 type migrateRequest struct {
 	Workload string `json:"workload"`
 	To       string `json:"to"`

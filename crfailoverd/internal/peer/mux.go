@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -148,6 +149,30 @@ type Mux struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // accept loop and handshakes
+
+	// raftAuth decides which node names may speak Raft with this node
+	// (nil: any node of the CA).
+	raftAuth atomic.Pointer[func(name string) error]
+}
+
+// AuthorizeRaft makes the Mux accept Raft connections, and the Raft
+// stream dial peers, only when f admits the node name of the peer's
+// certificate; others are closed (and logged to log).
+func (m *Mux) AuthorizeRaft(f func(name string) error) { m.raftAuth.Store(&f) }
+
+func (m *Mux) raftAllowed(c *tls.Conn) error {
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return errors.New("no certificate")
+	}
+	name, err := NodeName(certs[0])
+	if err != nil {
+		return err
+	}
+	if f := m.raftAuth.Load(); f != nil {
+		return (*f)(name)
+	}
+	return nil
 }
 
 // Listen opens addr and starts accepting. Each handshake runs in its own
@@ -194,7 +219,7 @@ func (m *Mux) GRPCListener() net.Listener { return m.grpc }
 // address, so when Raft addresses are IPs the certificates need them as IP
 // SANs. It dials through the Mux's network (WithNetwork).
 func (m *Mux) RaftStream(advertise net.Addr) raft.StreamLayer {
-	return &raftStream{subListener: m.raft, nw: m.nw, tls: m.tls, advertise: advertise}
+	return &raftStream{subListener: m.raft, mux: m, nw: m.nw, tls: m.tls, advertise: advertise}
 }
 
 // Close stops accepting, closes both sides' listeners and waits for
@@ -251,6 +276,10 @@ func (m *Mux) handshake(raw net.Conn) {
 	case alpnGRPC:
 		side = m.grpc
 	case alpnRaft:
+		if err := m.raftAllowed(c); err != nil {
+			c.Close()
+			return
+		}
 		side = m.raft
 	default:
 		c.Close()
@@ -299,6 +328,7 @@ func (l *subListener) Addr() net.Addr { return l.addr }
 // raftStream implements raft.StreamLayer on the Mux.
 type raftStream struct {
 	*subListener
+	mux       *Mux
 	nw        Network
 	tls       *TLS
 	advertise net.Addr
@@ -336,6 +366,10 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	if p := c.ConnectionState().NegotiatedProtocol; p != alpnRaft {
 		c.Close()
 		return nil, fmt.Errorf("peer: raft dial %s: peer negotiated protocol %q, want %q", address, p, alpnRaft)
+	}
+	if err := s.mux.raftAllowed(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("peer: raft dial %s: refused the peer: %w", address, err)
 	}
 	return c, nil
 }

@@ -34,6 +34,7 @@ type peerService interface {
 	fetch(grpc.ServerStream) error
 	apply(context.Context, *applyRequest) (*applyReply, error)
 	migrate(context.Context, *migrateRequest) (*migrateReply, error)
+	identify(context.Context, *identifyRequest) (*identifyReply, error)
 }
 
 // Indexes into serviceDesc.Streams.
@@ -49,6 +50,7 @@ var serviceDesc = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{
 		{MethodName: "Apply", Handler: unaryHandler("Apply", peerService.apply)},
 		{MethodName: "Migrate", Handler: unaryHandler("Migrate", peerService.migrate)},
+		{MethodName: "Identify", Handler: unaryHandler("Identify", peerService.identify)},
 	},
 	Streams: []grpc.StreamDesc{
 		pushStream: {
@@ -96,6 +98,11 @@ type Handlers struct {
 	Apply func(ctx context.Context, cmd []byte) error
 	// Migrate moves the workload to node to.
 	Migrate func(ctx context.Context, workload, to string) (seq uint64, downtime time.Duration, err error)
+	// Node is this node's name, which Identify answers.
+	Node string
+	// Authorize decides every call (nil: every authenticated node may
+	// make every call; tests only).
+	Authorize Authorizer
 	// Log receives failed calls (nil: discarded).
 	Log *slog.Logger
 }
@@ -124,7 +131,14 @@ func newServer(h Handlers, opts ...grpc.ServerOption) *grpc.Server {
 	return g
 }
 
+// unaryInterceptor is the one place every unary call passes: it binds the
+// call to the caller's certificate name, authorizes it, and logs a
+// failure.
 func (s *server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := s.authorizeUnary(ctx, req)
+	if err != nil {
+		return nil, s.failed(ctx, info.FullMethod, err)
+	}
 	resp, err := handler(ctx, req)
 	if err != nil {
 		return nil, s.failed(ctx, info.FullMethod, err)
@@ -132,7 +146,13 @@ func (s *server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	return resp, nil
 }
 
+// streamInterceptor does the same for streams: the first message is
+// authorized before the handler sees it.
 func (s *server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ss, err := s.authorizeStream(ss)
+	if err != nil {
+		return s.failed(ss.Context(), info.FullMethod, err)
+	}
 	if err := handler(srv, ss); err != nil {
 		return s.failed(ss.Context(), info.FullMethod, err)
 	}
@@ -204,6 +224,11 @@ func (s *server) push(ss grpc.ServerStream) error {
 	if err != nil {
 		return fmt.Errorf("push %s seq %d: %w", h.Workload, h.Seq, err)
 	}
+	if c := Caller(ss.Context()); c != "" {
+		// The checkpoint's source is the authenticated caller, whatever the
+		// header says.
+		meta.Source = c
+	}
 	r := &chunkReader{stream: ss, size: h.Size}
 	e, err := s.h.Store.Import(ss.Context(), w, r, meta)
 	if err != nil {
@@ -266,6 +291,10 @@ func (s *server) apply(ctx context.Context, req *applyRequest) (*applyReply, err
 		return &applyReply{Error: err.Error()}, nil
 	}
 	return &applyReply{}, nil
+}
+
+func (s *server) identify(context.Context, *identifyRequest) (*identifyReply, error) {
+	return &identifyReply{Node: s.h.Node}, nil
 }
 
 func (s *server) migrate(ctx context.Context, req *migrateRequest) (*migrateReply, error) {
@@ -446,6 +475,20 @@ func (c *Client) Apply(ctx context.Context, cmd []byte) error {
 	}
 	if reply.Error != "" {
 		return &RemoteError{Peer: c.name, Method: "apply", Msg: reply.Error}
+	}
+	return nil
+}
+
+// Identify asks the peer for its node name. The TLS handshake has proven
+// by then that the peer holds a certificate of the cluster CA for the
+// name this client was dialed for; the answer must be that name.
+func (c *Client) Identify(ctx context.Context) error {
+	var reply identifyReply
+	if err := c.conn.Invoke(ctx, fullMethod("Identify"), &identifyRequest{}, &reply); err != nil {
+		return fmt.Errorf("peer %s: identify: %w", c.name, err)
+	}
+	if reply.Node != c.name {
+		return fmt.Errorf("peer %s: identify: it says it is %q", c.name, reply.Node)
 	}
 	return nil
 }

@@ -42,8 +42,12 @@ func TestPushArchive(t *testing.T) {
 	if got.SHA256 != e.SHA256 || got.Size != e.Size || got.Seq != e.Seq {
 		t.Errorf("receiver has seq %d sha256 %s size %d, want seq %d sha256 %s size %d", got.Seq, got.SHA256, got.Size, e.Seq, e.SHA256, e.Size)
 	}
-	if !got.Created.Equal(e.Created) || got.Source != e.Source || got.Method != e.Method || got.Duration != e.Duration {
+	if !got.Created.Equal(e.Created) || got.Method != e.Method || got.Duration != e.Duration {
 		t.Errorf("receiver metadata %+v, want %+v", got, e)
+	}
+	// The source is the authenticated pusher, not what the header claims.
+	if e.Source == "node-a" || got.Source != "node-a" {
+		t.Errorf("receiver records source %q (header said %q), want the caller node-a", got.Source, e.Source)
 	}
 	if err := b.store.Verify(got); err != nil {
 		t.Error(err)

@@ -169,6 +169,7 @@ func (n *Node) Start() {
 		TLS: n.tls, ReplicationFactor: c.o.ReplicationFactor, Profile: "lan", Lease: Lease, DeadServerGrace: time.Hour,
 		MaxVoters: 5, Policy: c.o.Policy, MaxAttempts: c.o.MaxAttempts, Store: n.Store, Local: n.Fake, Board: n.Board,
 		Log: log, Network: n.Switch, WrapTransport: n.Switch.WrapTransport, Tick: 50 * time.Millisecond, LostGrace: time.Second,
+		Stabilization: 300 * time.Millisecond,
 	})
 	if err != nil {
 		c.t.Fatalf("start %s: %v", n.Name, err)
@@ -357,3 +358,58 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(w.node + ": " + strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// ClientAs dials node to with a certificate of the cluster's CA for name
+// (a member's name, or one that is no member): the client a hostile holder
+// of a valid certificate would have.
+func (c *Cluster) ClientAs(name string, to *Node) *peer.Client {
+	c.t.Helper()
+	return c.clientWith(c.caDir, name, to)
+}
+
+// ClientOfOtherCA dials node to with a certificate for name signed by a
+// CA that is not the cluster's (and trusting that CA only).
+func (c *Cluster) ClientOfOtherCA(name string, to *Node) *peer.Client {
+	c.t.Helper()
+	other := filepath.Join(c.t.TempDir(), "other-ca")
+	if err := os.MkdirAll(other, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := pki.WriteCA(other); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.clientWith(other, name, to)
+}
+
+// TLSAs returns TLS material for name signed by the cluster's CA.
+func (c *Cluster) TLSAs(name string) *peer.TLS {
+	c.t.Helper()
+	return c.tlsWith(c.caDir, name)
+}
+
+func (c *Cluster) tlsWith(caDir, name string) *peer.TLS {
+	dir := filepath.Join(c.t.TempDir(), name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := pki.WriteNodeCert(dir, caDir, name, []net.IP{net.IPv4(127, 0, 0, 1)}, nil); err != nil {
+		c.t.Fatal(err)
+	}
+	t, err := peer.LoadTLS(filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key"), filepath.Join(caDir, "ca.crt"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return t
+}
+
+func (c *Cluster) clientWith(caDir, name string, to *Node) *peer.Client {
+	cl, err := peer.Dial(to.Name, to.rpc, c.tlsWith(caDir, name))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// RPCAddr is the node's RPC (gRPC and Raft) address.
+func (n *Node) RPCAddr() string { return n.rpc }

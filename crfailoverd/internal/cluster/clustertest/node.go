@@ -9,8 +9,11 @@ import (
 	"sync"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -215,9 +218,13 @@ func (f *FakeNode) powerOn(board *ownership.Board) {
 
 // The controller's Node interface.
 
-// RecordConfig returns a restore configuration naming the copy.
+// RecordConfig returns an unprivileged restore configuration naming the
+// copy and the node that recorded it.
 func (f *FakeNode) RecordConfig(_ context.Context, w discovery.Workload) ([]byte, error) {
-	return []byte(fmt.Sprintf(`{"sandbox":{"recorded_on":%q,"sandbox_id":%q}}`, f.name, w.SandboxID)), nil
+	return restorecfg.Marshal(&runtimeapi.PodSandboxConfig{
+		Metadata:    &runtimeapi.PodSandboxMetadata{Name: w.ID.Pod, Namespace: w.ID.Namespace, Uid: w.SandboxID},
+		Annotations: map[string]string{"recorded-on": f.name},
+	}, &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: w.ID.Container}, Image: &runtimeapi.ImageSpec{Image: "counter:latest"}})
 }
 
 // SlowRestores makes every Restore take d (a big checkpoint, say).

@@ -71,16 +71,30 @@ type Options struct {
 	Every time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Prove checks over mutual TLS that the member's RPC address serves a
+	// certificate for the name it gossips; a member becomes a Raft server
+	// (or changes its address) only after it has. nil: no proof (tests).
+	Prove func(ctx context.Context, name, addr string) error
+	// Stabilization is how long a member must have been alive at the same
+	// address before it is added to Raft (as Nomad's autopilot waits).
+	Stabilization time.Duration
 }
 
 // Leader is the leader part; Run follows leadership.
 type Leader struct {
 	o Options
 
-	mu       sync.Mutex
-	deadSeen map[string]time.Time // dead members reported, with the time they died
-	passes   int
-	leading  bool
+	mu        sync.Mutex
+	deadSeen  map[string]time.Time // dead members reported, with the time they died
+	aliveSeen map[string]aliveAt   // since when each member is seen alive, at which address
+	passes    int
+	leading   bool
+	wonAt     time.Time // when this node's current term as leader began
+}
+
+type aliveAt struct {
+	addr  string
+	since time.Time
 }
 
 // New makes the leader part.
@@ -94,7 +108,7 @@ func New(o Options) *Leader {
 	if o.Events == nil {
 		o.Events = func(event.Event) {}
 	}
-	return &Leader{o: o, deadSeen: map[string]time.Time{}}
+	return &Leader{o: o, deadSeen: map[string]time.Time{}, aliveSeen: map[string]aliveAt{}}
 }
 
 // Leading reports whether the leader loop runs.
@@ -148,7 +162,7 @@ func (l *Leader) Run(ctx context.Context) error {
 // every membership change and every Every.
 func (l *Leader) loop(ctx context.Context, stop <-chan struct{}) {
 	l.mu.Lock()
-	l.leading = true
+	l.leading, l.wonAt = true, l.o.Now()
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
@@ -219,6 +233,21 @@ func (l *Leader) Reconcile() {
 		if s, ok := inRaft[m.Name]; ok && s.Addr == m.RPCAddr {
 			continue
 		}
+		// Gossip alone never makes a Raft server: the member must have been
+		// alive at this address for the stabilization time and prove its
+		// name over mutual TLS.
+		if !l.stable(m) {
+			continue
+		}
+		if l.o.Prove != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			err := l.o.Prove(ctx, m.Name, m.RPCAddr)
+			cancel()
+			if err != nil {
+				l.o.Log.Warn("REFUSED to add a member to raft: it did not prove its name over mutual TLS", "member", m.Name, "rpc_addr", m.RPCAddr, "err", err)
+				continue
+			}
+		}
 		var err error
 		if voters < l.o.MaxVoters {
 			err = l.o.Raft.AddVoter(m.Name, m.RPCAddr)
@@ -233,6 +262,11 @@ func (l *Leader) Reconcile() {
 		}
 	}
 	for _, m := range members {
+		if !m.Status.Alive() {
+			l.mu.Lock()
+			delete(l.aliveSeen, m.Name)
+			l.mu.Unlock()
+		}
 		s, ok := inRaft[m.Name]
 		if !ok || m.Name == l.o.Node || m.Status.Alive() || m.DeadSince.IsZero() {
 			continue
@@ -254,6 +288,20 @@ func (l *Leader) Reconcile() {
 		}
 		l.o.Log.Warn("removed a dead member from raft", "member", m.Name, "dead_since", m.DeadSince)
 	}
+}
+
+// stable reports whether m has been alive at its RPC address for the
+// stabilization time, and keeps track of it.
+func (l *Leader) stable(m membership.Member) bool {
+	now := l.o.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a, ok := l.aliveSeen[m.Name]
+	if !ok || a.addr != m.RPCAddr {
+		l.aliveSeen[m.Name] = aliveAt{addr: m.RPCAddr, since: now}
+		return l.o.Stabilization <= 0
+	}
+	return now.Sub(a.since) >= l.o.Stabilization
 }
 
 // View is the leader's view of the members for failover.Decide: alive

@@ -321,3 +321,40 @@ func TestFenceDelay(t *testing.T) {
 		t.Errorf("FenceDelay(1s) = %s, want 0", got)
 	}
 }
+
+func TestReconcileWantsProofAndStability(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	members := &fakeMembers{members: []membership.Member{member("n1", membership.StatusAlive, time.Time{}), member("n2", membership.StatusAlive, time.Time{})}}
+	cases := []struct {
+		name    string
+		prove   error
+		waited  time.Duration
+		wantOps []string
+	}{
+		{"not stable yet", nil, 0, nil},
+		{"stable and proven", nil, 6 * time.Second, []string{"add voter n2"}},
+		{"stable but not proven", errors.New("x509: certificate is valid for mallory, not n2"), 6 * time.Second, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &fakeRaft{servers: []Server{{ID: "n1", Addr: "10.0.0.1:7947", Voter: true}}}
+			st := &fakeState{s: state.New()}
+			var evs []event.Event
+			clock := now
+			l := newLeader(r, members, st, &fakeProposer{st: st}, now, &evs)
+			l.o.Now = func() time.Time { return clock }
+			l.o.Stabilization = 5 * time.Second
+			var proved []string
+			l.o.Prove = func(_ context.Context, name, addr string) error {
+				proved = append(proved, name+"@"+addr)
+				return tc.prove
+			}
+			l.Reconcile()
+			clock = clock.Add(tc.waited)
+			l.Reconcile()
+			if !slices.Equal(r.ops, tc.wantOps) {
+				t.Fatalf("raft changes %q, want %q (proofs asked: %v)", r.ops, tc.wantOps, proved)
+			}
+		})
+	}
+}
