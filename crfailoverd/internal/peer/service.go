@@ -168,6 +168,13 @@ func (s *server) failed(ctx context.Context, method string, err error) error {
 	return st.Err()
 }
 
+// isRefusal reports whether err is the authorizer's refusal (returned as
+// it is, so that the caller reads the reason once).
+func isRefusal(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && err != nil && (st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated)
+}
+
 // toStatus maps err to a gRPC status, keeping the code of a status it wraps.
 func toStatus(err error) *status.Status {
 	if st, ok := status.FromError(err); ok {
@@ -217,6 +224,8 @@ func (s *server) push(ss grpc.ServerStream) error {
 	var h header
 	if err := ss.RecvMsg(&h); errors.Is(err, io.EOF) {
 		return invalid("push: stream ended before the header")
+	} else if isRefusal(err) {
+		return err
 	} else if err != nil {
 		return fmt.Errorf("push: receive header: %w", err)
 	}
@@ -243,7 +252,9 @@ func (s *server) fetch(ss grpc.ServerStream) error {
 		return status.Error(codes.Unimplemented, "fetch: this node has no store")
 	}
 	var req fetchRequest
-	if err := ss.RecvMsg(&req); err != nil {
+	if err := ss.RecvMsg(&req); isRefusal(err) {
+		return err
+	} else if err != nil {
 		return fmt.Errorf("fetch: receive request: %w", err)
 	}
 	w, err := store.ParseWorkload(req.Workload)

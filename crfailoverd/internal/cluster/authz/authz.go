@@ -116,10 +116,10 @@ func Forwarded(s *state.State, caller string, cmd state.Command) error {
 		}
 		return nil
 	case *state.Place:
-		if err := owner(s, caller, what, c.ID); err != nil {
-			return deny(caller, what, "a placement comes from the leader's own loop, or from the owner migrating its workload: %v", err)
+		w, ok := s.Workloads[c.ID]
+		if !ok || w.Owner != caller {
+			return deny(caller, what, "a placement comes from the leader's own loop, or from the owner migrating its own workload (%s is owned by %q)", c.ID, ownerOf(w))
 		}
-		w := s.Workloads[c.ID]
 		cp := w.Checkpoint(c.Seq)
 		switch {
 		case w.Status != state.StatusRunning:
@@ -226,4 +226,11 @@ func Raft(servers []string, alive map[string]bool, caller string) error {
 		return deny(caller, "speak Raft", "the cluster has no configuration yet and it is not an alive gossip member")
 	}
 	return deny(caller, "speak Raft", "it is not a Raft server (servers: %s)", strings.Join(servers, ", "))
+}
+
+func ownerOf(w *state.Workload) string {
+	if w == nil {
+		return ""
+	}
+	return w.Owner
 }
