@@ -8,21 +8,40 @@
 // # Rules, per workload (failed ones are skipped)
 //
 //  1. Owner alive and running: nothing.
-//  2. Owner not alive: once it has been dead for FenceDelay (time for a
-//     cut-off owner to notice it lost the quorum and stop its copy), place
-//     the workload on another node.
-//  3. App-failed (the owner reported that the application failed): place it
-//     on another node; if no other node can take it, back on the owner.
-//  4. Restoring, and the owner reported the attempt failed: place it on the
-//     next candidate (the owner only as a last resort, from another
-//     checkpoint). Restoring with no report for RestoreTimeout: record the
-//     attempt as failed (RestoreDone{OK: false}); the next call moves it.
-//  5. Candidates: checkpoints newest first; for each, its holders that are
+//  2. Owner dead (in View.DeadSince, not alive): once it has been dead for
+//     FenceDelay (time for a cut-off owner to notice it lost the quorum and
+//     for its copy to be gone), and once this leader has led for its
+//     leader wait (LeaderSince + max(FenceDelay, LeaderDelay); no wait when
+//     LeaderSince is zero), place the workload on another node. Until
+//     then, nothing, whatever its status. The leader wait covers an owner
+//     that kept quorum contact through the previous leader until this one
+//     won, while this leader's gossip had declared it dead long before.
+//  3. Owner neither alive nor in DeadSince (this leader's gossip has never
+//     seen it: the leader restarted after the owner died, or its gossip has
+//     not joined yet): nothing, whatever its status; never "dead long ago".
+//     The owner may be alive, in contact with the quorum and running its
+//     copy. The workload moves once the leader's gossip sees the owner
+//     (dead: rule 2; alive: the other rules), or under a leader that saw
+//     it; an owner that died before every live node's gossip started holds
+//     its workloads until it comes back or a view of the members lists it.
+//  4. App-failed, owner alive (the owner reported that the application
+//     failed and its copy is gone): place it on another node; if no other
+//     node can take it, back on the owner. At once, also within the leader
+//     wait: there is no copy left to fence.
+//  5. Restoring, owner alive, and the owner reported the attempt failed:
+//     place it on the next candidate (the owner only as a last resort, from
+//     another checkpoint). Restoring with no report for RestoreTimeout:
+//     record the attempt as failed (RestoreDone{OK: false}); the next call
+//     moves it. Both at once, also within the leader wait: a failed
+//     attempt left no copy, and a restoring owner's copy is gone by the
+//     restore deadline (see the contract).
+//  6. Candidates: checkpoints newest first; for each, its holders that are
 //     alive and known nodes, except (node, checkpoint) pairs already tried
 //     and the failing owner; among them the node owning the fewest
 //     workloads, then the first by name.
-//  6. After MaxAttempts failed attempts, or when no untried (node,
-//     checkpoint) pair is left at all: give up.
+//  7. After MaxAttempts failed attempts, or when no untried (node,
+//     checkpoint) pair is left at all: give up (for a dead owner, only
+//     once rule 2 allows a move).
 //
 // A workload whose only untried candidates are on nodes that are not alive
 // is left alone: those nodes may come back (a power cut), and giving up
@@ -33,18 +52,37 @@
 // # Safety contract with the nodes
 //
 // Decide only keeps "never two live copies" together with these node-side
-// rules, which the simulation in this package's tests models:
+// rules and bounds, which the simulation in this package's tests models. A
+// copy "is gone" once it is really removed: a copy told to stop is gone
+// within StopLatency (the time to remove a pod: 500 ms).
 //
 //   - A node stops its copy of a workload when the state says another node
 //     or another epoch owns it.
-//   - A node that has not heard from a quorum for a lease stops all its
-//     copies, and does not start one until it has. FenceDelay must be at
-//     least that lease.
+//   - A node that has had no quorum contact (no leader heard) for more
+//     than half the lease, or whose own gossip sees no quorum of the
+//     voters alive (as after a restart, before its gossip joined), starts
+//     no copy, and stops all its copies at its next discovery pass (at
+//     most a second later): for a lease of at least 2 s they start to stop
+//     within the lease of the last contact. Heartbeats of a deposed leader
+//     that has not yet noticed it lost the quorum count as contact; Raft
+//     stops them (LeaderLeaseTimeout) before a new leader can be elected
+//     (HeartbeatTimeout, at least as long).
+//   - The leader's gossip declares a node dead no sooner than MinDetect
+//     after it last heard it.
+//   - Hence, with lease >= 2 s:
+//     FenceDelay  >= lease - MinDetect + StopLatency, and
+//     LeaderDelay >= lease + StopLatency (= FenceDelay + MinDetect):
+//     the owner's last quorum contact may be as late as this leader's
+//     election, through the previous leader, however long ago this
+//     leader's gossip declared it dead. Restores are taken to start at
+//     once; the time a restore really takes is margin on top.
+//   - A node reports AppFailed, or a failed restore, only once its copy is
+//     gone (not while it is still stopping).
 //   - A restoring owner whose RestoreDone has not been committed by
-//     Since+RestoreTimeout stops its restored copy (and does not start
-//     one after that): the leader then records the attempt as failed and
-//     moves on. Nodes need clocks within a small skew of the leader's;
-//     they should apply a margin.
+//     Since+RestoreTimeout-margin stops its restored copy (and does not
+//     start one after that), with a margin of at least StopLatency plus
+//     the clock skew to the leader: the leader then records the attempt as
+//     failed and moves on.
 package failover
 
 import (
@@ -60,15 +98,25 @@ import (
 type View struct {
 	Now       time.Time
 	Alive     map[string]bool      // nodes memberlist sees alive (members of the cluster)
-	DeadSince map[string]time.Time // when each non-alive node was declared dead (absent: treated as dead since the zero time, i.e. long ago)
+	DeadSince map[string]time.Time // when each non-alive node was declared dead; a node in neither map was never seen (rule 3: wait)
+	// LeaderSince is when this leader won its term (the leader wait of rule
+	// 2 counts from it); zero: no leader wait.
+	LeaderSince time.Time
 }
 
 // Policy tunes the decisions.
 type Policy struct {
 	// FenceDelay is how long after a node is declared dead its workloads
-	// are moved: at least the lease after which a node cut off from the
-	// quorum stops its copies.
+	// are moved: at least lease - MinDetect + StopLatency (see the package
+	// doc), the time for a node cut off from the quorum to have stopped
+	// its copies.
 	FenceDelay time.Duration
+	// LeaderDelay is how long after View.LeaderSince a leader moves no
+	// workload of a dead owner (the wait is never shorter than FenceDelay):
+	// at least lease + StopLatency, i.e. FenceDelay + MinDetect, as the
+	// owner may have kept quorum contact through the previous leader until
+	// this one won.
+	LeaderDelay time.Duration
 	// MaxAttempts is how many failed restore attempts (len(Tried)) are
 	// made before giving up; 0 means no limit.
 	MaxAttempts int
@@ -76,6 +124,14 @@ type Policy struct {
 	// counts as a failed attempt, so a hung restore moves on; 0 disables
 	// the timeout.
 	RestoreTimeout time.Duration
+}
+
+// leaderReady is when rule 2's leader wait ends (zero: no wait).
+func (v View) leaderReady(p Policy) time.Time {
+	if v.LeaderSince.IsZero() {
+		return time.Time{}
+	}
+	return v.LeaderSince.Add(max(p.FenceDelay, p.LeaderDelay))
 }
 
 // Decide looks at the state and the view and returns the commands the
@@ -121,15 +177,16 @@ func (d *decider) decide(w *state.Workload) state.Command {
 		return nil
 	}
 	if !d.v.Alive[w.Owner] {
-		dead, known := d.v.DeadSince[w.Owner]
-		if d.v.Now.Sub(dead) < d.p.FenceDelay {
+		dead, seen := d.v.DeadSince[w.Owner]
+		switch {
+		case !seen:
+			return nil // rule 3: never seen, it may be alive and running its copy
+		case d.v.Now.Sub(dead) < d.p.FenceDelay:
 			return nil // let a cut-off owner fence itself first
+		case d.v.Now.Before(d.v.leaderReady(d.p)):
+			return nil // it may have had quorum contact until this leader won
 		}
-		reason := fmt.Sprintf("node %s dead since %s", w.Owner, dead.UTC().Format(time.RFC3339))
-		if !known {
-			reason = fmt.Sprintf("node %s is not a live member", w.Owner)
-		}
-		return d.move(w, reason, false)
+		return d.move(w, fmt.Sprintf("node %s dead since %s", w.Owner, dead.UTC().Format(time.RFC3339Nano)), false)
 	}
 	switch w.Status {
 	case state.StatusAppFailed:
@@ -171,7 +228,7 @@ func (d *decider) move(w *state.Workload, reason string, ownerLast bool) state.C
 	return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: msg}
 }
 
-// candidate picks where to restore w (rule 5). waiting reports that an
+// candidate picks where to restore w (rule 6). waiting reports that an
 // untried holder exists but is not alive.
 func (d *decider) candidate(w *state.Workload, ownerLast bool) (node string, seq uint64, waiting bool) {
 	type pair struct {

@@ -62,6 +62,13 @@ func view(alive []string, deadAgo map[string]time.Duration) View {
 	return v
 }
 
+func deadAt(v View, n string, at time.Time) View { v.DeadSince[n] = at; return v }
+
+// leaderFor sets the view's LeaderSince to d before now.
+func leaderFor(v View, d time.Duration) View { v.LeaderSince = now.Add(-d); return v }
+
+func withLeaderDelay(d time.Duration) Policy { p := policy; p.LeaderDelay = d; return p }
+
 func place(id, owner string, epoch, seq uint64, reason string) *state.Place {
 	return &state.Place{At: now, ID: id, Owner: owner, Epoch: epoch, Seq: seq, Reason: reason}
 }
@@ -95,9 +102,9 @@ func TestDecideRules(t *testing.T) {
 		{"owner dead exactly the fence delay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
 			view(notN1, map[string]time.Duration{"n1": 30 * time.Second}), policy,
 			[]state.Command{place("a", "n2", 2, 3, "node n1 dead since 2026-11-24T11:59:30Z")}},
-		{"owner never seen dead counts as dead long ago", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
-			view(notN1, nil), policy,
-			[]state.Command{place("a", "n2", 2, 3, "node n1 is not a live member")}},
+		{"owner dead since the zero time", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			deadAt(view(notN1, nil), "n1", time.Time{}), policy,
+			[]state.Command{place("a", "n2", 2, 3, "node n1 dead since 0001-01-01T00:00:00Z")}},
 		{"dead owner while restoring", newState(wl("a", "n1", 2, state.StatusRestoring, 3, cp(3, "n1", "n2"))),
 			view(notN1, n1DeadMinute), policy, []state.Command{place("a", "n2", 3, 3, deadN1)}},
 		{"dead owner while app-failed", newState(wl("a", "n1", 2, state.StatusAppFailed, 3, cp(3, "n1", "n3"))),
@@ -117,7 +124,47 @@ func TestDecideRules(t *testing.T) {
 			view(notN1, n1DeadMinute), policy,
 			[]state.Command{giveUp("a", 1, deadN1+"; no untried copy of a checkpoint left (#4 on no holder)")}},
 
+		// Rule 2: the leader wait
+		{"dead owner, new leader within the fence delay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			leaderFor(view(notN1, n1DeadMinute), 29*time.Second), policy, nil},
+		{"dead owner, new leader for exactly the fence delay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			leaderFor(view(notN1, n1DeadMinute), 30*time.Second), policy, []state.Command{place("a", "n2", 2, 3, deadN1)}},
+		{"dead owner, LeaderDelay longer than the fence delay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			leaderFor(view(notN1, n1DeadMinute), 40*time.Second), withLeaderDelay(45 * time.Second), nil},
+		{"dead owner, new leader for LeaderDelay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			leaderFor(view(notN1, n1DeadMinute), 45*time.Second), withLeaderDelay(45 * time.Second), []state.Command{place("a", "n2", 2, 3, deadN1)}},
+		{"dead owner, LeaderDelay shorter than the fence delay: the fence delay", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			leaderFor(view(notN1, n1DeadMinute), 20*time.Second), withLeaderDelay(10 * time.Second), nil},
+		{"dead owner, no checkpoint: no give-up within the leader wait", newState(wl("a", "n1", 1, state.StatusRunning, 0)),
+			leaderFor(view(notN1, n1DeadMinute), time.Second), policy, nil},
+		{"dead owner while app-failed: waits for the leader too", newState(wl("a", "n1", 2, state.StatusAppFailed, 3, cp(3, "n1", "n3"))),
+			leaderFor(view(notN1, n1DeadMinute), time.Second), policy, nil},
+		{"app failed on a live owner: at once, within the leader wait", newState(reason(wl("a", "n1", 3, state.StatusAppFailed, 2, cp(5, "n1", "n3")), "exited")),
+			leaderFor(view(all, nil), 0), policy, []state.Command{place("a", "n3", 4, 5, "application failed on n1: exited")}},
+		{"restore failed on a live owner: at once, within the leader wait",
+			newState(tried(wl("a", "n2", 2, state.StatusRestoring, 5, cp(5, "n2", "n3")), state.Try{Node: "n2", Seq: 5, Error: "criu: exit 1"})),
+			leaderFor(view(all, nil), 0), policy, []state.Command{place("a", "n3", 3, 5, "restore of #5 on n2 failed: criu: exit 1")}},
+		{"restore timed out on a live owner: at once, within the leader wait", newState(since(wl("a", "n2", 2, state.StatusRestoring, 5, cp(5, "n2")), 2*time.Minute)),
+			leaderFor(view(all, nil), 0), policy,
+			[]state.Command{&state.RestoreDone{At: now, ID: "a", Node: "n2", Epoch: 2, Seq: 5, Error: "restore timed out: no report within 2m0s"}}},
+
 		// Rule 3
+		{"owner never seen: wait", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(3, "n1", "n2"))),
+			view(notN1, nil), policy, nil},
+		{"owner never seen, app-failed: wait", newState(reason(wl("a", "n1", 3, state.StatusAppFailed, 2, cp(5, "n1", "n3")), "x")),
+			view(notN1, nil), policy, nil},
+		{"owner never seen, restore failed: wait",
+			newState(tried(wl("a", "n1", 2, state.StatusRestoring, 5, cp(5, "n1", "n3")), state.Try{Node: "n1", Seq: 5, Error: "e"})),
+			view(notN1, nil), policy, nil},
+		{"owner never seen, restore timed out: wait", newState(since(wl("a", "n1", 2, state.StatusRestoring, 5, cp(5, "n1", "n3")), time.Hour)),
+			view(notN1, nil), policy, nil},
+		{"owner never seen, no checkpoint: no give-up", newState(wl("a", "n1", 1, state.StatusRunning, 0)),
+			view(notN1, nil), policy, nil},
+		{"only untried holder never seen: wait", newState(tried(wl("a", "n2", 3, state.StatusRestoring, 5, cp(5, "n2", "n3")),
+			state.Try{Node: "n2", Seq: 5, Error: "e2"})),
+			view([]string{"n1", "n2"}, nil), policy, nil},
+
+		// Rule 4
 		{"app failed: another holder", newState(reason(wl("a", "n1", 3, state.StatusAppFailed, 2, cp(5, "n1", "n3")), "probe failed")),
 			view(all, nil), policy, []state.Command{place("a", "n3", 4, 5, "application failed on n1: probe failed")}},
 		{"app failed: owner is the only holder, restore it locally", newState(reason(wl("a", "n1", 3, state.StatusAppFailed, 2, cp(5, "n1")), "exited")),
@@ -128,7 +175,7 @@ func TestDecideRules(t *testing.T) {
 			view([]string{"n1", "n3"}, map[string]time.Duration{"n2": time.Hour}), policy,
 			[]state.Command{place("a", "n1", 4, 5, "application failed on n1: x")}},
 
-		// Rule 4
+		// Rule 5
 		{"restoring, no report yet", newState(wl("a", "n2", 2, state.StatusRestoring, 5, cp(5, "n1", "n2"))),
 			view(all, nil), policy, nil},
 		{"restore failed: next holder of the same checkpoint",
@@ -155,7 +202,7 @@ func TestDecideRules(t *testing.T) {
 			newState(since(wl("a", "n2", 2, state.StatusRestoring, 5, cp(5, "n2", "n3")), time.Hour)),
 			view([]string{"n1", "n3"}, map[string]time.Duration{"n2": 10 * time.Second}), policy, nil},
 
-		// Rule 5
+		// Rule 6
 		{"fewest owned workloads wins, then name", newState(
 			wl("a", "n1", 1, state.StatusRunning, 0, cp(2, "n1", "n2", "n3", "n4")),
 			wl("b", "n2", 1, state.StatusRunning, 0),
@@ -178,7 +225,7 @@ func TestDecideRules(t *testing.T) {
 			wl("b", "n2", 1, state.StatusRunning, 0)),
 			view(notN1, n1DeadMinute), policy, []state.Command{place("a", "n2", 2, 3, deadN1)}},
 
-		// Rule 6
+		// Rule 7
 		{"attempts exhausted", newState(tried(wl("a", "n3", 4, state.StatusRestoring, 5, cp(5, "n1", "n2", "n3", "n4")),
 			state.Try{Node: "n1", Seq: 5, Error: "e1"}, state.Try{Node: "n2", Seq: 5, Error: "e2"}, state.Try{Node: "n3", Seq: 5, Error: "e3"})),
 			view(all, nil), policy,
@@ -255,6 +302,9 @@ func randomState(rng *rand.Rand) (*state.State, View) {
 			}
 		}
 	}
+	if rng.IntN(2) == 0 {
+		v.LeaderSince = now.Add(-time.Duration(rng.IntN(60)) * time.Second)
+	}
 	statuses := []state.Status{state.StatusRunning, state.StatusRestoring, state.StatusAppFailed, state.StatusFailed}
 	for i := range 1 + rng.IntN(8) {
 		w := &state.Workload{ID: fmt.Sprintf("w%d", i), Epoch: 1 + uint64(rng.IntN(5)), Status: statuses[rng.IntN(4)],
@@ -288,11 +338,16 @@ func randomState(rng *rand.Rand) (*state.State, View) {
 // and leaves its input alone; it proposes at most one command per workload
 // in ID order; every command applies; a Place goes to a live, known,
 // untried holder of that checkpoint other than a dead owner; nothing is
-// proposed for failed workloads or for running ones on live owners.
+// proposed for failed workloads, for running ones on live owners, for
+// those of owners never seen, nor for those of dead owners before the
+// fence delay and the leader wait.
 func TestDecideProperties(t *testing.T) {
-	p := Policy{FenceDelay: 30 * time.Second, MaxAttempts: 3, RestoreTimeout: 100 * time.Second}
 	for seed := range uint64(3000) {
 		rng := rand.New(rand.NewPCG(seed, 2))
+		p := Policy{FenceDelay: 30 * time.Second, MaxAttempts: 3, RestoreTimeout: 100 * time.Second}
+		if rng.IntN(2) == 0 {
+			p.LeaderDelay = time.Duration(rng.IntN(60)) * time.Second
+		}
 		s, v := randomState(rng)
 		before := s.Clone()
 		got := Decide(s, v, p)
@@ -316,6 +371,15 @@ func TestDecideProperties(t *testing.T) {
 			w := s.Workloads[id]
 			if w.Status == state.StatusFailed || (w.Status == state.StatusRunning && v.Alive[w.Owner]) {
 				t.Fatalf("seed %d: %s for %s %s on a live owner", seed, show([]state.Command{cmd}), w.Status, id)
+			}
+			if !v.Alive[w.Owner] {
+				dead, seen := v.DeadSince[w.Owner]
+				if !seen {
+					t.Fatalf("seed %d: %s for %s, whose owner was never seen", seed, show([]state.Command{cmd}), id)
+				}
+				if now.Sub(dead) < p.FenceDelay || (!v.LeaderSince.IsZero() && now.Sub(v.LeaderSince) < max(p.FenceDelay, p.LeaderDelay)) {
+					t.Fatalf("seed %d: %s for %s before the fence delay or the leader wait", seed, show([]state.Command{cmd}), id)
+				}
 			}
 			if err := applied.Apply(cmd); err != nil {
 				t.Fatalf("seed %d: %s does not apply: %v", seed, show([]state.Command{cmd}), err)

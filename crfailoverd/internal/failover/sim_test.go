@@ -1,9 +1,9 @@
 package failover
 
 // A randomized simulation of a crfailoverd cluster: nodes that power-cut,
-// restart, partition and heal; a Raft-like log; a memberlist-like view; the
-// leader running Decide; and the nodes' own reactions, as the daemon is to
-// implement them. Time is counted in steps of one second.
+// restart, partition and heal; a Raft-like log; memberlist-like views,
+// one per node; the leader running Decide; and the nodes' own reactions,
+// as the daemon is to implement them. Time is counted in ticks of 100 ms.
 //
 // The model:
 //
@@ -11,58 +11,96 @@ package failover
 //     Decode and Apply) only when a leader exists and the proposer is in
 //     the majority side: the partition group holding more than half of all
 //     nodes, counting only those that are up. When the leader leaves the
-//     majority side, a new one is elected there after electGap steps.
-//   - Membership: the leader's memberlist sees a node alive while it is in
-//     the majority side, and for detect steps after it was last seen there;
-//     then dead since (last seen + detect).
+//     majority side, a new one is elected there after electGap ticks (at
+//     least Raft's heartbeat timeout, 500 ms). View.LeaderSince is when
+//     the current leader won.
+//   - Quorum contact: a node has it while in the majority side, and while
+//     it is on the same side as a deposed leader that has not yet noticed
+//     it lost the quorum (staleLead ticks after it did: Raft steps down
+//     LeaderLeaseTimeout after its last quorum contact).
+//   - Membership, per node: a node hears the up nodes of its side; it
+//     sees a node alive for its own detection time (detect..detect+
+//     detectSpread ticks, detect at least MinDetect: a small cut-off side
+//     gets few suspicion confirmations and detects late) after it last
+//     heard it, then dead since (last heard + its detection time); a node
+//     it never heard since it started is in neither map. A restarted node
+//     hears nobody, and nobody hears it, until its gossip joined (0..joinMax
+//     ticks), while it may already have quorum contact. The leader decides
+//     on its own view.
 //   - Views: a node in the majority side sees the committed state at once;
 //     a node outside it acts on what it saw when it left, until it is back.
-//   - Nodes run copies of workloads, each at an epoch, and have a store
-//     high-water mark per workload (the next checkpoint number). Each step,
-//     each up node:
-//     1. stops all its copies when it has not been in the majority side for
-//     lease steps (fencing), and starts none while so;
+//   - Copies: nodes run copies of workloads, each at an epoch, and have a
+//     store high-water mark per workload (the next checkpoint number). A
+//     copy told to stop is gone 0..stopMax ticks later (a pod removal); it
+//     is live until then. A copy whose application fails, or on a node
+//     that loses power, is gone at once. A node restores no workload
+//     whose copy it is still stopping.
+//   - Each tick, each up node:
+//     1. once it has had no quorum contact for more than half the lease, or
+//     while its own gossip sees no more than half the nodes alive (as
+//     after a restart, before its gossip joined), it is fenced: it starts
+//     no copy, and stops all its copies at its next discovery pass (one a
+//     second, at a phase of its own);
 //     2. stops a copy whose workload its view shows with another owner or
 //     epoch (or failed, or its restore recorded as failed), or still
-//     restoring at Since+RestoreTimeout (the restore deadline);
+//     restoring at Since+RestoreTimeout-restoreMargin (the restore
+//     deadline; the margin covers the stop latency);
 //     3. when it can commit: restores what is placed on it (never at or
 //     after the deadline) and sends RestoreDone, reports a restored copy
 //     it has not reported, and reports AppFailed for a running workload it
-//     owns but does not run. Reports commit 0..reportLag steps later (the
-//     node retries until it can commit); a refused success stops the copy;
-//     4. when it cannot commit but holds the lease: may restore what it saw
+//     owns but whose copy is gone. Reports commit 0..reportLag ticks later
+//     (the node retries until it can commit); a refused success stops the
+//     copy;
+//     4. when it cannot commit but is not fenced: may restore what it saw
 //     placed on it, without being able to report it.
 //   - Restores of "flaky" workloads succeed, fail or hang at random; those
 //     of the others always succeed.
-//   - Events, at most one per step: power cut (the node's copies and
-//     reports in flight vanish), restart (no lease until it hears from the
-//     majority), partition into two groups, heal, application failure (a
-//     copy stops), a checkpoint by a running owner (CommitCheckpoint, then
-//     AddHolder from 1-2 peers of its side after 0-2 steps; an owner that
-//     cannot commit only raises its store's counter), leader change,
+//   - Events, at most one per tick: power cut (the node's copies and
+//     reports in flight vanish), restart (no quorum contact until it is in
+//     the majority side), partition into two groups (also from one
+//     partition straight into another), heal, application failure (a copy
+//     stops at once), a checkpoint by a running owner (CommitCheckpoint,
+//     then AddHolder from 1-2 peers of its side after 0-20 ticks; an owner
+//     that cannot commit only raises its store's counter), leader change,
 //     rediscovery (a node re-registers its copies; a refused one stops).
-//   - Two families of runs: "random" (parameters drawn per seed, the
+//   - Three families of runs: "random" (parameters drawn per seed, the
 //     restore timeout longer than detection plus an election plus the
-//     report lag) and "stress" (every workload flaky, frequent partitions,
-//     a restore timeout shorter than failure detection).
+//     report lag), "stress" (every workload flaky, frequent partitions, a
+//     restore timeout shorter than failure detection) and "boundary" (the
+//     smallest lease, 2 s; detection exactly MinDetect; the longest stop
+//     latency and stale leadership; FenceDelay and LeaderDelay exactly as
+//     the formulas below; frequent partitions, leader changes, restarts).
+//
+// The formulas under test (see the package doc):
+//
+//	FenceDelay  = lease - MinDetect + stopMax
+//	LeaderDelay = lease + stopMax   (= FenceDelay + MinDetect)
+//
+// A deposed leader's last heartbeats (staleLead) extend a cut-off owner's
+// contact only across a leader change, and the election takes longer
+// (electGap >= staleLead, as Raft requires LeaderLeaseTimeout <=
+// HeartbeatTimeout), so LeaderDelay covers them.
 //
 // Invariants:
 //
 //	(a) after every command: per workload, epochs never go down, and each
 //	    epoch has one owner for ever; the state validates;
-//	(b) whenever a copy starts, and after every step: never two live copies
-//	    of a workload on up nodes;
+//	(b) whenever a copy starts, and after every tick: never two live
+//	    copies (a stopping copy is live) of a workload on up nodes;
 //	(c) after the schedule: heal, restart enough nodes for a quorum, run to
 //	    quiescence; then every workload runs as one copy on its live owner
-//	    at the current epoch, or is failed, or waits (owner dead or attempt
-//	    failed) with no live node holding an untried checkpoint. A give-up
-//	    is checked when the leader proposes it: attempts exhausted, or no
-//	    known node holds an untried checkpoint. Workloads whose restores
-//	    never fail only have timed-out attempts, each while their owner could
-//	    not commit at some point since the placement.
+//	    at the current epoch, or is failed, or waits (owner dead, or never
+//	    seen by the leader, or attempt failed) with no live node holding an
+//	    untried checkpoint (an owner never seen: whatever the holders). A
+//	    give-up is checked when the leader proposes it: attempts
+//	    exhausted, or no known node holds an untried checkpoint. Workloads
+//	    whose restores never fail only have timed-out attempts, each while
+//	    their owner could not commit at some point since the placement.
 //
 // Every leader decision must commit. TestSimulationCatchesUnsafeRules
-// breaks one node-side rule at a time and expects two live copies.
+// breaks one rule at a time and expects two live copies.
+// TestSimulationLeaseSweep (with -sim.sweep) searches, per FenceDelay and
+// LeaderDelay formula, the smallest lease at which the invariants hold.
 //
 // Replay one seed with its trace:
 //
@@ -84,38 +122,111 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 )
 
-var simSeed = flag.Int("sim.seed", -1, "run only this simulation seed and log its trace")
+var (
+	simSeed  = flag.Int("sim.seed", -1, "run only this simulation seed and log its trace")
+	simSweep = flag.Bool("sim.sweep", false, "run TestSimulationLeaseSweep")
+)
 
 var simBase = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// simConfig is one run's setup; times are in steps.
+// tick is the simulation's unit of time.
+const tick = 100 * time.Millisecond
+
+func ticks(n int) time.Duration { return time.Duration(n) * tick }
+
+// The daemon's bounds, in ticks.
+const (
+	simMinLease  = 20 // the smallest lease allowed: 2 s
+	simMinDetect = 12 // leader.MinDetect: 1.2 s
+	simDiscovery = 10 // the controller's discovery pass: every second
+	simStaleLead = 3  // a deposed leader's last heartbeats: LeaderLeaseTimeout (250 ms) and its check
+	simStopMax   = 5  // stopping a copy (removing a pod): up to 500 ms
+)
+
+// modelFenceDelay and modelLeaderDelay are the formulas under test.
+func modelFenceDelay(lease, stopMax int) time.Duration {
+	return ticks(max(lease-simMinDetect+stopMax, 0))
+}
+
+func modelLeaderDelay(lease, stopMax int) time.Duration { return ticks(lease + stopMax) }
+
+// simConfig is one run's setup; times are in ticks.
 type simConfig struct {
 	nodes, workloads, steps int
 	lease, detect, electGap int
-	reportLag               int // a restore's report commits 0..reportLag steps after it
+	detectSpread            int // each node's gossip declares a node dead detect..detect+detectSpread ticks after it last heard it
+	staleLead               int // a deposed leader keeps its side in quorum contact this long
+	joinMax                 int // a restarted node's gossip joins 0..joinMax ticks after the restart
+	stopMax                 int // a copy told to stop is gone 0..stopMax ticks later
+	stopAtMaxPct            int // percent of stops that take stopMax exactly
+	reportLag               int // a restore's report commits 0..reportLag ticks after it
+	restoreMargin           int // a restoring owner stops this long before the leader's restore timeout
 	policy                  Policy
 	flakyRate               int          // percent of workloads whose restores may fail or hang
 	failPct, hangPct        int          // outcome of a flaky workload's restore attempt
-	events                  [evCount]int // percent chance of each event per step
-	// Node-side rules switched off, to check that the invariants catch it.
-	noFencing, noRestoreDeadline bool
+	events                  [evCount]int // per mille chance of each event per tick
+	// Rules switched off, to check that the invariants catch it.
+	noFencing, noRestoreDeadline, noLeaderSince, unseenDeadLongAgo, appFailedWhileStopping bool
+}
+
+func (c *simConfig) formulas() {
+	c.policy.FenceDelay = modelFenceDelay(c.lease, c.stopMax)
+	c.policy.LeaderDelay = modelLeaderDelay(c.lease, c.stopMax)
 }
 
 func randomConfig(rng *rand.Rand) simConfig {
 	c := simConfig{
-		nodes: 3 + rng.IntN(3), workloads: 2 + rng.IntN(5), steps: 150,
-		lease: 2 + rng.IntN(3), detect: 1 + rng.IntN(3), electGap: 1 + rng.IntN(2), reportLag: rng.IntN(4),
+		nodes: 3 + rng.IntN(3), workloads: 2 + rng.IntN(5), steps: 600,
+		lease: simMinLease + rng.IntN(21), detect: simMinDetect + rng.IntN(9), detectSpread: rng.IntN(21), electGap: 5 + rng.IntN(11),
+		staleLead: rng.IntN(simStaleLead + 1), joinMax: rng.IntN(41), stopMax: rng.IntN(simStopMax + 1), stopAtMaxPct: 30,
+		reportLag: rng.IntN(31),
 		flakyRate: 30, failPct: 40, hangPct: 20,
-		events: [evCount]int{evPowerCut: 4, evRestart: 6, evPartition: 3, evHeal: 6, evAppFailure: 6,
-			evCheckpoint: 20, evLeaderChange: 3, evRediscover: 4},
+		events: [evCount]int{evPowerCut: 8, evRestart: 12, evPartition: 6, evHeal: 12, evAppFailure: 12,
+			evCheckpoint: 40, evLeaderChange: 6, evRediscover: 8},
 	}
-	// The restore timeout leaves room for detection, an election and the
-	// report's lag, so that only injected faults make restores fail.
-	c.policy = Policy{
-		FenceDelay:     steps(c.lease + rng.IntN(3)),
-		MaxAttempts:    1 + rng.IntN(4),
-		RestoreTimeout: steps(c.detect + c.electGap + c.reportLag + 2 + rng.IntN(4)),
+	c.restoreMargin = c.stopMax
+	c.formulas()
+	if rng.IntN(2) == 0 {
+		c.policy.FenceDelay += ticks(rng.IntN(11))
+		c.policy.LeaderDelay += ticks(rng.IntN(11))
 	}
+	// The restore timeout leaves room for detection, an election, the
+	// report's lag and the stops, so that only injected faults make
+	// restores fail.
+	c.policy.MaxAttempts = 1 + rng.IntN(4)
+	c.policy.RestoreTimeout = ticks(c.detect + c.detectSpread + c.electGap + c.reportLag + 2*c.stopMax + 20 + rng.IntN(41))
+	return c
+}
+
+// stressConfig: every workload's restores may fail or hang, partitions
+// come and go often, reports lag, and the restore timeout is shorter than
+// failure detection, so the leader times restores out on nodes it still
+// sees alive.
+func stressConfig(rng *rand.Rand) simConfig {
+	c := randomConfig(rng)
+	c.flakyRate, c.failPct, c.hangPct = 100, 10, 60
+	c.detect, c.lease, c.reportLag, c.stopMax, c.staleLead = 30, 40, 30, simStopMax, simStaleLead
+	c.events[evPartition], c.events[evHeal] = 30, 30
+	c.restoreMargin = c.stopMax
+	c.formulas()
+	c.policy.MaxAttempts = 0
+	c.policy.RestoreTimeout = ticks(25)
+	return c
+}
+
+// boundaryConfig: the smallest lease, detection as fast as the daemon
+// allows, the longest stop latency and stale leadership, the delays
+// exactly as the formulas, and many partitions, leader changes and
+// restarts.
+func boundaryConfig(rng *rand.Rand) simConfig {
+	c := randomConfig(rng)
+	c.lease, c.detect, c.detectSpread, c.electGap, c.staleLead, c.stopMax, c.stopAtMaxPct = simMinLease, simMinDetect, 20, 5+rng.IntN(3), simStaleLead, simStopMax, 70
+	c.joinMax, c.reportLag = 40, rng.IntN(6)
+	c.events = [evCount]int{evPowerCut: 10, evRestart: 15, evPartition: 25, evHeal: 15, evAppFailure: 10,
+		evCheckpoint: 40, evLeaderChange: 15, evRediscover: 5}
+	c.restoreMargin = c.stopMax
+	c.formulas()
+	c.policy.RestoreTimeout = ticks(c.detect + c.detectSpread + c.electGap + c.reportLag + 2*c.stopMax + 20 + rng.IntN(21))
 	return c
 }
 
@@ -132,17 +243,34 @@ const (
 	evCount
 )
 
-func steps(n int) time.Duration { return time.Duration(n) * time.Second }
-
 type simNode struct {
 	name        string
+	idx         int
+	detect      int // its gossip's detection time
 	up          bool
 	group       int
-	lastContact int               // last step in the majority side
+	phase       int               // its discovery passes run at the ticks t with (t+phase)%simDiscovery == 0
+	lastContact int               // last tick with quorum contact
+	joinAt      int               // its gossip hears and is heard from this tick on
+	heard       []int             // per node index: last tick its gossip heard that node; -1: never since it started
 	view        *state.State      // what it saw when it left the majority side; nil while in it
 	copies      map[string]uint64 // running copies: workload -> epoch
+	stopping    map[string]stop   // copies told to stop, not yet gone
 	hiwater     map[string]uint64 // its store's highest checkpoint number per workload
 	reporting   map[string]uint64 // restore reports in flight: workload -> epoch
+}
+
+// stop is a copy being stopped: live until tick goneAt.
+type stop struct {
+	epoch  uint64
+	goneAt int
+}
+
+// live reports whether n runs a copy of id or is still stopping one.
+func (n *simNode) live(id string) bool {
+	_, running := n.copies[id]
+	_, stopping := n.stopping[id]
+	return running || stopping
 }
 
 // report is a RestoreDone on its way to the leader.
@@ -174,51 +302,61 @@ func (st simStats) merge(o simStats) {
 }
 
 type sim struct {
-	cfg       simConfig
-	rng       *rand.Rand
-	step      int
-	nodes     []*simNode
-	committed *state.State
-	leader    *simNode
-	electAt   int
-	lastSeen  map[string]int
-	disturbed map[string]int               // node -> last step it could not commit
-	owners    map[string]map[uint64]string // workload -> epoch -> owner, over the whole log
-	maxEpoch  map[string]uint64
-	flaky     map[string]bool
-	pending   []replication
-	reports   []report
-	changes   int // commits and copy starts and stops, to detect quiescence
-	trace     []string
-	err       error
-	st        simStats
+	cfg         simConfig
+	rng         *rand.Rand
+	step        int
+	nodes       []*simNode
+	committed   *state.State
+	leader      *simNode
+	leaderSince int
+	electAt     int
+	stale       *simNode                     // a deposed leader that has not noticed yet
+	staleUntil  int                          // it keeps its side in contact before this tick
+	disturbed   map[string]int               // node -> last tick it could not commit
+	owners      map[string]map[uint64]string // workload -> epoch -> owner, over the whole log
+	maxEpoch    map[string]uint64
+	flaky       map[string]bool
+	ids         []string // every workload, sorted (none is ever removed)
+	maj         int      // majorityGroup's answer, valid while majValid
+	majValid    bool
+	pending     []replication
+	reports     []report
+	changes     int // commits and copy starts and stops, to detect quiescence
+	trace       []string
+	err         error
+	st          simStats
 }
 
 var errNoQuorum = errors.New("no quorum")
 
 func newSim(seed uint64, cfg func(*rand.Rand) simConfig, st simStats) *sim {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	m := &sim{cfg: cfg(rng), rng: rng, committed: state.New(), lastSeen: map[string]int{}, disturbed: map[string]int{},
+	m := &sim{cfg: cfg(rng), rng: rng, committed: state.New(), disturbed: map[string]int{},
 		owners: map[string]map[uint64]string{}, maxEpoch: map[string]uint64{}, flaky: map[string]bool{}, st: st}
 	for i := range m.cfg.nodes {
-		m.nodes = append(m.nodes, &simNode{name: fmt.Sprintf("n%d", i+1), up: true,
-			copies: map[string]uint64{}, hiwater: map[string]uint64{}, reporting: map[string]uint64{}})
+		n := &simNode{name: fmt.Sprintf("n%d", i+1), idx: i, up: true, phase: rng.IntN(simDiscovery), detect: m.cfg.detect + rng.IntN(m.cfg.detectSpread+1),
+			heard:  slices.Repeat([]int{-1}, m.cfg.nodes),
+			copies: map[string]uint64{}, stopping: map[string]stop{}, hiwater: map[string]uint64{}, reporting: map[string]uint64{}}
+		m.nodes = append(m.nodes, n)
 	}
 	c := m.cfg
-	m.tracef("config: %d nodes, %d workloads, lease %d, detect %d, election gap %d, report lag %d, fence delay %s, restore timeout %s, max attempts %d",
-		c.nodes, c.workloads, c.lease, c.detect, c.electGap, c.reportLag, c.policy.FenceDelay, c.policy.RestoreTimeout, c.policy.MaxAttempts)
+	m.tracef("config: %d nodes, %d workloads, lease %s, detect %s, election gap %s, stale lead %s, join ≤%s, stop ≤%s, report lag ≤%s, restore margin %s, fence delay %s, leader delay %s, restore timeout %s, max attempts %d",
+		c.nodes, c.workloads, ticks(c.lease), ticks(c.detect), ticks(c.electGap), ticks(c.staleLead), ticks(c.joinMax), ticks(c.stopMax),
+		ticks(c.reportLag), ticks(c.restoreMargin), c.policy.FenceDelay, c.policy.LeaderDelay, c.policy.RestoreTimeout, c.policy.MaxAttempts)
 	return m
 }
 
-func (m *sim) now() time.Time { return simBase.Add(steps(m.step)) }
+func (m *sim) at(t int) time.Time { return simBase.Add(ticks(t)) }
+
+func (m *sim) now() time.Time { return m.at(m.step) }
 
 func (m *sim) tracef(format string, args ...any) {
-	m.trace = append(m.trace, fmt.Sprintf("t=%-3d ", m.step)+fmt.Sprintf(format, args...))
+	m.trace = append(m.trace, fmt.Sprintf("t=%-4d ", m.step)+fmt.Sprintf(format, args...))
 }
 
 func (m *sim) fail(format string, args ...any) {
 	if m.err == nil {
-		m.err = fmt.Errorf("step %d: %s", m.step, fmt.Sprintf(format, args...))
+		m.err = fmt.Errorf("tick %d: %s", m.step, fmt.Sprintf(format, args...))
 		m.tracef("VIOLATION: %v", m.err)
 	}
 }
@@ -229,7 +367,7 @@ func (m *sim) run() error {
 	for m.step = 1; m.step <= m.cfg.steps && m.err == nil; m.step++ {
 		m.event()
 		m.tick()
-		if m.step%50 == 0 {
+		if m.step%200 == 0 {
 			m.snapshotRoundTrip()
 		}
 	}
@@ -237,7 +375,7 @@ func (m *sim) run() error {
 		m.settle()
 	}
 	m.st["runs"]++
-	m.st["steps"] += m.step
+	m.st["ticks"] += m.step
 	return m.err
 }
 
@@ -248,6 +386,7 @@ func (m *sim) setup() {
 	}
 	for i := range m.cfg.workloads {
 		id := fmt.Sprintf("ns/w%d/c", i)
+		m.ids = append(m.ids, id) // sorted: fewer than 10
 		n := m.nodes[m.rng.IntN(len(m.nodes))]
 		m.flaky[id] = m.rng.IntN(100) < m.cfg.flakyRate
 		if err := m.propose(n, &state.RegisterWorkload{At: m.now(), ID: id, Node: n.name, Interval: 10 * time.Second, Config: []byte(`{}`)}); err != nil {
@@ -263,21 +402,38 @@ func (m *sim) setup() {
 	m.deliver()
 }
 
-// tick is one step after the event: bookkeeping, the nodes' reactions, the
-// leader's decisions, the nodes' reactions to those, replication.
+// tick is one tick after the event: stops that complete, bookkeeping, the
+// nodes' reactions, the leader's decisions, the nodes' reactions to
+// those (when it committed any), replication.
 func (m *sim) tick() {
+	m.finishStops()
 	m.observe()
 	m.react()
+	before := m.changes
 	m.lead()
-	m.react()
+	if m.changes != before {
+		m.react()
+	}
 	m.deliverReports()
 	m.deliver()
 	m.checkCopies()
 }
 
-// --- log, membership, views ---
+// --- log, contact, membership, views ---
 
+// majorityGroup is the group holding the majority, or -1.
 func (m *sim) majorityGroup() int {
+	if !m.majValid {
+		m.maj, m.majValid = m.countMajority(), true
+	}
+	return m.maj
+}
+
+// membershipChanged invalidates majorityGroup's answer: call it after
+// changing a node's up or group.
+func (m *sim) membershipChanged() { m.majValid = false }
+
+func (m *sim) countMajority() int {
 	var count [2]int
 	for _, n := range m.nodes {
 		if n.up {
@@ -297,20 +453,50 @@ func (m *sim) inMajority(n *simNode) bool { return n.up && n.group == m.majority
 func (m *sim) canCommit(n *simNode) bool { return m.leader != nil && m.inMajority(n) }
 
 func (m *sim) observe() {
+	maj := m.majorityGroup()
 	for _, n := range m.nodes {
-		if m.inMajority(n) {
-			n.lastContact, m.lastSeen[n.name], n.view = m.step, m.step, nil
+		if n.up && n.group == maj {
+			n.lastContact, n.view = m.step, nil
 		} else if n.view == nil {
 			n.view = m.committed.Clone()
 		}
 	}
+	for _, a := range m.nodes {
+		if !a.up {
+			continue
+		}
+		a.heard[a.idx] = m.step
+		if m.step < a.joinAt {
+			continue
+		}
+		for _, b := range m.nodes {
+			if b.up && b.group == a.group && m.step >= b.joinAt {
+				a.heard[b.idx] = m.step
+			}
+		}
+	}
 	if m.leader != nil && !m.inMajority(m.leader) {
 		m.tracef("leader %s lost", m.leader.name)
+		if m.leader.up && m.cfg.staleLead > 0 {
+			m.stale, m.staleUntil = m.leader, m.step+m.cfg.staleLead
+		}
 		m.leader, m.electAt = nil, m.step+m.cfg.electGap
+	}
+	if s := m.stale; s != nil {
+		if !s.up || m.step >= m.staleUntil {
+			m.stale = nil
+		} else {
+			// It still sends heartbeats to its side.
+			for _, n := range m.nodes {
+				if n.up && n.group == s.group {
+					n.lastContact = m.step
+				}
+			}
+		}
 	}
 	if m.leader == nil && m.step >= m.electAt {
 		if maj := m.majoritySide(); len(maj) > 0 {
-			m.leader = maj[m.rng.IntN(len(maj))]
+			m.leader, m.leaderSince = maj[m.rng.IntN(len(maj))], m.step
 			m.tracef("leader %s elected", m.leader.name)
 		}
 	}
@@ -331,6 +517,18 @@ func (m *sim) majoritySide() []*simNode {
 	return out
 }
 
+// gossipQuorum reports whether n's own gossip sees more than half the
+// nodes alive (itself included).
+func (m *sim) gossipQuorum(n *simNode) bool {
+	alive := 0
+	for _, last := range n.heard {
+		if last >= 0 && m.step-last < n.detect {
+			alive++
+		}
+	}
+	return 2*alive > len(m.nodes)
+}
+
 func (m *sim) viewOf(n *simNode) *state.State {
 	if n.view != nil {
 		return n.view
@@ -338,14 +536,22 @@ func (m *sim) viewOf(n *simNode) *state.State {
 	return m.committed
 }
 
-// memberView is the leader's memberlist view.
-func (m *sim) memberView() View {
+// memberView is node x's memberlist view, for Decide when x leads.
+func (m *sim) memberView(x *simNode) View {
 	v := View{Now: m.now(), Alive: map[string]bool{}, DeadSince: map[string]time.Time{}}
+	if !m.cfg.noLeaderSince && x == m.leader {
+		v.LeaderSince = m.at(m.leaderSince)
+	}
 	for _, n := range m.nodes {
-		if m.inMajority(n) || m.step-m.lastSeen[n.name] < m.cfg.detect {
+		switch last := x.heard[n.idx]; {
+		case last < 0:
+			if m.cfg.unseenDeadLongAgo {
+				v.DeadSince[n.name] = time.Time{}
+			}
+		case m.step-last < x.detect:
 			v.Alive[n.name] = true
-		} else {
-			v.DeadSince[n.name] = simBase.Add(steps(m.lastSeen[n.name] + m.cfg.detect))
+		default:
+			v.DeadSince[n.name] = m.at(last + x.detect)
 		}
 	}
 	return v
@@ -425,8 +631,14 @@ func (m *sim) snapshotRoundTrip() {
 // startCopy starts n's copy of id at epoch: invariant (b).
 func (m *sim) startCopy(n *simNode, id string, epoch uint64, why string) {
 	for _, o := range m.nodes {
-		if oe, ok := o.copies[id]; ok && o != n && o.up {
+		if o == n || !o.up {
+			continue
+		}
+		if oe, ok := o.copies[id]; ok {
 			m.fail("two live copies of %s: %s at epoch %d and %s at epoch %d", id, o.name, oe, n.name, epoch)
+		}
+		if s, ok := o.stopping[id]; ok {
+			m.fail("two live copies of %s: %s at epoch %d (stopping, gone at t=%d) and %s at epoch %d", id, o.name, s.epoch, s.goneAt, n.name, epoch)
 		}
 	}
 	n.copies[id] = epoch
@@ -435,25 +647,63 @@ func (m *sim) startCopy(n *simNode, id string, epoch uint64, why string) {
 	m.tracef("%s: starts %s at epoch %d (%s)", n.name, id, epoch, why)
 }
 
+// stopCopy tells n's copy of id to stop: it is gone 0..stopMax ticks
+// later.
 func (m *sim) stopCopy(n *simNode, id, why string) {
-	m.tracef("%s: stops %s at epoch %d (%s)", n.name, id, n.copies[id], why)
+	epoch := n.copies[id]
 	delete(n.copies, id)
 	m.changes++
+	d := 0
+	if m.cfg.stopMax > 0 {
+		if m.rng.IntN(100) < m.cfg.stopAtMaxPct {
+			d = m.cfg.stopMax
+		} else {
+			d = m.rng.IntN(m.cfg.stopMax + 1)
+		}
+	}
+	m.st["max stop ticks"] = max(m.st["max stop ticks"], d)
+	if d == 0 {
+		m.tracef("%s: stops %s at epoch %d (%s)", n.name, id, epoch, why)
+		return
+	}
+	n.stopping[id] = stop{epoch: epoch, goneAt: m.step + d}
+	m.tracef("%s: stops %s at epoch %d (%s), gone at t=%d", n.name, id, epoch, why, m.step+d)
+}
+
+// finishStops removes the stopping copies that are gone.
+func (m *sim) finishStops() {
+	for _, n := range m.nodes {
+		if len(n.stopping) == 0 {
+			continue
+		}
+		for _, id := range m.ids {
+			if s, ok := n.stopping[id]; ok && s.goneAt <= m.step {
+				delete(n.stopping, id)
+				m.changes++
+				m.tracef("%s: copy of %s at epoch %d gone", n.name, id, s.epoch)
+			}
+		}
+	}
 }
 
 // checkCopies re-checks (b) over all nodes, and that no down node runs
 // anything.
 func (m *sim) checkCopies() {
-	where := map[string]string{}
 	for _, n := range m.nodes {
-		if !n.up && len(n.copies) > 0 {
+		if !n.up && (len(n.copies) > 0 || len(n.stopping) > 0) {
 			m.fail("down node %s runs copies", n.name)
 		}
-		for id := range n.copies {
-			if o, ok := where[id]; ok {
-				m.fail("two live copies of %s: %s and %s", id, o, n.name)
+	}
+	for _, id := range m.ids {
+		var first *simNode
+		for _, n := range m.nodes {
+			if !n.live(id) {
+				continue
 			}
-			where[id] = n.name
+			if first != nil {
+				m.fail("two live copies of %s: %s and %s", id, first.name, n.name)
+			}
+			first = n
 		}
 	}
 }
@@ -468,21 +718,31 @@ func (m *sim) react() {
 	}
 }
 
-func (m *sim) deadline(w *state.Workload) time.Time { return w.Since.Add(m.cfg.policy.RestoreTimeout) }
+// deadline is when a restoring owner stops its copy, and after which it
+// starts none: the leader's restore timeout less the margin.
+func (m *sim) deadline(w *state.Workload) time.Time {
+	return w.Since.Add(m.cfg.policy.RestoreTimeout - ticks(m.cfg.restoreMargin))
+}
 
 func (m *sim) reactNode(n *simNode) {
-	leased := m.step-n.lastContact < m.cfg.lease
-	if !leased && !m.cfg.noFencing && len(n.copies) > 0 {
-		for _, id := range sortedIDs(n.copies) {
-			m.stopCopy(n, id, "fenced: no quorum for the lease")
+	fenced := (m.step-n.lastContact > m.cfg.lease/2 || !m.gossipQuorum(n)) && !m.cfg.noFencing
+	if fenced && len(n.copies) > 0 && (m.step+n.phase)%simDiscovery == 0 {
+		for _, id := range m.ids {
+			if _, ok := n.copies[id]; ok {
+				m.stopCopy(n, id, "fenced: no quorum contact for half the lease")
+			}
 		}
 		m.st["fenced"]++
 	}
 	view := m.viewOf(n)
-	for _, id := range sortedIDs(n.copies) {
+	for _, id := range m.ids {
+		epoch, ok := n.copies[id]
+		if !ok {
+			continue
+		}
 		w := view.Workloads[id]
 		switch {
-		case w == nil || w.Owner != n.name || w.Epoch != n.copies[id]:
+		case w == nil || w.Owner != n.name || w.Epoch != epoch:
 			m.stopCopy(n, id, "owner or epoch changed")
 			m.st["staleStops"]++
 		case w.AttemptFailed():
@@ -493,34 +753,34 @@ func (m *sim) reactNode(n *simNode) {
 		}
 	}
 	if m.canCommit(n) {
-		for _, id := range sortedIDs(m.committed.Workloads) {
+		for _, id := range m.ids {
 			w := m.committed.Workloads[id]
-			if w.Owner != n.name {
+			if w == nil || w.Owner != n.name {
 				continue
 			}
 			_, has := n.copies[id]
+			_, stopping := n.stopping[id]
 			reporting := n.reporting[id] == w.Epoch
 			switch {
-			case w.Status == state.StatusRunning && !has:
+			case w.Status == state.StatusRunning && !has && (!stopping || m.cfg.appFailedWhileStopping):
 				m.st["appFailures"]++
 				m.propose(n, &state.AppFailed{At: m.now(), ID: id, Node: n.name, Epoch: w.Epoch, Reason: "container not running"})
 			case w.Status == state.StatusRestoring && has && !reporting:
 				m.report(n, w, "")
-			case w.Status == state.StatusRestoring && !has && !reporting && !w.AttemptFailed() && m.now().Before(m.deadline(w)):
+			case w.Status == state.StatusRestoring && !fenced && !has && !stopping && !reporting && !w.AttemptFailed() && m.now().Before(m.deadline(w)):
 				m.restore(n, w, true)
 			}
 		}
 		return
 	}
-	if !leased && !m.cfg.noFencing {
+	if fenced {
 		return
 	}
-	// Cut off but within the lease: it may restore what it last saw placed
-	// on it; it cannot report that.
-	for _, id := range sortedIDs(view.Workloads) {
+	// Cut off but not fenced: it may restore what it last saw placed on
+	// it; it cannot report that.
+	for _, id := range m.ids {
 		w := view.Workloads[id]
-		_, has := n.copies[id]
-		if w.Owner == n.name && w.Status == state.StatusRestoring && !has && n.reporting[id] != w.Epoch &&
+		if w != nil && w.Owner == n.name && w.Status == state.StatusRestoring && !n.live(id) && n.reporting[id] != w.Epoch &&
 			!w.AttemptFailed() && m.now().Before(m.deadline(w)) && m.rng.IntN(2) == 0 {
 			m.st["minorityRestores"]++
 			m.restore(n, w, false)
@@ -557,7 +817,7 @@ func (m *sim) restore(n *simNode, w *state.Workload, report bool) {
 }
 
 // report sends the outcome of n's restore of w (failed with errMsg, or
-// succeeded if errMsg is ""); it commits up to reportLag steps later.
+// succeeded if errMsg is ""); it commits up to reportLag ticks later.
 func (m *sim) report(n *simNode, w *state.Workload, errMsg string) {
 	n.reporting[w.ID] = w.Epoch
 	cmd := &state.RestoreDone{ID: w.ID, Node: n.name, Epoch: w.Epoch, Seq: w.Seq, OK: errMsg == "", Error: errMsg}
@@ -580,7 +840,7 @@ func (m *sim) deliverReports() {
 		delete(r.n.reporting, c.ID)
 		c.At = m.now()
 		err := m.propose(r.n, c)
-		if c.OK && err != nil && r.n.copies[c.ID] == c.Epoch {
+		if e, ok := r.n.copies[c.ID]; c.OK && err != nil && ok && e == c.Epoch {
 			m.stopCopy(r.n, c.ID, "restore report refused")
 		}
 	}
@@ -611,7 +871,7 @@ func (m *sim) checkpoint(n *simNode, id string) {
 	}
 	m.rng.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 	for _, to := range peers[:min(len(peers), 1+m.rng.IntN(2))] {
-		m.pending = append(m.pending, replication{from: n, to: to, id: id, sha: sha, seq: seq, due: m.step + m.rng.IntN(3)})
+		m.pending = append(m.pending, replication{from: n, to: to, id: id, sha: sha, seq: seq, due: m.step + m.rng.IntN(21)})
 	}
 }
 
@@ -644,7 +904,7 @@ func (m *sim) lead() {
 	if m.leader == nil {
 		return
 	}
-	v := m.memberView()
+	v := m.memberView(m.leader)
 	cmds := Decide(m.committed, v, m.cfg.policy)
 	if m.step%10 == 0 {
 		if again := Decide(m.committed.Clone(), v, m.cfg.policy); !reflect.DeepEqual(cmds, again) {
@@ -663,6 +923,9 @@ func (m *sim) lead() {
 			switch {
 			case strings.HasPrefix(c.Reason, "node "):
 				m.st["placedDead"]++
+				if m.step-m.leaderSince < int(m.cfg.policy.LeaderDelay/tick)+simMinDetect {
+					m.st["placedDeadEarlyInTerm"]++ // the leader wait mattered, or nearly
+				}
 			case strings.HasPrefix(c.Reason, "application failed"):
 				m.st["placedApp"]++
 			case strings.HasPrefix(c.Reason, "restore of"):
@@ -684,9 +947,9 @@ func (m *sim) lead() {
 // since the placement (its report could not get through).
 func (m *sim) checkTimeout(c *state.RestoreDone) {
 	w := m.committed.Workloads[c.ID]
-	placed := int(w.Since.Sub(simBase) / time.Second)
+	placed := int(w.Since.Sub(simBase) / tick)
 	if !m.flaky[c.ID] && m.disturbed[c.Node] < placed {
-		m.fail("restore of %s on %s timed out, though its restores never fail and it could report since step %d", c.ID, c.Node, placed)
+		m.fail("restore of %s on %s timed out, though its restores never fail and it could report since tick %d", c.ID, c.Node, placed)
 	}
 }
 
@@ -745,7 +1008,7 @@ func (m *sim) event() {
 		return l[m.rng.IntN(len(l))]
 	}
 	partitioned := slices.ContainsFunc(m.nodes, func(n *simNode) bool { return n.group != 0 })
-	r, ev := m.rng.IntN(100), 0
+	r, ev := m.rng.IntN(1000), 0
 	for ev < len(m.cfg.events) && r >= m.cfg.events[ev] {
 		r -= m.cfg.events[ev]
 		ev++
@@ -754,7 +1017,8 @@ func (m *sim) event() {
 	case evPowerCut:
 		if n := pick(func(n *simNode) bool { return n.up }); n != nil {
 			m.tracef("EVENT power cut %s", n.name)
-			n.up, n.copies, n.reporting = false, map[string]uint64{}, map[string]uint64{}
+			n.up, n.copies, n.stopping, n.reporting = false, map[string]uint64{}, map[string]stop{}, map[string]uint64{}
+			m.membershipChanged()
 			m.st["powerCuts"]++
 		}
 	case evRestart:
@@ -762,9 +1026,10 @@ func (m *sim) event() {
 			m.restart(n)
 		}
 	case evPartition:
-		if !partitioned {
-			m.partition()
+		if partitioned {
+			m.st["repartitions"]++
 		}
+		m.partition()
 	case evHeal:
 		if partitioned {
 			m.heal()
@@ -774,7 +1039,9 @@ func (m *sim) event() {
 			ids := sortedIDs(n.copies)
 			id := ids[m.rng.IntN(len(ids))]
 			m.tracef("EVENT application %s fails on %s", id, n.name)
-			m.stopCopy(n, id, "application failed")
+			m.tracef("%s: copy of %s at epoch %d gone (application failed)", n.name, id, n.copies[id])
+			delete(n.copies, id)
+			m.changes++
 		}
 	case evCheckpoint:
 		if n := pick(func(n *simNode) bool { return n.up && len(n.copies) > 0 }); n != nil {
@@ -786,8 +1053,11 @@ func (m *sim) event() {
 		}
 	case evLeaderChange:
 		if maj := m.majoritySide(); len(maj) > 0 && m.leader != nil {
-			m.leader = maj[m.rng.IntN(len(maj))]
-			m.tracef("EVENT leadership moves to %s", m.leader.name)
+			if l := maj[m.rng.IntN(len(maj))]; l != m.leader {
+				m.leader, m.leaderSince = l, m.step
+				m.tracef("EVENT leadership moves to %s", m.leader.name)
+				m.st["leaderChanges"]++
+			}
 		}
 	case evRediscover:
 		if n := pick(m.canCommit); n != nil {
@@ -796,9 +1066,15 @@ func (m *sim) event() {
 	}
 }
 
+// restart: no quorum contact until it is in the majority side; its gossip
+// starts empty and joins 0..joinMax ticks later.
 func (m *sim) restart(n *simNode) {
-	m.tracef("EVENT restart %s", n.name)
-	n.up, n.lastContact = true, -1<<30 // no lease until it hears from the majority
+	n.up, n.lastContact, n.joinAt = true, -1<<30, m.step+m.rng.IntN(m.cfg.joinMax+1)
+	m.membershipChanged()
+	for i := range n.heard {
+		n.heard[i] = -1
+	}
+	m.tracef("EVENT restart %s (gossip joins at t=%d)", n.name, n.joinAt)
 }
 
 func (m *sim) partition() {
@@ -811,6 +1087,7 @@ func (m *sim) partition() {
 	if !slices.ContainsFunc(m.nodes, func(n *simNode) bool { return n.group == 0 }) {
 		m.nodes[m.rng.IntN(len(m.nodes))].group = 0
 	}
+	m.membershipChanged()
 	var sides [2][]string
 	for _, n := range m.nodes {
 		sides[n.group] = append(sides[n.group], n.name)
@@ -824,6 +1101,7 @@ func (m *sim) heal() {
 	for _, n := range m.nodes {
 		n.group = 0
 	}
+	m.membershipChanged()
 }
 
 // rediscover: n re-registers every copy it runs, as the daemon's discovery
@@ -860,10 +1138,14 @@ func (m *sim) settle() {
 		}
 		m.restart(down[m.rng.IntN(len(down))])
 	}
-	p := m.cfg.policy
-	need := int((p.FenceDelay+p.RestoreTimeout)/time.Second) + m.cfg.detect + m.cfg.lease + m.cfg.electGap + 3
+	c := m.cfg
+	p := c.policy
+	// The longest a change can wait on time alone (no change before it),
+	// and a margin.
+	need := max(int((ticks(c.detect+c.detectSpread)+p.FenceDelay)/tick), int((ticks(c.electGap)+max(p.FenceDelay, p.LeaderDelay))/tick),
+		int(p.RestoreTimeout/tick), c.joinMax, c.reportLag, 20) + c.lease + simDiscovery + c.stopMax + 5
 	quiet, settled := 0, 0
-	for ; settled < 500 && quiet < need && m.err == nil; settled++ {
+	for ; settled < 5000 && quiet < need && m.err == nil; settled++ {
 		m.step++
 		before := m.changes
 		m.tick()
@@ -873,30 +1155,36 @@ func (m *sim) settle() {
 			quiet = 0
 		}
 	}
-	m.st["max settle steps"] = max(m.st["max settle steps"], settled)
+	m.st["max settle ticks"] = max(m.st["max settle ticks"], settled)
 	if m.err != nil {
 		return
 	}
 	if quiet < need {
-		m.fail("no quiescence after %d settling steps", settled)
+		m.fail("no quiescence after %d settling ticks", settled)
 		return
 	}
-	if cmds := Decide(m.committed, m.memberView(), p); len(cmds) > 0 {
+	if m.leader == nil {
+		m.fail("no leader after settling")
+		return
+	}
+	v := m.memberView(m.leader)
+	if cmds := Decide(m.committed, v, p); len(cmds) > 0 {
 		m.fail("quiescent, but the leader still decides:%s", show(cmds))
 	}
-	m.checkLiveness()
+	m.checkLiveness(v)
 }
 
-// checkLiveness is invariant (c).
-func (m *sim) checkLiveness() {
-	for _, id := range sortedIDs(m.committed.Workloads) {
+// checkLiveness is invariant (c); v is the leader's view.
+func (m *sim) checkLiveness(v View) {
+	for _, id := range m.ids {
 		w := m.committed.Workloads[id]
 		var live []string
 		for _, n := range m.nodes {
-			if _, ok := n.copies[id]; ok {
+			if n.live(id) {
 				live = append(live, n.name)
 			}
 		}
+		_, dead := v.DeadSince[w.Owner]
 		switch {
 		case w.Status == state.StatusRunning && m.node(w.Owner).up:
 			if len(live) != 1 || live[0] != w.Owner || m.node(w.Owner).copies[id] != w.Epoch {
@@ -909,6 +1197,11 @@ func (m *sim) checkLiveness() {
 				m.fail("%s failed, with live copies %v", id, live)
 			}
 			m.st["endFailed"]++
+		case !v.Alive[w.Owner] && !dead: // rule 3: its owner was never seen by this leader
+			if len(live) > 0 || m.node(w.Owner).up {
+				m.fail("%s waits for %s, which the leader never saw, with copies %v (owner up: %t)", id, w.Owner, live, m.node(w.Owner).up)
+			}
+			m.st["endWaitingUnseen"]++
 		default: // waiting for a holder to come back
 			if len(live) > 0 || slices.ContainsFunc(m.untriedHolders(w), func(n *simNode) bool { return n.up }) {
 				m.fail("%s stays %s on %s with copies %v and a live untried holder", id, w.Status, w.Owner, live)
@@ -952,19 +1245,6 @@ func describe(cmd state.Command) string {
 		return "upsert node " + c.Name
 	}
 	return fmt.Sprintf("%T", cmd)
-}
-
-// stressConfig: every workload's restores may fail or hang, partitions
-// come and go often, reports lag, and the restore timeout is shorter than
-// failure detection, so the leader times restores out on nodes it still
-// sees alive.
-func stressConfig(rng *rand.Rand) simConfig {
-	c := randomConfig(rng)
-	c.flakyRate, c.failPct, c.hangPct = 100, 10, 60
-	c.detect, c.lease, c.reportLag = 3, 5, 3
-	c.events[evPartition], c.events[evHeal] = 15, 15
-	c.policy = Policy{FenceDelay: steps(5), RestoreTimeout: steps(4)}
-	return c
 }
 
 // runSims runs seeds [0, n) on all CPUs (or only -sim.seed, logging its
@@ -1022,13 +1302,13 @@ func runSims(t *testing.T, n int, cfg func(*rand.Rand) simConfig) (simStats, err
 
 func TestSimulation(t *testing.T) {
 	seeds := 1000
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		seeds = 200
 	}
 	for _, tc := range []struct {
 		name string
 		cfg  func(*rand.Rand) simConfig
-	}{{"random", randomConfig}, {"stress", stressConfig}} {
+	}{{"random", randomConfig}, {"stress", stressConfig}, {"boundary", boundaryConfig}} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
 			st, err := runSims(t, seeds, tc.cfg)
@@ -1036,12 +1316,13 @@ func TestSimulation(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%d runs in %s: %v", st["runs"], time.Since(start).Round(time.Millisecond), st)
-			if *simSeed >= 0 || testing.Short() {
+			if *simSeed >= 0 || testing.Short() || raceEnabled {
 				return
 			}
 			// The schedule must exercise what the invariants are about.
 			want := []string{"placedDead", "placedApp", "placedRestore", "timeouts", "gaveUp", "fenced",
-				"minorityRestores", "refused", "endRunning", "endFailed", "endWaiting"}
+				"minorityRestores", "refused", "endRunning", "endFailed", "endWaiting", "endWaitingUnseen",
+				"placedDeadEarlyInTerm", "repartitions", "leaderChanges"}
 			if tc.name == "stress" {
 				want = append(want, "deadlineStops")
 			}
@@ -1054,31 +1335,45 @@ func TestSimulation(t *testing.T) {
 	}
 }
 
+// unsafeRules each break one rule; TestSimulationCatchesUnsafeRules
+// expects two live copies from each.
+var unsafeRules = []struct {
+	name   string
+	cfg    func(*rand.Rand) simConfig
+	unsafe func(*simConfig)
+}{
+	{"fence delay of today's leader.FenceDelay: lease - MinDetect", boundaryConfig, func(c *simConfig) {
+		c.policy.FenceDelay = ticks(c.lease - simMinDetect)
+	}},
+	{"fence delay without the stop latency", boundaryConfig, func(c *simConfig) {
+		c.policy.FenceDelay = modelFenceDelay(c.lease, 0)
+	}},
+	{"an election quicker than a deposed leader steps down", boundaryConfig, func(c *simConfig) {
+		c.staleLead, c.electGap = 10, 1 // Raft refuses LeaderLeaseTimeout > HeartbeatTimeout
+	}},
+	{"a new leader waits only the fence delay", boundaryConfig, func(c *simConfig) { c.policy.LeaderDelay = 0 }},
+	{"a new leader does not wait", boundaryConfig, func(c *simConfig) { c.noLeaderSince = true }},
+	{"owners never seen count as dead long ago", boundaryConfig, func(c *simConfig) { c.unseenDeadLongAgo = true }},
+	{"nodes do not fence themselves", randomConfig, func(c *simConfig) { c.noFencing = true }},
+	{"app-failed reported while the copy is stopping", boundaryConfig, func(c *simConfig) { c.appFailedWhileStopping = true }},
+	{"restoring owners ignore the restore deadline", stressConfig, func(c *simConfig) { c.noRestoreDeadline = true }},
+	{"restore deadline without a margin for the stop", stressConfig, func(c *simConfig) { c.restoreMargin = 0 }},
+}
+
 // TestSimulationCatchesUnsafeRules runs the simulation with one of the
-// safety rules broken and expects two live copies: the invariants are not
+// rules broken and expects two live copies: the invariants are not
 // vacuous, and each rule is needed.
 func TestSimulationCatchesUnsafeRules(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		cfg    func(*rand.Rand) simConfig
-		unsafe func(*simConfig)
-	}{
-		{"fence delay shorter than the lease", randomConfig, func(c *simConfig) {
-			c.lease = 6
-			c.policy.FenceDelay = 0
-		}},
-		{"nodes do not fence themselves", randomConfig, func(c *simConfig) { c.noFencing = true }},
-		{"restoring owners ignore the restore deadline", stressConfig, func(c *simConfig) { c.noRestoreDeadline = true }},
-	} {
+	for _, tc := range unsafeRules {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := func(rng *rand.Rand) simConfig {
 				c := tc.cfg(rng)
 				tc.unsafe(&c)
 				return c
 			}
-			_, err := runSims(t, 1000, cfg)
+			_, err := runSims(t, 3000, cfg)
 			if err == nil {
-				t.Fatal("no invariant violation found in 1000 seeds")
+				t.Fatal("no invariant violation found in 3000 seeds")
 			}
 			first, _, _ := strings.Cut(err.Error(), "\n")
 			if !strings.Contains(first, "two live copies") {
@@ -1086,5 +1381,49 @@ func TestSimulationCatchesUnsafeRules(t *testing.T) {
 			}
 			t.Logf("found, as expected: %s", first)
 		})
+	}
+}
+
+// TestSimulationLeaseSweep (-sim.sweep) runs the boundary family at
+// growing leases with each FenceDelay and LeaderDelay formula, and logs
+// the smallest lease from which on every lease up to 6 s holds.
+func TestSimulationLeaseSweep(t *testing.T) {
+	if !*simSweep {
+		t.Skip("run with -sim.sweep")
+	}
+	type formula struct {
+		name          string
+		fence, leader func(lease int) time.Duration
+	}
+	good := func(lease int) time.Duration { return modelLeaderDelay(lease, simStopMax) }
+	for _, f := range []formula{
+		{"today: FenceDelay = lease - MinDetect", func(l int) time.Duration { return ticks(max(l-simMinDetect, 0)) }, good},
+		{"FenceDelay = lease - MinDetect + stop", func(l int) time.Duration { return modelFenceDelay(l, simStopMax) }, good},
+		{"FenceDelay = lease - MinDetect + stop, LeaderDelay = FenceDelay", func(l int) time.Duration { return modelFenceDelay(l, simStopMax) },
+			func(int) time.Duration { return 0 }},
+		{"FenceDelay = lease - MinDetect + stop, LeaderDelay = lease", func(l int) time.Duration { return modelFenceDelay(l, simStopMax) },
+			func(l int) time.Duration { return ticks(l) }},
+	} {
+		smallest := -1
+		for lease := 60; lease >= simMinLease; lease -= 5 {
+			cfg := func(rng *rand.Rand) simConfig {
+				c := boundaryConfig(rng)
+				c.lease = lease
+				c.policy.FenceDelay, c.policy.LeaderDelay = f.fence(lease), f.leader(lease)
+				return c
+			}
+			_, err := runSims(t, 3000, cfg)
+			if err != nil {
+				first, _, _ := strings.Cut(err.Error(), "\n")
+				t.Logf("%s: lease %s fails: %s", f.name, ticks(lease), first)
+				break
+			}
+			smallest = lease
+		}
+		if smallest < 0 {
+			t.Logf("%s: fails at every lease up to 6 s", f.name)
+		} else {
+			t.Logf("%s: holds from lease %s on (to 6 s)", f.name, ticks(smallest))
+		}
 	}
 }
