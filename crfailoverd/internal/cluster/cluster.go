@@ -179,7 +179,12 @@ func New(o Options) (*Cluster, error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: mux.RaftStream(advertise), MaxPool: 3, Timeout: 5 * time.Second, Logger: hclogOf(o.Log, "raft-net"),
 	})
-	c.fsm = replicated.New()
+	// A log entry this node cannot apply stops it loudly: going on would
+	// let its state diverge from the others'.
+	c.fsm = replicated.NewWithOptions(replicated.Options{Fatal: func(err error) {
+		c.log.Error("FATAL: cannot apply the replicated log; stopping", "err", err)
+		panic(err)
+	}})
 	rc := raftConfig(o.Node, o.Log)
 	// Every leadership change, flaps included (LeaderCh collapses a quick
 	// loss and regain into nothing), so the leader loop restarts with a
@@ -213,7 +218,8 @@ func New(o Options) (*Cluster, error) {
 		stabilization = 5 * time.Second
 	}
 	c.leader = leader.New(leader.Options{Node: o.Node, MaxVoters: o.MaxVoters, DeadServerGrace: o.DeadServerGrace,
-		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
+		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), LeaderDelay: leader.LeaderDelay(o.Lease),
+			MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
 		Raft:   raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
 		Prove: c.prove, Stabilization: stabilization})
 	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},

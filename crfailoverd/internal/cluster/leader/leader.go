@@ -305,15 +305,28 @@ func (l *Leader) stable(m membership.Member) bool {
 }
 
 // View is the leader's view of the members for failover.Decide: alive
-// members (membership.Status.Alive, the one meaning of alive), and when
-// each other one was declared dead.
-func View(now time.Time, members []membership.Member) failover.View {
-	v := failover.View{Now: now, Alive: map[string]bool{}, DeadSince: map[string]time.Time{}}
+// members (membership.Status.Alive, the one meaning of alive), when each
+// other one was declared dead, and when this leader won. A node the state
+// knows that this leader's gossip never reported (it died before this node
+// joined: memberlist does not pass on members it has only heard are dead)
+// counts as dead since the leader won, never since long ago: its workloads
+// move only after the fence delay and the leader wait, counted from then.
+func View(now, leaderSince time.Time, members []membership.Member, nodes map[string]*state.Node) failover.View {
+	v := failover.View{Now: now, LeaderSince: leaderSince, Alive: map[string]bool{}, DeadSince: map[string]time.Time{}}
 	for _, m := range members {
 		if m.Status.Alive() {
 			v.Alive[m.Name] = true
 		} else {
 			v.DeadSince[m.Name] = m.DeadSince
+		}
+	}
+	if !leaderSince.IsZero() {
+		for name := range nodes {
+			if _, seen := v.Alive[name]; !seen {
+				if _, dead := v.DeadSince[name]; !dead {
+					v.DeadSince[name] = leaderSince
+				}
+			}
 		}
 	}
 	return v
@@ -336,7 +349,10 @@ func (l *Leader) Decide(ctx context.Context) {
 			l.o.Events(event.Event{Kind: event.NodeDead, Node: m.Name, At: m.DeadSince, Reason: string(m.Status)})
 		}
 	}
-	cmds := failover.Decide(st, View(l.o.Now(), members), l.o.Policy)
+	l.mu.Lock()
+	won := l.wonAt
+	l.mu.Unlock()
+	cmds := failover.Decide(st, View(l.o.Now(), won, members, st.Nodes), l.o.Policy)
 	for _, cmd := range cmds {
 		if err := l.o.Proposer.Apply(ctx, cmd); err != nil {
 			l.o.Log.Warn("failover decision not committed", "cmd", describe(cmd), "err", err)
@@ -371,10 +387,23 @@ func describe(cmd state.Command) string {
 // others declaring it dead under the LAN profile (probe plus suspicion).
 const MinDetect = 1200 * time.Millisecond
 
+// StopLatency is the longest a node takes to stop a copy once it knows it
+// must (a pod removal), as the failover simulation models it.
+const StopLatency = 500 * time.Millisecond
+
 // FenceDelay is how long the leader waits after a node is declared dead
 // before moving its workloads: a node cut off from the others stops its
-// copies within the lease of losing them, and the others declare it dead
-// no sooner than MinDetect after that.
+// copies within the lease of losing them (plus the time a stop takes), and
+// the others declare it dead no sooner than MinDetect after the cut. The
+// failover simulation shows two live copies with anything less at the
+// smallest lease (2 s).
 func FenceDelay(lease time.Duration) time.Duration {
-	return max(lease-MinDetect, 0)
+	return max(lease-MinDetect+StopLatency, 0)
+}
+
+// LeaderDelay is how long a new leader moves no dead owner's workload
+// after it won (its own gossip view may have declared the owner dead while
+// the owner still had a quorum behind the previous leader).
+func LeaderDelay(lease time.Duration) time.Duration {
+	return lease + StopLatency
 }

@@ -314,11 +314,26 @@ func TestRunFollowsLeadership(t *testing.T) {
 }
 
 func TestFenceDelay(t *testing.T) {
-	if got := FenceDelay(3 * time.Second); got != 1800*time.Millisecond {
-		t.Errorf("FenceDelay(3s) = %s", got)
+	if got := FenceDelay(3 * time.Second); got != 2300*time.Millisecond {
+		t.Errorf("FenceDelay(3s) = %s, want 2.3s", got)
 	}
-	if got := FenceDelay(time.Second); got != 0 {
-		t.Errorf("FenceDelay(1s) = %s, want 0", got)
+	if got := FenceDelay(2 * time.Second); got != 1300*time.Millisecond {
+		t.Errorf("FenceDelay(2s) = %s, want 1.3s", got)
+	}
+	if got := LeaderDelay(2 * time.Second); got != 2500*time.Millisecond {
+		t.Errorf("LeaderDelay(2s) = %s, want 2.5s", got)
+	}
+}
+
+func TestViewCountsNeverSeenNodesFromTheWin(t *testing.T) {
+	won := time.Unix(1_000_000, 0)
+	nodes := map[string]*state.Node{"n1": {Name: "n1"}, "n2": {Name: "n2"}, "n3": {Name: "n3"}}
+	v := View(won.Add(time.Second), won, []membership.Member{member("n1", membership.StatusAlive, time.Time{}), member("n2", membership.StatusDead, won.Add(-time.Hour))}, nodes)
+	if !v.Alive["n1"] || !v.DeadSince["n2"].Equal(won.Add(-time.Hour)) || !v.DeadSince["n3"].Equal(won) || !v.LeaderSince.Equal(won) {
+		t.Fatalf("view %+v", v)
+	}
+	if v := View(won, time.Time{}, nil, nodes); len(v.DeadSince) != 0 {
+		t.Fatalf("without a win time nothing is presumed dead: %+v", v.DeadSince)
 	}
 }
 
