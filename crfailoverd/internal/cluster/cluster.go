@@ -220,7 +220,7 @@ func New(o Options) (*Cluster, error) {
 	c.leader = leader.New(leader.Options{Node: o.Node, MaxVoters: o.MaxVoters, DeadServerGrace: o.DeadServerGrace,
 		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), LeaderDelay: leader.LeaderDelay(o.Lease),
 			MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
-		Raft:   raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
+		Raft: raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
 		Prove: c.prove, Stabilization: stabilization})
 	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},
 		Log: o.Log.With("component", "peer")})
