@@ -222,7 +222,7 @@ func New(o Options) (*Cluster, error) {
 			MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
 		Raft: raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
 		Prove: c.prove, Stabilization: stabilization})
-	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},
+	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, HasRaftState: func() bool { r := c.raftUp.Load(); return r != nil && r.LastIndex() > 0 }, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},
 		Log: o.Log.With("component", "peer")})
 	return c, nil
 }
@@ -307,7 +307,12 @@ func (c *Cluster) bootstrap(ctx context.Context) {
 				c.log.Info("not among the bootstrap servers; waiting for the leader to add this node")
 				return
 			}
-			if err := c.proveAll(ctx, first); err != nil {
+			formed, err := c.proveAll(ctx, first)
+			if formed {
+				c.log.Info("a peer belongs to a formed cluster; not bootstrapping, waiting for its leader to add this node")
+				return
+			}
+			if err != nil {
 				c.log.Warn("not bootstrapping yet: a member did not prove its name over mutual TLS", "err", err)
 				select {
 				case <-ctx.Done():
@@ -316,7 +321,7 @@ func (c *Cluster) bootstrap(ctx context.Context) {
 				}
 				continue
 			}
-			err := c.raft.BootstrapCluster(cfg).Error()
+			err = c.raft.BootstrapCluster(cfg).Error()
 			switch {
 			case err == nil:
 				c.log.Info("bootstrapped the cluster", "servers", len(cfg.Servers))
@@ -344,23 +349,32 @@ func (c *Cluster) prove(ctx context.Context, name, addr string) error {
 		return err
 	}
 	defer cl.Close()
-	return cl.Identify(ctx)
+	_, err = cl.Identify(ctx)
+	return err
 }
 
-// proveAll proves every member but this node.
-func (c *Cluster) proveAll(ctx context.Context, ms []membership.Member) error {
+// proveAll proves every member but this node, and reports whether one of
+// them already belongs to a formed cluster (then this node must not
+// bootstrap a configuration of its own: the leader adds it).
+func (c *Cluster) proveAll(ctx context.Context, ms []membership.Member) (formed bool, err error) {
 	for _, m := range ms {
 		if m.Name == c.o.Node {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := c.prove(pctx, m.Name, m.RPCAddr)
+		cl, err := peer.Dial(m.Name, m.RPCAddr, c.o.TLS, peer.WithNetwork(c.o.Network))
+		if err == nil {
+			var has bool
+			has, err = cl.Identify(pctx)
+			formed = formed || has
+			cl.Close()
+		}
 		cancel()
 		if err != nil {
-			return fmt.Errorf("%s at %s: %w", m.Name, m.RPCAddr, err)
+			return formed, fmt.Errorf("%s at %s: %w", m.Name, m.RPCAddr, err)
 		}
 	}
-	return nil
+	return formed, nil
 }
 
 // client returns the (cached) RPC client of a node.

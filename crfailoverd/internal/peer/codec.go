@@ -110,7 +110,8 @@ type applyReply struct {
 type identifyRequest struct{}
 
 type identifyReply struct {
-	Node string `json:"node"`
+	Node      string `json:"node"`
+	RaftState bool   `json:"raft_state,omitempty"` // it belongs to a formed cluster
 }
 
 type migrateRequest struct {

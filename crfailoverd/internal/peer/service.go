@@ -98,8 +98,10 @@ type Handlers struct {
 	Apply func(ctx context.Context, cmd []byte) error
 	// Migrate moves the workload to node to.
 	Migrate func(ctx context.Context, workload, to string) (seq uint64, downtime time.Duration, err error)
-	// Node is this node's name, which Identify answers.
-	Node string
+	// Node is this node's name, which Identify answers, with
+	// HasRaftState (nil: false).
+	Node         string
+	HasRaftState func() bool
 	// Authorize decides every call (nil: every authenticated node may
 	// make every call; tests only).
 	Authorize Authorizer
@@ -305,7 +307,11 @@ func (s *server) apply(ctx context.Context, req *applyRequest) (*applyReply, err
 }
 
 func (s *server) identify(context.Context, *identifyRequest) (*identifyReply, error) {
-	return &identifyReply{Node: s.h.Node}, nil
+	r := &identifyReply{Node: s.h.Node}
+	if s.h.HasRaftState != nil {
+		r.RaftState = s.h.HasRaftState()
+	}
+	return r, nil
 }
 
 func (s *server) migrate(ctx context.Context, req *migrateRequest) (*migrateReply, error) {
@@ -490,18 +496,19 @@ func (c *Client) Apply(ctx context.Context, cmd []byte) error {
 	return nil
 }
 
-// Identify asks the peer for its node name. The TLS handshake has proven
-// by then that the peer holds a certificate of the cluster CA for the
-// name this client was dialed for; the answer must be that name.
-func (c *Client) Identify(ctx context.Context) error {
+// Identify asks the peer for its node name and whether it has Raft state
+// (it belongs to a formed cluster). The TLS handshake has proven by then
+// that the peer holds a certificate of the cluster CA for the name this
+// client was dialed for; the answer must be that name.
+func (c *Client) Identify(ctx context.Context) (hasRaftState bool, err error) {
 	var reply identifyReply
 	if err := c.conn.Invoke(ctx, fullMethod("Identify"), &identifyRequest{}, &reply); err != nil {
-		return fmt.Errorf("peer %s: identify: %w", c.name, err)
+		return false, fmt.Errorf("peer %s: identify: %w", c.name, err)
 	}
 	if reply.Node != c.name {
-		return fmt.Errorf("peer %s: identify: it says it is %q", c.name, reply.Node)
+		return false, fmt.Errorf("peer %s: identify: it says it is %q", c.name, reply.Node)
 	}
-	return nil
+	return reply.RaftState, nil
 }
 
 // Migrate asks the peer to migrate workload to node to, returning the

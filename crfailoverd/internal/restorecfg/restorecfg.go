@@ -83,7 +83,7 @@ func SecurityDiff(a, b Config) []string {
 	add("sandbox sysctls", !equalMaps(sa.GetSysctls(), sb.GetSysctls()))
 	add("sandbox CDI annotations", !equalMaps(cdi(a.Sandbox.GetAnnotations()), cdi(b.Sandbox.GetAnnotations())))
 	add("container security context (privileged, capabilities, namespaces, users, profiles)", !proto.Equal(ca.GetSecurityContext(), cb.GetSecurityContext()))
-	add("container mounts", !equalList(a.Container.GetMounts(), b.Container.GetMounts()))
+	add("container mounts", !equalMounts(a.Container.GetMounts(), b.Container.GetMounts()))
 	add("container devices", !equalList(a.Container.GetDevices(), b.Container.GetDevices()))
 	add("container CDI devices", !equalList(a.Container.GetCDIDevices(), b.Container.GetCDIDevices()))
 	add("container CDI annotations", !equalMaps(cdi(a.Container.GetAnnotations()), cdi(b.Container.GetAnnotations())))
@@ -116,6 +116,31 @@ func Privileged(c Config) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// kubeletPods is where kubelet keeps each pod's volumes, named after the
+// pod's UID (which a new pod of the same workload does not share).
+const kubeletPods = "/var/lib/kubelet/pods/"
+
+// equalMounts compares mounts on what they expose: the container path,
+// read-only, propagation, relabeling, and the host path, except that two
+// host paths both in kubelet's per-pod directories count as the same
+// (kubelet names them after the pod's UID, so a pod started again has new
+// ones for the same volumes).
+func equalMounts(a, b []*runtimeapi.Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		sameHost := x.GetHostPath() == y.GetHostPath() ||
+			(strings.HasPrefix(x.GetHostPath(), kubeletPods) && strings.HasPrefix(y.GetHostPath(), kubeletPods))
+		if !sameHost || x.GetContainerPath() != y.GetContainerPath() || x.GetReadonly() != y.GetReadonly() ||
+			x.GetPropagation() != y.GetPropagation() || x.GetSelinuxRelabel() != y.GetSelinuxRelabel() {
+			return false
+		}
+	}
+	return true
 }
 
 func cdi(m map[string]string) map[string]string {

@@ -58,6 +58,9 @@ func TestSecurityDiff(t *testing.T) {
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}}
 		}, "sandbox security context"},
 		{"a host mount", func(c *Config) { c.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/", ContainerPath: "/host"}} }, "container mounts"},
+		{"a mount made writable", func(c *Config) {
+			c.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/var/lib/kubelet/pods/u1/volumes/x", ContainerPath: "/data", Readonly: false}}
+		}, "container mounts"},
 		{"a device", func(c *Config) { c.Container.Devices = []*runtimeapi.Device{{HostPath: "/dev/kmsg"}} }, "container devices"},
 		{"a CDI annotation", func(c *Config) { c.Container.Annotations = map[string]string{"cdi.k8s.io/gpu": "nvidia.com/gpu=all"} }, "container CDI annotations"},
 		{"a sysctl", func(c *Config) {
@@ -79,6 +82,21 @@ func TestSecurityDiff(t *testing.T) {
 				t.Fatalf("diff %v, want %q", d, tc.want)
 			}
 		})
+	}
+}
+
+func TestKubeletPodPathsOfANewPodAreTheSameMounts(t *testing.T) {
+	a, b := base(), base()
+	a.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/var/lib/kubelet/pods/u1/etc-hosts", ContainerPath: "/etc/hosts"},
+		{HostPath: "/var/lib/kubelet/pods/u1/containers/app/7f3a", ContainerPath: "/dev/termination-log"}}
+	b.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/var/lib/kubelet/pods/u2/etc-hosts", ContainerPath: "/etc/hosts"},
+		{HostPath: "/var/lib/kubelet/pods/u2/containers/app/91bc", ContainerPath: "/dev/termination-log"}}
+	if d := SecurityDiff(a, b); len(d) != 0 {
+		t.Fatalf("a new pod's kubelet volumes count as a change: %v", d)
+	}
+	b.Container.Mounts[0].HostPath = "/etc/shadow"
+	if d := SecurityDiff(a, b); len(d) == 0 {
+		t.Fatal("a kubelet volume replaced by a host file is no change")
 	}
 }
 

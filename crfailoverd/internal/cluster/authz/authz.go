@@ -56,6 +56,7 @@ type Rule struct {
 
 // Table is the authorization table.
 var Table = []Rule{
+	{"every request but Identify and Raft", "a node the state records (recorded by the leader once it proved its name)", "as below"},
 	{"Apply RegisterWorkload", "the node it names", "a workload nobody else owns; a recorded restore configuration is never changed in its security-relevant fields (image, privileged, capabilities, host namespaces, users, profiles, sysctls, mounts, devices, CDI)"},
 	{"Apply CommitCheckpoint", "the node it names, the workload's owner", "its own copy's checkpoint"},
 	{"Apply AppFailed, RestoreDone", "the node it names", "its own copy or restore (epochs are checked by the state)"},
@@ -73,6 +74,9 @@ var Table = []Rule{
 func Forwarded(s *state.State, caller string, cmd state.Command) error {
 	what := fmt.Sprintf("forward %T", cmd)
 	what = "forward " + strings.TrimPrefix(what[len("forward "):], "*state.")
+	if err := member(s, caller, what); err != nil {
+		return err
+	}
 	node := func(n string) error {
 		if n != caller {
 			return deny(caller, what, "it names node %q: a node reports only for itself", n)
@@ -138,6 +142,15 @@ func Forwarded(s *state.State, caller string, cmd state.Command) error {
 	return deny(caller, what, "no rule admits this command")
 }
 
+// member checks that caller is a node the state records (the leader
+// records a node only after it proved its name over mutual TLS).
+func member(s *state.State, caller, what string) error {
+	if s.Nodes[caller] == nil {
+		return deny(caller, what, "it is not a node of the cluster (the leader records a node once it has proven its name)")
+	}
+	return nil
+}
+
 // owner checks that caller owns workload id.
 func owner(s *state.State, caller, what, id string) error {
 	w, ok := s.Workloads[id]
@@ -170,6 +183,9 @@ func sameSecurity(caller, what, id string, old, new []byte) error {
 // Push decides an archive that caller pushes to this node.
 func Push(s *state.State, caller, workload string, seq uint64, sha string, size int64) error {
 	what := fmt.Sprintf("push %s #%d", workload, seq)
+	if err := member(s, caller, what); err != nil {
+		return err
+	}
 	if err := owner(s, caller, what, workload); err != nil {
 		return err
 	}
@@ -186,6 +202,9 @@ func Push(s *state.State, caller, workload string, seq uint64, sha string, size 
 // Fetch decides a request of caller for a checkpoint of workload.
 func Fetch(s *state.State, caller, workload string) error {
 	what := "fetch " + workload
+	if err := member(s, caller, what); err != nil {
+		return err
+	}
 	w, ok := s.Workloads[workload]
 	if !ok {
 		return notYet(caller, what, "workload %s is unknown", workload)

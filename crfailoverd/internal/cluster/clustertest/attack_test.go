@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"math"
 	"net"
 	"os"
@@ -134,7 +135,18 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 			}
 			_, err = c.ClientAs("mallory", c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq)
 			return err
+		}, "not a node of the cluster"},
+		{"a fetch by a member that holds nothing of it", func() error {
+			st, err := store.Open(t.TempDir(), 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.ClientAs(other, c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq)
+			return err
 		}, "neither placed there nor a holder"},
+		{"a registration of a new privileged workload by a name that is no member", func() error {
+			return apply("mallory", &state.RegisterWorkload{At: now, ID: "default/evil/evil", Node: "mallory", Interval: time.Second, Config: privileged(t)})
+		}, "not a node of the cluster"},
 		{"a migration to a name that is no member", func() error {
 			_, _, err := c.ClientAs("mallory", c.Node(owner)).Migrate(ctx, counter.String(), "mallory")
 			return err
@@ -154,7 +166,7 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 		})
 	}
 	// A certificate of another CA fails the handshake.
-	if err := c.ClientOfOtherCA("n9", leader).Identify(ctx); err == nil || status.Code(err) == codes.OK {
+	if _, err := c.ClientOfOtherCA("n9", leader).Identify(ctx); err == nil || status.Code(err) == codes.OK {
 		t.Fatal("a certificate of another CA was accepted")
 	}
 	// A Raft connection from a name that is no Raft server is closed.
@@ -245,4 +257,24 @@ func TestGossipAloneNeverMakesAVoter(t *testing.T) {
 			t.Fatalf("a gossip-only member became a raft server: %+v", p)
 		}
 	}
+}
+
+// TestANewNodeJoinsTheFormedCluster: a fourth node whose name sorts first
+// (so it is among the first bootstrap_expect alive members by name) joins
+// the cluster that exists instead of bootstrapping one of its own.
+func TestANewNodeJoinsTheFormedCluster(t *testing.T) {
+	c := New(t, Options{})
+	a0 := c.AddNode("a0")
+	c.Eventually(30*time.Second, "a0 in the cluster's raft configuration, following its leader", func() (bool, string) {
+		r := a0.Cluster().RaftPeers()
+		leader := c.Leader()
+		if leader == nil || leader == a0 {
+			return false, "leader " + fmt.Sprint(leader)
+		}
+		in := false
+		for _, p := range leader.Cluster().RaftPeers().Peers {
+			in = in || p.ID == "a0"
+		}
+		return in && r.Leader == leader.Name, fmt.Sprintf("a0 sees leader %q (%s); in the leader's configuration: %t", r.Leader, r.State, in)
+	})
 }

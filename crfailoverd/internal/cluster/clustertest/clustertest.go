@@ -164,8 +164,9 @@ func (n *Node) Start() {
 	}
 	n.Board = ownership.NewBoard(n.Name)
 	n.Fake.powerOn(n.Board)
+	expect := c.o.Nodes
 	cl, err := cluster.New(cluster.Options{
-		Node: n.Name, DataDir: n.dir, BindAddr: n.gossip, RPCAddr: n.rpc, Join: join, BootstrapExpect: len(c.Nodes),
+		Node: n.Name, DataDir: n.dir, BindAddr: n.gossip, RPCAddr: n.rpc, Join: join, BootstrapExpect: expect,
 		TLS: n.tls, ReplicationFactor: c.o.ReplicationFactor, Profile: "lan", Lease: Lease, DeadServerGrace: time.Hour,
 		MaxVoters: 5, Policy: c.o.Policy, MaxAttempts: c.o.MaxAttempts, Store: n.Store, Local: n.Fake, Board: n.Board,
 		Log: log, Network: n.Switch, WrapTransport: n.Switch.WrapTransport, Tick: 50 * time.Millisecond, LostGrace: time.Second,
@@ -183,6 +184,16 @@ func (n *Node) Start() {
 	n.rpc = cl.RPCAddr()
 	go func() { done <- cl.Run(ctx) }()
 	go func() { defer close(fake); n.Fake.run(ctx, board) }()
+}
+
+// AddNode starts one more node, configured as the first ones were (the
+// same bootstrap_expect), and returns it.
+func (c *Cluster) AddNode(name string) *Node {
+	c.t.Helper()
+	n := c.newNode(name)
+	c.Nodes = append(c.Nodes, n)
+	n.Start()
+	return n
 }
 
 // Cluster returns the node's running cluster member.

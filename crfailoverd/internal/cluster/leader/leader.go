@@ -87,9 +87,15 @@ type Leader struct {
 	mu        sync.Mutex
 	deadSeen  map[string]time.Time // dead members reported, with the time they died
 	aliveSeen map[string]aliveAt   // since when each member is seen alive, at which address
+	proofs    map[string]*proof    // "name@addr" -> proof of the name at that address
 	passes    int
 	leading   bool
 	wonAt     time.Time // when this node's current term as leader began
+}
+
+type proof struct {
+	running, ok bool
+	at          time.Time
 }
 
 type aliveAt struct {
@@ -223,6 +229,14 @@ func (l *Leader) Reconcile() {
 		if !m.Status.Alive() || m.RPCAddr == "" {
 			continue
 		}
+		s, inConfig := inRaft[m.Name]
+		// Gossip alone never records a node nor makes a Raft server: the
+		// member must have been alive at this address for the stabilization
+		// time and have proven its name over mutual TLS (a Raft server at
+		// its recorded address was proven when it was added).
+		if !(inConfig && s.Addr == m.RPCAddr) && !l.proven(m) {
+			continue
+		}
 		if n, ok := st.Nodes[m.Name]; !ok || n.RPCAddr != m.RPCAddr {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := l.o.Proposer.Apply(ctx, &state.UpsertNode{At: l.o.Now(), Name: m.Name, RPCAddr: m.RPCAddr}); err != nil {
@@ -230,23 +244,8 @@ func (l *Leader) Reconcile() {
 			}
 			cancel()
 		}
-		if s, ok := inRaft[m.Name]; ok && s.Addr == m.RPCAddr {
+		if inConfig && s.Addr == m.RPCAddr {
 			continue
-		}
-		// Gossip alone never makes a Raft server: the member must have been
-		// alive at this address for the stabilization time and prove its
-		// name over mutual TLS.
-		if !l.stable(m) {
-			continue
-		}
-		if l.o.Prove != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			err := l.o.Prove(ctx, m.Name, m.RPCAddr)
-			cancel()
-			if err != nil {
-				l.o.Log.Warn("REFUSED to add a member to raft: it did not prove its name over mutual TLS", "member", m.Name, "rpc_addr", m.RPCAddr, "err", err)
-				continue
-			}
 		}
 		var err error
 		if voters < l.o.MaxVoters {
@@ -288,6 +287,46 @@ func (l *Leader) Reconcile() {
 		}
 		l.o.Log.Warn("removed a dead member from raft", "member", m.Name, "dead_since", m.DeadSince)
 	}
+}
+
+// proven reports whether m has been alive at its RPC address for the
+// stabilization time and has proven its name there. Proofs run in the
+// background (one at a time per member, retried at most every 2 s), so a
+// member whose port hangs never holds up the leader's pass.
+func (l *Leader) proven(m membership.Member) bool {
+	if !l.stable(m) {
+		return false
+	}
+	if l.o.Prove == nil {
+		return true
+	}
+	key := m.Name + "@" + m.RPCAddr
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.proofs == nil {
+		l.proofs = map[string]*proof{}
+	}
+	p := l.proofs[key]
+	switch {
+	case p != nil && p.ok:
+		return true
+	case p != nil && (p.running || l.o.Now().Sub(p.at) < 2*time.Second):
+		return false
+	}
+	p = &proof{running: true, at: l.o.Now()}
+	l.proofs[key] = p
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := l.o.Prove(ctx, m.Name, m.RPCAddr)
+		cancel()
+		l.mu.Lock()
+		p.running, p.ok, p.at = false, err == nil, l.o.Now()
+		l.mu.Unlock()
+		if err != nil {
+			l.o.Log.Warn("REFUSED to record a member: it did not prove its name over mutual TLS", "member", m.Name, "rpc_addr", m.RPCAddr, "err", err)
+		}
+	}()
+	return false
 }
 
 // stable reports whether m has been alive at its RPC address for the

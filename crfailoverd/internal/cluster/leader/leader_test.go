@@ -359,16 +359,36 @@ func TestReconcileWantsProofAndStability(t *testing.T) {
 			l := newLeader(r, members, st, &fakeProposer{st: st}, now, &evs)
 			l.o.Now = func() time.Time { return clock }
 			l.o.Stabilization = 5 * time.Second
+			var mu sync.Mutex
 			var proved []string
 			l.o.Prove = func(_ context.Context, name, addr string) error {
+				mu.Lock()
+				defer mu.Unlock()
 				proved = append(proved, name+"@"+addr)
 				return tc.prove
 			}
 			l.Reconcile()
 			clock = clock.Add(tc.waited)
+			l.Reconcile() // starts the proof in the background
+			// The proof's outcome counts at the next pass.
+			poll.True(t, 5*time.Second, "the proof done", func() bool {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				for _, p := range l.proofs {
+					if p.running {
+						return false
+					}
+				}
+				return true
+			})
 			l.Reconcile()
-			if !slices.Equal(r.ops, tc.wantOps) {
-				t.Fatalf("raft changes %q, want %q (proofs asked: %v)", r.ops, tc.wantOps, proved)
+			r.mu.Lock()
+			ops := slices.Clone(r.ops)
+			r.mu.Unlock()
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(ops, tc.wantOps) {
+				t.Fatalf("raft changes %q, want %q (proofs asked: %v)", ops, tc.wantOps, proved)
 			}
 		})
 	}

@@ -167,8 +167,9 @@ func (r *Replication) Fetch(ctx context.Context, w state.Workload, seq uint64) (
 		return store.Entry{}, err
 	}
 	var holders []string
+	var want state.Checkpoint
 	if cp := w.Checkpoint(seq); cp != nil {
-		holders = cp.Holders
+		holders, want = cp.Holders, *cp
 	}
 	var errs []error
 	for _, h := range holders {
@@ -183,6 +184,14 @@ func (r *Replication) Fetch(ctx context.Context, w state.Workload, seq uint64) (
 		fctx, cancel := context.WithTimeout(ctx, r.o.FetchTimeout)
 		e, err := p.Fetch(fctx, r.o.Store, id, seq)
 		cancel()
+		if err == nil && (e.SHA256 != want.SHA256 || e.Size != want.Size) {
+			// The holder sent another archive than the one the state
+			// records: never restore it.
+			err = fmt.Errorf("it sent an archive with sha256 %.12s and %d bytes, the state records %.12s and %d bytes", e.SHA256, e.Size, want.SHA256, want.Size)
+			if r.o.Store != nil {
+				_ = r.o.Store.MarkBad(id, seq, err.Error())
+			}
+		}
 		if err == nil {
 			r.o.Log.Info("fetched a checkpoint from a holder", "workload", w.ID, "seq", seq, "from", h)
 			return e, nil

@@ -54,6 +54,7 @@ type fakeMembers map[string]bool
 func (m fakeMembers) Alive() map[string]bool { return m }
 
 type fakePeer struct {
+	sha      string // the digest of what it sends (default: the recorded one)
 	name     string
 	fetchErr error
 	pushErr  error
@@ -64,7 +65,10 @@ func (p fakePeer) Fetch(_ context.Context, _ *store.Store, w store.Workload, seq
 	if p.fetchErr != nil {
 		return store.Entry{}, p.fetchErr
 	}
-	return store.Entry{Workload: w, Seq: seq, Source: p.name}, nil
+	if p.sha != "" {
+		return store.Entry{Workload: w, Seq: seq, Source: p.name, SHA256: p.sha, Size: 1}, nil
+	}
+	return store.Entry{Workload: w, Seq: seq, Source: p.name, SHA256: "s3", Size: 1}, nil
 }
 
 func newRepl(members fakeMembers, peers map[string]fakePeer, p *fakeProposer, evs *[]event.Event) (*Replication, *fakeQueue) {
@@ -161,7 +165,7 @@ func TestReplicatedRecordsTheHolder(t *testing.T) {
 }
 
 func TestFetchTriesHoldersInTurn(t *testing.T) {
-	w := state.Workload{ID: wid.String(), Checkpoints: []state.Checkpoint{{Seq: 3, Holders: []string{"n1", "n2", "n3", "n4"}}}}
+	w := state.Workload{ID: wid.String(), Checkpoints: []state.Checkpoint{{Seq: 3, SHA256: "s3", Size: 1, Holders: []string{"n1", "n2", "n3", "n4"}}}}
 	cases := []struct {
 		name  string
 		peers map[string]fakePeer
@@ -174,6 +178,8 @@ func TestFetchTriesHoldersInTurn(t *testing.T) {
 		{"no holder gives it: every reason named", map[string]fakePeer{"n2": {fetchErr: errors.New("connection refused")}, "n3": {fetchErr: errors.New("sha256 mismatch")}}, 3, "",
 			"from n2: connection refused"},
 		{"an unknown sequence number", map[string]fakePeer{"n2": {}}, 9, "", "no other holder is recorded"},
+		{"a holder sending another archive is refused, the next one used", map[string]fakePeer{"n2": {name: "n2", sha: "evil"}, "n3": {name: "n3"}}, 3, "n3", ""},
+		{"every holder sending another archive", map[string]fakePeer{"n2": {sha: "evil"}, "n3": {sha: "evil"}}, 3, "", "the state records s3"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

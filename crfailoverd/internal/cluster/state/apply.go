@@ -9,9 +9,17 @@ import (
 // The apply functions of the dispatch table. Each checks everything first
 // and changes the state only when the command is accepted.
 
+// MaxNumber bounds epochs and checkpoint sequence numbers: far above any
+// real count (a checkpoint a millisecond for 285 years), and far enough
+// below 2^64 that Epoch+1 and Seq+1 never wrap.
+const MaxNumber = 1 << 53
+
 func (s *State) registerWorkload(c *RegisterWorkload) error {
 	if c.ID == "" || c.Node == "" {
 		return fmt.Errorf("register workload %q on node %q: id and node are required: %w", c.ID, c.Node, ErrInvalid)
+	}
+	if c.CopyEpoch > MaxNumber {
+		return fmt.Errorf("register workload %q on node %q: copy epoch %d is above %d: %w", c.ID, c.Node, c.CopyEpoch, uint64(MaxNumber), ErrInvalid)
 	}
 	copyEpoch := max(c.CopyEpoch, 1)
 	w := s.Workloads[c.ID]
@@ -45,6 +53,9 @@ func (s *State) commitCheckpoint(c *CommitCheckpoint) error {
 	what := fmt.Sprintf("commit checkpoint #%d of workload %q from %s at epoch %d", cp.Seq, c.ID, c.Node, c.Epoch)
 	if c.ID == "" || c.Node == "" || cp.Seq == 0 || cp.SHA256 == "" || cp.Size < 0 {
 		return fmt.Errorf("%s: id, node, seq, sha256 and a size >= 0 are required: %w", what, ErrInvalid)
+	}
+	if cp.Seq > MaxNumber || c.Epoch > MaxNumber {
+		return fmt.Errorf("%s: sequence numbers and epochs above %d are refused: %w", what, uint64(MaxNumber), ErrInvalid)
 	}
 	w, err := s.workload(what, c.ID)
 	if err != nil {
@@ -93,6 +104,9 @@ func (s *State) place(c *Place) error {
 	what := fmt.Sprintf("place workload %q on %s at epoch %d from checkpoint #%d", c.ID, c.Owner, c.Epoch, c.Seq)
 	if c.ID == "" || c.Owner == "" || c.Seq == 0 {
 		return fmt.Errorf("%s: id, owner and seq are required: %w", what, ErrInvalid)
+	}
+	if c.Epoch > MaxNumber {
+		return fmt.Errorf("%s: epochs above %d are refused: %w", what, uint64(MaxNumber), ErrInvalid)
 	}
 	w, err := s.workload(what, c.ID)
 	if err != nil {

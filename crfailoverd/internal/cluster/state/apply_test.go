@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"strings"
@@ -452,5 +453,34 @@ func must(t *testing.T, s *State, cmd Command) {
 	t.Helper()
 	if err := s.Apply(cmd); err != nil {
 		t.Fatalf("Apply(%T): %v", cmd, err)
+	}
+}
+
+func TestHugeNumbersAreRefused(t *testing.T) {
+	s := New()
+	at := time.Unix(1000, 0)
+	for _, c := range []Command{
+		&UpsertNode{At: at, Name: "n1", RPCAddr: "a"},
+		&RegisterWorkload{At: at, ID: "ns/p/c", Node: "n1", Interval: time.Second},
+	} {
+		if err := s.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []Command{
+		&RegisterWorkload{At: at, ID: "ns/q/c", Node: "n1", CopyEpoch: math.MaxUint64},
+		&CommitCheckpoint{At: at, ID: "ns/p/c", Node: "n1", Epoch: 1, Checkpoint: Checkpoint{Seq: math.MaxUint64, SHA256: "x", Size: 1}},
+		&Place{At: at, ID: "ns/p/c", Owner: "n1", Epoch: math.MaxUint64, Seq: 1},
+	} {
+		before := s.Clone()
+		if err := s.Apply(c); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("%T with a huge number: %v, want ErrInvalid", c, err)
+		}
+		if !reflect.DeepEqual(before, s) {
+			t.Fatalf("%T changed the state", c)
+		}
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
