@@ -49,7 +49,10 @@ type Cluster struct {
 	o     Options
 	dir   string
 	caDir string
-	Nodes []*Node
+	// Nodes is changed only by New and AddNode, on the test's goroutine;
+	// nodesMu guards it against the copy sampler's reads.
+	nodesMu sync.Mutex
+	Nodes   []*Node
 }
 
 // Node is one member.
@@ -191,7 +194,9 @@ func (n *Node) Start() {
 func (c *Cluster) AddNode(name string) *Node {
 	c.t.Helper()
 	n := c.newNode(name)
+	c.nodesMu.Lock()
 	c.Nodes = append(c.Nodes, n)
+	c.nodesMu.Unlock()
 	n.Start()
 	return n
 }
@@ -261,7 +266,10 @@ func (c *Cluster) watchCopies() {
 			case <-t.C:
 			}
 			seen := map[store.Workload][]string{}
-			for _, n := range c.Nodes {
+			c.nodesMu.Lock()
+			nodes := append([]*Node(nil), c.Nodes...)
+			c.nodesMu.Unlock()
+			for _, n := range nodes {
 				for id, cp := range n.Fake.Copies() {
 					seen[id] = append(seen[id], fmt.Sprintf("%s@%d", n.Name, max(cp.Epoch, 1)))
 				}
