@@ -65,7 +65,7 @@ var Table = []Rule{
 	{"Apply GiveUp, UpsertNode, RemoveNode", "nobody: the leader's own loop only", "never forwarded"},
 	{"Push", "the workload's owner", "a checkpoint the state records for that workload with the same sha256 and size"},
 	{"Fetch", "the node the workload is placed on, or a holder of one of its checkpoints", "that workload"},
-	{"Migrate", "a node the state knows (asked on its admin socket)", "a workload, to a node the state knows"},
+	{"Migrate", "a node the state knows (asked on its admin socket)", "a workload, to another node the state knows (never to the caller itself)"},
 	{"Raft", "the Raft servers; before the cluster has a configuration, alive gossip members", "the Raft protocol"},
 }
 
@@ -228,6 +228,10 @@ func Migrate(s *state.State, caller, workload, to string) error {
 		return deny(caller, what, "the caller is not a node of the cluster")
 	case s.Nodes[to] == nil:
 		return deny(caller, what, "the target is not a node of the cluster")
+	case to == caller:
+		// A node pulling a workload's memory to itself: a migration to a
+		// node is asked on the owner or on a third node.
+		return deny(caller, what, "a node may not have a workload migrated to itself through the owner; ask on the owner's (or a third node's) admin socket")
 	}
 	return nil
 }

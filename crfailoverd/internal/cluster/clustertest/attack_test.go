@@ -147,6 +147,10 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 		{"a registration of a new privileged workload by a name that is no member", func() error {
 			return apply("mallory", &state.RegisterWorkload{At: now, ID: "default/evil/evil", Node: "mallory", Interval: time.Second, Config: privileged(t)})
 		}, "not a node of the cluster"},
+		{"a member pulling a workload to itself", func() error {
+			_, _, err := c.ClientAs(other, c.Node(owner)).Migrate(ctx, counter.String(), other)
+			return err
+		}, "may not have a workload migrated to itself"},
 		{"a migration to a name that is no member", func() error {
 			_, _, err := c.ClientAs("mallory", c.Node(owner)).Migrate(ctx, counter.String(), "mallory")
 			return err
