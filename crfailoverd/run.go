@@ -161,6 +161,10 @@ func (d *daemonRun) run(format string) error {
 		d.log.Warn("INSECURE: cluster.insecure_gossip = true: gossip is neither encrypted nor authenticated; anyone who reaches bind_addr can join the membership or forge its messages; set cluster.gossip_key_file (crfailoverd keygen --out FILE)",
 			"bind_addr", c.Cluster.BindAddr)
 	}
+	if c.Images.ListenAddr != "" && c.Images.AllowRemote {
+		d.log.Warn("INSECURE: images.allow_remote = true: the image endpoint serves every protected container's checkpoint (its memory) without credentials to whoever reaches it",
+			"listen_addr", c.Images.ListenAddr)
+	}
 	var static *agent.StaticPods
 	if mode := staticpod.Mode(c.Runtime.RestoreMode, c.Runtime.StaticPodDir); mode == staticpod.ModeStaticPod {
 		if c.Images.ListenAddr == "" {

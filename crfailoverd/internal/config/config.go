@@ -107,7 +107,8 @@ type Cluster struct {
 // serves this node's checkpoints as checkpoint images (for kubelet static
 // pods).
 type Images struct {
-	ListenAddr string `toml:"listen_addr"` // listen_addr: "host:port", or "" for no endpoint
+	ListenAddr  string `toml:"listen_addr"`  // listen_addr: "host:port", or "" for no endpoint; loopback unless AllowRemote
+	AllowRemote bool   `toml:"allow_remote"` // allow_remote: serve checkpoints beyond this node (no credentials yet)
 }
 
 // Metrics is the [metrics] table, used by the metrics feature.

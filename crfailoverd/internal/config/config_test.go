@@ -129,7 +129,7 @@ listen_addr = "127.0.0.1:5001"
 			DeadServerGrace: 2 * time.Minute, MaxVoters: 3,
 		},
 		Metrics: Metrics{"postgres://m@db/metrics", ":9100", 1},
-		Images:  Images{"127.0.0.1:5001"},
+		Images:  Images{ListenAddr: "127.0.0.1:5001"},
 	}
 	c, err := Parse([]byte(doc), "t.toml")
 	if err != nil {
@@ -257,6 +257,9 @@ func TestBadConfigs(t *testing.T) {
 		{"[metrics]\nprometheus_addr = \"9090\"\n", "t.toml:2: metrics.prometheus_addr: ", "missing port in address"},
 		{"[metrics]\nqueue_size = 0\n", "t.toml:2: metrics.queue_size: ", "want at least 1, got 0"},
 		{"[images]\nlisten_addr = \":5001\"\n", "t.toml:2: images.listen_addr: ", "host"},
+		{"[images]\nlisten_addr = \"0.0.0.0:5001\"\n", "t.toml:2: images.listen_addr: ", "is not a loopback address"},
+		{"[images]\nlisten_addr = \"10.0.0.5:5001\"\n", "t.toml:2: images.listen_addr: ", "set images.allow_remote = true"},
+		{"[images]\nallow_remote = 1\n", "t.toml:2: images.allow_remote: ", "want a boolean"},
 		// Dotted keys and inline tables.
 		{"checkpoint.retention = 0\n", "t.toml:1: checkpoint.retention: ", "want at least 1"},
 		{"\ncheckpoint = { method = \"x\", retention = 1 }\n", "t.toml:2: checkpoint.method: ", "want one of"},
@@ -283,6 +286,24 @@ func TestBadConfigs(t *testing.T) {
 // TestGossipKeyOrInsecure: a cluster node needs a gossip key, or
 // insecure_gossip = true to do without one; without the cluster neither
 // matters.
+func TestImageEndpointLoopbackUnlessAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		toml string
+		ok   bool
+	}{
+		{"[images]\nlisten_addr = \"127.0.0.1:7948\"\n", true},
+		{"[images]\nlisten_addr = \"localhost:7948\"\n", true},
+		{"[images]\nlisten_addr = \"[::1]:7948\"\n", true},
+		{"[images]\nlisten_addr = \"10.0.0.5:7948\"\n", false},
+		{"[images]\nlisten_addr = \"10.0.0.5:7948\"\nallow_remote = true\n", true},
+	} {
+		_, err := Parse([]byte(tc.toml), "t.toml")
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: err %v, want ok=%t", tc.toml, err, tc.ok)
+		}
+	}
+}
+
 func TestGossipKeyOrInsecure(t *testing.T) {
 	const tlsKeys = "tls_cert = \"/c\"\ntls_key = \"/k\"\ntls_ca = \"/ca\"\n"
 	for _, tc := range []struct {

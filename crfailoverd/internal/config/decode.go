@@ -154,6 +154,7 @@ func (d *decoder) decode(c *Config) {
 
 	t = d.table("images")
 	t.str("listen_addr", &c.Images.ListenAddr)
+	t.boolean("allow_remote", &c.Images.AllowRemote)
 }
 
 // unknownKeys reports, in document order, every key the schema does not

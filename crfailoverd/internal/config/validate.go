@@ -134,6 +134,10 @@ func (c Config) problems() []problem {
 
 	if a := c.Images.ListenAddr; a != "" {
 		v.hostPort("images.listen_addr", a, true)
+		if host, _, err := net.SplitHostPort(a); err == nil && checkHostPort(a, true) == nil && !isLoopback(host) && !c.Images.AllowRemote {
+			v.addf("images.listen_addr", "%q is not a loopback address: the endpoint serves every protected container's checkpoint (its memory) to whoever reaches it, without credentials; "+
+				"use 127.0.0.1:PORT (kubelet pulls from the node itself), or set images.allow_remote = true to serve it beyond this node", a)
+		}
 	}
 
 	return v.probs
@@ -174,6 +178,15 @@ func (v *checker) hostPort(key, val string, needHost bool) {
 	if err := checkHostPort(val, needHost); err != nil {
 		v.addf(key, `want "host:port", got %q: %v`, val, err)
 	}
+}
+
+// isLoopback reports whether host names this node's loopback only.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkHostPort reports why addr is not "host:port" with a numeric port
