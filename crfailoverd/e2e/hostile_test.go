@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -159,7 +160,7 @@ func TestE2EHostilePeer(t *testing.T) {
 		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 		_, rerr := conn.Read(make([]byte, 1))
 		var ne net.Error
-		raftRefused = rerr != nil && !(asNetErr(rerr, &ne) && ne.Timeout())
+		raftRefused = rerr != nil && !(errors.As(rerr, &ne) && ne.Timeout())
 		conn.Close()
 	}
 	if raftRefused {
@@ -227,14 +228,6 @@ func TestE2EHostilePeer(t *testing.T) {
 	if !t.Failed() {
 		fmt.Printf("E2E hostile-peer: attacks=%d refused=%d state_changed=%d restored_ok=%t\n", total, refused, changed, restoredOK)
 	}
-}
-
-func asNetErr(err error, ne *net.Error) bool {
-	x, ok := err.(net.Error)
-	if ok {
-		*ne = x
-	}
-	return ok
 }
 
 // TestE2ELeaderRestart: the leader's daemon is stopped and started again

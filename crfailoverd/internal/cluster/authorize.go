@@ -42,7 +42,7 @@ func (a authorizer) Authorize(ctx context.Context, caller string, r peer.Request
 	defer deadline.Stop()
 	for {
 		changed := a.c.fsm.Changed()
-		err := decide(a.c.fsm.State())
+		err := a.c.fsm.Read(decide) // no copy of the state per request
 		if err == nil || !errors.Is(err, authz.ErrNotRecorded) {
 			if err != nil {
 				a.c.log.Warn("REFUSED a peer request", "caller", caller, "method", r.Method, "workload", r.Workload, "seq", r.Seq, "err", err)

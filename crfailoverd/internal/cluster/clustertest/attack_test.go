@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -213,15 +214,7 @@ func raftAccepted(t *testing.T, c *Cluster, name string, n *Node) bool {
 	var ne net.Error
 	// A kept connection times out waiting for data; a refused one is
 	// closed (EOF).
-	return err != nil && errorsAs(err, &ne) && ne.Timeout()
-}
-
-func errorsAs(err error, ne *net.Error) bool {
-	x, ok := err.(net.Error)
-	if ok {
-		*ne = x
-	}
-	return ok
+	return err != nil && errors.As(err, &ne) && ne.Timeout()
 }
 
 // TestGossipAloneNeverMakesAVoter: a member that gossips a name but cannot

@@ -124,6 +124,14 @@ func (f *FSM) State() *state.State {
 	return f.s.Clone()
 }
 
+// Read runs fn on the state under the read lock, without copying it; fn
+// must not change the state nor keep it.
+func (f *FSM) Read(fn func(*state.State) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return fn(f.s)
+}
+
 // Workload returns a copy of one workload's record.
 func (f *FSM) Workload(id string) (state.Workload, bool) {
 	f.mu.RLock()
