@@ -20,9 +20,11 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pki"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
@@ -63,17 +65,24 @@ func TestE2EHostilePeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cb.runCounter(ctx, "n1")
-	before, err := cb.workload(ctx, "n2")
-	if err != nil || before.Newest == nil {
-		t.Fatalf("the cluster's record of the counter: %+v, %v", before, err)
-	}
-	holder := ""
-	for _, h := range before.Newest.Holders {
-		if h != "n1" {
-			holder = h
+	// n2 may be a checkpoint behind n1, and n1's newest checkpoint may
+	// not be replicated yet: wait until n2 knows a peer holding one.
+	var before api.ClusterWorkload
+	holder, leader := "", ""
+	poll.Until(t, 30*time.Second, "n2 knows the counter's leader and a replica on a peer", func() (bool, string) {
+		var err error
+		if before, err = cb.workload(ctx, "n2"); err != nil || before.Newest == nil {
+			return false, fmt.Sprintf("record %+v, %v", before, err)
 		}
-	}
-	leader := cb.leader(ctx, "n2")
+		holder = ""
+		for _, h := range before.Newest.Holders {
+			if h != "n1" {
+				holder = h
+			}
+		}
+		leader = cb.leader(ctx, "n2")
+		return holder != "" && leader != "", fmt.Sprintf("newest %+v, leader %q", before.Newest, leader)
+	})
 	mt := malloryTLS(t, cb.b)
 	dial := func(node string) *peer.Client {
 		c, err := peer.Dial(node, rpcAddr(t, cb.b, node), mt)
