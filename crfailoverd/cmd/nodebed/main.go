@@ -194,7 +194,7 @@ func printStatus(w io.Writer, b *testbed.Bed) error {
 	defer cancel()
 	for _, n := range b.Nodes() {
 		st := "down"
-		if n.ContainerdPID != 0 {
+		if n.RuntimePID != 0 {
 			st = "not answering"
 			if err := testbed.PingCRI(ctx, n.Socket); err == nil {
 				st = "up"

@@ -243,7 +243,7 @@ func (b *Bed) KillNode(ctx context.Context, name string) error {
 	if err := killNodeProcesses(n.Netns); err != nil {
 		return fmt.Errorf("kill node %s: %w", name, err)
 	}
-	n.ContainerdPID, n.EmulatorPID = 0, 0
+	n.RuntimePID, n.EmulatorPID, n.KubeletPID = 0, 0, 0
 	return b.saveState()
 }
 

@@ -26,6 +26,14 @@ const (
 	EnvSubnet       = "CRF_BED_SUBNET"        // bridge subnet, a /24 (default 10.77.0.0/24)
 	EnvRegistryPort = "CRF_BED_REGISTRY_PORT" // registry port on every loopback (default 5000)
 	EnvSuite        = "CRF_BED_SUITE"         // Debian suite of the root file system (default forky)
+	EnvRuntime      = "CRF_BED_RUNTIME"       // container runtime of every node: containerd or crio (default containerd)
+	EnvKubelet      = "CRF_BED_KUBELET"       // 1: every node runs a real kubelet in standalone mode (default 0: the checkpoint emulator)
+)
+
+// Runtimes a bed node can run.
+const (
+	RuntimeContainerd = "containerd"
+	RuntimeCRIO       = "crio"
 )
 
 // Names the bed gives to what it creates on the host, so that leftovers of
@@ -48,6 +56,8 @@ type Config struct {
 	RegistryPort int          // registry port on the host's and every node's loopback
 	Suite        string       // Debian suite to bootstrap
 	ModuleDir    string       // root of the crfailoverd module, to build the images
+	Runtime      string       // RuntimeContainerd or RuntimeCRIO
+	Kubelet      bool         // a real kubelet on every node instead of the emulator
 }
 
 // ConfigFromEnv reads the bed's configuration from the environment, with
@@ -58,6 +68,17 @@ func ConfigFromEnv() (Config, error) {
 		Dir:          envOr(EnvDir, "/var/lib/crfailoverd-bed"),
 		RegistryPort: 5000,
 		Suite:        envOr(EnvSuite, "forky"),
+		Runtime:      envOr(EnvRuntime, RuntimeContainerd),
+	}
+	if c.Runtime != RuntimeContainerd && c.Runtime != RuntimeCRIO {
+		return c, fmt.Errorf("%s=%q: want %s or %s", EnvRuntime, c.Runtime, RuntimeContainerd, RuntimeCRIO)
+	}
+	switch v := os.Getenv(EnvKubelet); v {
+	case "", "0":
+	case "1":
+		c.Kubelet = true
+	default:
+		return c, fmt.Errorf("%s=%q: want 1 or 0", EnvKubelet, v)
 	}
 	subnet := envOr(EnvSubnet, "10.77.0.0/24")
 	p, err := netip.ParsePrefix(subnet)

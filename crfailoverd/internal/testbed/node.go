@@ -20,11 +20,13 @@ type Node struct {
 	Index         int        `json:"index"`
 	Addr          netip.Addr `json:"addr"`
 	Dir           string     `json:"dir"`         // node state on the host, at the same path inside the node's mount namespace
-	Socket        string     `json:"socket"`      // containerd's CRI socket, reachable from the host
-	KubeletDir    string     `json:"kubelet_dir"` // where the kubelet emulator has containerd write checkpoints
+	Socket        string     `json:"socket"`      // the runtime's CRI socket, reachable from the host
+	KubeletDir    string     `json:"kubelet_dir"` // the kubelet's (or the emulator's) root directory; checkpoints go to its checkpoints/
 	Netns         string     `json:"netns"`       // path of the network namespace
-	ContainerdPID int        `json:"containerd_pid"`
+	Runtime       string     `json:"runtime"`     // RuntimeContainerd or RuntimeCRIO
+	RuntimePID    int        `json:"runtime_pid"`
 	EmulatorPID   int        `json:"emulator_pid"`
+	KubeletPID    int        `json:"kubelet_pid"`
 }
 
 // KubeletURL is the base URL of the node's kubelet emulator.
@@ -42,14 +44,19 @@ func (n Node) logPath(what string) string { return filepath.Join(n.Dir, what+".l
 func (b *Bed) newNode(i int) Node {
 	name := "n" + strconv.Itoa(i)
 	dir := filepath.Join(b.cfg.Dir, "nodes", name)
+	sock := "containerd.sock"
+	if b.cfg.Runtime == RuntimeCRIO {
+		sock = "crio.sock"
+	}
 	return Node{
 		Name:       name,
 		Index:      i,
 		Addr:       b.cfg.NodeAddr(i),
 		Dir:        dir,
-		Socket:     filepath.Join(dir, "containerd.sock"),
+		Socket:     filepath.Join(dir, sock),
 		KubeletDir: filepath.Join(dir, "kubelet"),
 		Netns:      NetnsPath(name),
+		Runtime:    b.cfg.Runtime,
 	}
 }
 
@@ -100,14 +107,33 @@ umount -l /.oldroot
 exec containerd --config "$CONFIG"
 `
 
-// startNode starts containerd and the kubelet emulator of node n and waits
-// until both answer.
+// startNode starts the node's runtime and its kubelet (or the kubelet
+// checkpoint emulator) and waits until both answer.
 func (b *Bed) startNode(ctx context.Context, n *Node) error {
 	for _, d := range []string{n.Dir, n.KubeletDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
+	var err error
+	switch n.Runtime {
+	case RuntimeCRIO:
+		err = b.startCRIO(ctx, n)
+	default:
+		err = b.startContainerd(ctx, n)
+	}
+	if err != nil {
+		return err
+	}
+	if b.cfg.Kubelet {
+		return b.startKubelet(ctx, n)
+	}
+	return b.startEmulator(ctx, n)
+}
+
+// startContainerd starts the node's containerd and waits until its CRI
+// answers.
+func (b *Bed) startContainerd(ctx context.Context, n *Node) error {
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
 	if err := os.WriteFile(cfgPath, []byte(b.containerdConfig(*n)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write containerd config: %w", n.Name, err)
@@ -121,19 +147,23 @@ func (b *Bed) startNode(ctx context.Context, n *Node) error {
 	if err != nil {
 		return fmt.Errorf("node %s: start containerd: %w", n.Name, err)
 	}
-	n.ContainerdPID = pid
+	n.RuntimePID = pid
 	if err := waitFor(ctx, 60*time.Second, pid, n.logPath("containerd"), func(ctx context.Context) error {
 		return PingCRI(ctx, n.Socket)
 	}); err != nil {
 		return fmt.Errorf("node %s: containerd did not come up: %w", n.Name, err)
 	}
+	return nil
+}
 
+// startEmulator starts the kubelet checkpoint emulator of node n.
+func (b *Bed) startEmulator(ctx context.Context, n *Node) error {
 	ea := emulatorArgs{
 		Node: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(KubeletPort)),
 		Socket: n.Socket, KubeletDir: n.KubeletDir,
 		Cert: b.PKI.ServerCert(n.Name), Key: b.PKI.ServerKey(n.Name), CA: b.PKI.CACert,
 	}
-	pid, err = b.spawnHelper(n.logPath("kubelet-emulator"), n.Netns, "emulator", ea)
+	pid, err := b.spawnHelper(n.logPath("kubelet-emulator"), n.Netns, "emulator", ea)
 	if err != nil {
 		return fmt.Errorf("node %s: start kubelet emulator: %w", n.Name, err)
 	}
