@@ -24,7 +24,8 @@ const usage = `Usage: nodebed COMMAND [ARGS]
 Runs crfailoverd's multi-node test bed (as root).
 
 Commands:
-  prepare                build (or check) the cached runtime root file system
+  prepare                build (or check) what the bed caches: the runtime root file system,
+                         kubelet, CRI-O (plain and patched) and pinns
   up [-n N]              create a bed of N nodes (default 3), replacing any earlier one
   demo [-keep]           the main story: a 3-node bed with crfailoverd clustered on every
                          node, the counter on n1 checkpointed every second and replicated,
@@ -48,6 +49,9 @@ Environment:
   CRF_BED_SUBNET         bridge subnet, a /24 (default 10.77.0.0/24)
   CRF_BED_REGISTRY_PORT  registry port on every loopback (default 5000)
   CRF_BED_SUITE          Debian suite of the root file system (default forky)
+  CRF_BED_RUNTIME        runtime of every node: containerd or crio (default containerd)
+  CRF_BED_KUBELET        1: a real kubelet (standalone, static pods) on every node
+                         instead of the kubelet checkpoint emulator (default 0)
 
 Run it from the crfailoverd source tree: "up" builds the test images.
 `
@@ -133,7 +137,10 @@ func run(ctx context.Context, cmd string, args []string) error {
 			return err
 		}
 		fmt.Printf("root file system %s: %s\n", dir, v)
-		return nil
+		if err := testbed.EnsureKubelet(ctx, cfg, os.Stdout); err != nil {
+			return err
+		}
+		return testbed.EnsureCRIO(ctx, cfg, os.Stdout)
 	case "demo":
 		return clusterDemo(ctx, cfg, *keep)
 	case "restore-demo":

@@ -125,6 +125,16 @@ func Up(ctx context.Context, c Config, n int, log io.Writer) (_ *Bed, err error)
 	}
 	b.state.Rootfs, b.state.Versions = rootfs, v
 	fmt.Fprintf(log, "testbed: root file system %s: %s\n", rootfs, v)
+	if c.Runtime == RuntimeCRIO {
+		if err := EnsureCRIO(ctx, c, log); err != nil {
+			return nil, err
+		}
+	}
+	if c.Kubelet {
+		if err := EnsureKubelet(ctx, c, log); err != nil {
+			return nil, err
+		}
+	}
 
 	if err := os.MkdirAll(filepath.Join(c.Dir, "nodes"), 0o700); err != nil {
 		return nil, fmt.Errorf("create bed directory: %w", err)
