@@ -126,7 +126,7 @@ func settingsOf(c config.Config) agent.Settings {
 		Node:   c.Node.Name,
 		Method: c.Checkpoint.Method,
 		Defaults: discovery.Defaults{Interval: c.Checkpoint.DefaultInterval, ProbePeriod: c.Probe.Period,
-			FailureThreshold: c.Probe.FailureThreshold},
+			FailureThreshold: c.Probe.FailureThreshold, NodeName: c.Node.Name},
 		CheckpointTimeout: c.Checkpoint.Timeout,
 		Retention:         c.Checkpoint.Retention,
 		ProbeTimeout:      c.Probe.Timeout,

@@ -445,7 +445,13 @@ func (a *Agent) takeCheckpoint(ctx context.Context, w discovery.Workload) (store
 		if kc == nil {
 			return store.Entry{}, errors.New("checkpoint method kubelet, but no kubelet is configured")
 		}
-		path, err := kc.Checkpoint(ctx, w.ID.Namespace, w.ID.Pod, w.ID.Container, set.CheckpointTimeout)
+		// kubelet knows the pod by its own name (NAME-NODE for a static
+		// pod), which can differ from the workload's.
+		pod := w.PodName
+		if pod == "" {
+			pod = w.ID.Pod
+		}
+		path, err := kc.Checkpoint(ctx, w.ID.Namespace, pod, w.ID.Container, set.CheckpointTimeout)
 		if err == nil {
 			meta.Method, meta.Duration = MethodKubelet, a.now().Sub(start)
 			return a.store.Commit(w.ID, path, meta)

@@ -12,6 +12,10 @@
 //	hitachienergy.com/cr_probe_path              its path (default /health)
 //	hitachienergy.com/cr_probe_period            seconds between probes (default from the config)
 //	hitachienergy.com/cr_probe_failure_threshold failures in a row that mean the app failed (default 3)
+//
+// A kubelet static pod (sandbox annotation kubernetes.io/config.source:
+// "file") named NAME-NODENAME by kubelet is the workload NAME, so that a
+// static pod keeps one name on every node it runs on.
 package discovery
 
 import (
@@ -42,6 +46,12 @@ const (
 	// AnnWorkload is set on static pods crfailoverd hands to kubelet:
 	// kubelet names such a pod POD-NODE, and this keeps the workload's name.
 	AnnWorkload = "crfailoverd.io/workload"
+	// AnnCheckpoint is set on static pods crfailoverd hands to kubelet: the
+	// checkpoint the pod restores, namespace/pod/container:seq.
+	AnnCheckpoint = "crfailoverd.io/checkpoint"
+	// AnnConfigSource is kubelet's annotation on a sandbox naming where the
+	// pod came from: "file" for a static pod, "api" for the API server.
+	AnnConfigSource = "kubernetes.io/config.source"
 )
 
 // Defaults come from the configuration.
@@ -49,6 +59,10 @@ type Defaults struct {
 	Interval         time.Duration
 	ProbePeriod      time.Duration
 	FailureThreshold int
+	// NodeName is this node's name. kubelet names a static pod
+	// NAME-NODENAME (lower case); the workload keeps the manifest's NAME,
+	// so that it has one name on every node.
+	NodeName string
 }
 
 // Probe is an HTTP liveness probe; Port 0 means none.
@@ -61,7 +75,10 @@ type Probe struct {
 
 // Workload is a container to checkpoint, as found now.
 type Workload struct {
-	ID          store.Workload
+	ID store.Workload
+	// PodName is the pod's name as the runtime and kubelet know it (for a
+	// static pod NAME-NODENAME): the name kubelet's checkpoint API takes.
+	PodName     string
 	SandboxID   string
 	PodUID      string
 	ContainerID string
@@ -69,6 +86,12 @@ type Workload struct {
 	Interval    time.Duration
 	Probe       Probe
 	Epoch       uint64 // AnnEpoch of the pod; 0 for an original pod
+	// StaticPod: kubelet runs the pod from a manifest in its static pod
+	// directory (the user's own, or one crfailoverd wrote).
+	StaticPod bool
+	// Checkpoint is AnnCheckpoint of a pod crfailoverd handed to kubelet;
+	// empty for any other pod.
+	Checkpoint string
 }
 
 // Problem is a pod that asks for checkpointing but cannot be handled.
@@ -111,7 +134,8 @@ func Find(pods []cri.Pod, d Defaults) ([]Workload, []Problem) {
 
 func workloadOf(p cri.Pod, d Defaults) (Workload, error) {
 	a := p.Annotations
-	w := Workload{SandboxID: p.SandboxID, PodUID: p.UID, Interval: d.Interval,
+	w := Workload{PodName: p.Name, SandboxID: p.SandboxID, PodUID: p.UID, Interval: d.Interval,
+		StaticPod: a[AnnConfigSource] == "file", Checkpoint: a[AnnCheckpoint],
 		Probe: Probe{Path: "/health", Period: d.ProbePeriod, FailureThreshold: d.FailureThreshold}}
 	var err error
 	if v, ok := a[AnnInterval]; ok {
@@ -132,6 +156,9 @@ func workloadOf(p cri.Pod, d Defaults) (Workload, error) {
 		w.Epoch = e
 	}
 	w.ID = store.Workload{Namespace: p.Namespace, Pod: p.Name, Container: ctr.Name}
+	if suffix := "-" + strings.ToLower(d.NodeName); w.StaticPod && d.NodeName != "" && strings.HasSuffix(p.Name, suffix) && len(p.Name) > len(suffix) {
+		w.ID.Pod = strings.TrimSuffix(p.Name, suffix)
+	}
 	if v, ok := a[AnnWorkload]; ok {
 		id, err := store.ParseWorkload(v)
 		if err != nil {

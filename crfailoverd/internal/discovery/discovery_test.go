@@ -88,3 +88,35 @@ func TestFindNewestContainerAttemptAndSandbox(t *testing.T) {
 		t.Fatalf("want the newest attempt in the newest sandbox, got %+v", ws)
 	}
 }
+
+func TestStaticPodNames(t *testing.T) {
+	d := defs
+	d.NodeName = "N2"
+	static := map[string]string{AnnMode: "cr", AnnConfigSource: "file"}
+	restored := map[string]string{AnnMode: "cr", AnnConfigSource: "file", AnnWorkload: "ns/counter/app", AnnCheckpoint: "ns/counter/app:7"}
+	for _, tc := range []struct {
+		pod        cri.Pod
+		id         string
+		static     bool
+		checkpoint string
+	}{
+		// kubelet names a static pod NAME-NODE (lower case): the workload is NAME.
+		{pod("counter-n2", static, ctr("app", 1, cri.StateRunning)), "ns/counter/app", true, ""},
+		// Another node's suffix, or none, is part of the name.
+		{pod("counter-n1", static, ctr("app", 1, cri.StateRunning)), "ns/counter-n1/app", true, ""},
+		{pod("-n2", static, ctr("app", 1, cri.StateRunning)), "ns/-n2/app", true, ""},
+		// A pod of the API server (or created through the CRI) keeps its name.
+		{pod("web-n2", map[string]string{AnnMode: "cr", AnnConfigSource: "api"}, ctr("app", 1, cri.StateRunning)), "ns/web-n2/app", false, ""},
+		// crfailoverd's own static pod says which workload and checkpoint it is.
+		{pod("counter-n2", restored, ctr("app", 1, cri.StateRunning)), "ns/counter/app", true, "ns/counter/app:7"},
+	} {
+		ws, problems := Find([]cri.Pod{tc.pod}, d)
+		if len(ws) != 1 || len(problems) != 0 {
+			t.Fatalf("%s: %v %v", tc.pod.Name, ws, problems)
+		}
+		w := ws[0]
+		if w.ID.String() != tc.id || w.PodName != tc.pod.Name || w.StaticPod != tc.static || w.Checkpoint != tc.checkpoint {
+			t.Errorf("%s: id %s pod name %s static %t checkpoint %q; want %s, %t, %q", tc.pod.Name, w.ID, w.PodName, w.StaticPod, w.Checkpoint, tc.id, tc.static, tc.checkpoint)
+		}
+	}
+}

@@ -13,7 +13,9 @@
 // with the labels, annotations, host namespaces, ports and environment the
 // workload ran with (from the sandbox and container configuration recorded
 // through the CRI, and the archive's spec.dump), the checkpoint image with
-// imagePullPolicy Always, and annotations naming the checkpoint. It is
+// imagePullPolicy Always, restartPolicy Never (crfailoverd, not kubelet,
+// brings an exited application back), and annotations naming the
+// checkpoint. It is
 // written atomically as crfailoverd-<namespace>_<pod>.yaml and removed when
 // the workload's ownership moves elsewhere.
 package staticpod
@@ -57,7 +59,7 @@ const (
 	// name alone does not say which workload it is).
 	AnnWorkload = "crfailoverd.io/workload"
 	// AnnCheckpoint names the checkpoint restored: namespace/pod/container:seq.
-	AnnCheckpoint = "crfailoverd.io/checkpoint"
+	AnnCheckpoint = discovery.AnnCheckpoint
 	// AnnEpoch is the cluster epoch of the placement the copy belongs to
 	// (the key package discovery reads); absent for epoch 0.
 	AnnEpoch = discovery.AnnEpoch
@@ -151,7 +153,10 @@ func Manifest(o Options) (*corev1.Pod, error) {
 			Labels:      labels(sb.Labels),
 			Annotations: annotations(sb.Annotations),
 		},
-		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyAlways},
+		// Never: when the application exits, crfailoverd restores it (by
+		// writing a new manifest); kubelet restarting it from the image
+		// would run a fresh copy, without its state, instead.
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever},
 	}
 	ann := pod.Annotations
 	ann[AnnWorkload] = w.String()
@@ -449,4 +454,44 @@ func Mode(mode, dir string) string {
 		}
 	}
 	return ModeCRI
+}
+
+// FindUserManifest finds the manifest in kubelet's static pod directory
+// dir that defines pod namespace/name and asks for checkpointing (the
+// user's own manifest, not one crfailoverd wrote). kubelet reads every
+// file of the directory but hidden ones; files that do not parse as a pod
+// are skipped. It returns the path and the file's bytes; an empty path when
+// there is no such manifest.
+func FindUserManifest(dir, namespace, name string) (string, []byte, error) {
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil, nil
+	} else if err != nil {
+		return "", nil, fmt.Errorf("static pod: list %s: %w", dir, err)
+	}
+	for _, de := range des {
+		n := de.Name()
+		if !de.Type().IsRegular() || strings.HasPrefix(n, ".") || strings.HasPrefix(n, "crfailoverd-") {
+			continue
+		}
+		path := filepath.Join(dir, n)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", nil, fmt.Errorf("static pod: read %s: %w", path, err)
+		}
+		pod := &corev1.Pod{}
+		if yaml.Unmarshal(b, pod) != nil || pod.Kind != "Pod" {
+			continue
+		}
+		ns := pod.Namespace
+		if ns == "" {
+			ns = "default" // as kubelet defaults it
+		}
+		if ns == namespace && pod.Name == name && pod.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
+			if _, mine := pod.Annotations[AnnWorkload]; !mine {
+				return path, b, nil
+			}
+		}
+	}
+	return "", nil, nil
 }

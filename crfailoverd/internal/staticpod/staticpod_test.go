@@ -123,7 +123,7 @@ func TestManifestRoundTrip(t *testing.T) {
 	if !got.Spec.HostNetwork || got.Spec.HostPID || got.Spec.HostIPC || got.Spec.ShareProcessNamespace != nil {
 		t.Errorf("host namespaces: network %v pid %v ipc %v share %v", got.Spec.HostNetwork, got.Spec.HostPID, got.Spec.HostIPC, got.Spec.ShareProcessNamespace)
 	}
-	if got.Spec.RestartPolicy != corev1.RestartPolicyAlways || got.Spec.Hostname != "" {
+	if got.Spec.RestartPolicy != corev1.RestartPolicyNever || got.Spec.Hostname != "" {
 		t.Errorf("restart policy %q, hostname %q", got.Spec.RestartPolicy, got.Spec.Hostname)
 	}
 	if len(got.Spec.Containers) != 1 {
@@ -410,4 +410,44 @@ func dirNames(t *testing.T, dir string) []string {
 		}
 	}
 	return out
+}
+
+func TestFindUserManifest(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"counter.yaml":                   "apiVersion: v1\nkind: Pod\nmetadata:\n  name: counter\n  annotations:\n    hitachienergy.com/cr_mode: cr\nspec:\n  containers:\n  - name: counter\n    image: x\n",
+		"plain.yaml":                     "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers:\n  - name: c\n    image: x\n",
+		".hidden.yaml":                   "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hidden\n  annotations:\n    hitachienergy.com/cr_mode: cr\n",
+		"notes.txt":                      "not a pod: [",
+		"crfailoverd-default_other.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: other\n  namespace: default\n  annotations:\n    hitachienergy.com/cr_mode: cr\n    crfailoverd.io/workload: default/other/c\n",
+	}
+	for n, c := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(c), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		ns, name, want string
+	}{
+		{"default", "counter", "counter.yaml"},
+		{"kube-system", "counter", ""}, // another namespace
+		{"default", "plain", ""},       // not annotated
+		{"default", "hidden", ""},      // kubelet ignores hidden files
+		{"default", "other", ""},       // crfailoverd's own
+		{"default", "missing", ""},
+	} {
+		path, b, err := FindUserManifest(dir, tc.ns, tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(path) != tc.want && !(tc.want == "" && path == "") {
+			t.Errorf("%s/%s: found %q, want %q", tc.ns, tc.name, path, tc.want)
+		}
+		if tc.want != "" && string(b) != files[tc.want] {
+			t.Errorf("%s/%s: bytes %q", tc.ns, tc.name, b)
+		}
+	}
+	if path, _, err := FindUserManifest(filepath.Join(dir, "none"), "default", "counter"); err != nil || path != "" {
+		t.Errorf("missing directory: %q, %v", path, err)
+	}
 }
