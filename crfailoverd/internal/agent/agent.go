@@ -137,6 +137,7 @@ type Agent struct {
 	lastLoop      time.Time // last pass of the discovery loop
 	podLevel      podLevelSupport
 	fencing       map[string]bool // sandboxes being stopped on the cluster's word
+	handoffs      map[store.Workload]handoff // restores handed to kubelet, until its pod runs
 	wg            sync.WaitGroup
 }
 
@@ -196,6 +197,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	t := time.NewTicker(a.every)
 	defer t.Stop()
 	readyOnce := sync.OnceFunc(func() { close(a.ready) })
+	if err := a.parkManifests(ctx); err != nil {
+		a.log.Error("cannot park the static pod manifests of workloads that do not run; kubelet may start them before the cluster says who owns them", "err", err)
+	}
 	var lastErr string
 	for {
 		var changed <-chan struct{}
@@ -277,6 +281,7 @@ func (a *Agent) discover(ctx context.Context) error {
 	}
 	seen := map[store.Workload]bool{}
 	view := a.view()
+	a.unpark()
 	for _, w := range found {
 		if view != nil {
 			verdict, known := view.Admit(w)
@@ -308,6 +313,9 @@ func (a *Agent) discover(ctx context.Context) error {
 			}
 		}
 		seen[w.ID] = true
+		if a.awaitingKubelet(w) {
+			continue
+		}
 		if wk, ok := a.workers[w.ID]; ok && !wk.exited() {
 			wk.update(w)
 			continue

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
@@ -93,7 +94,8 @@ func (a *Agent) RemoveCopies(ctx context.Context, id store.Workload) (int, error
 	}
 	n := 0
 	for _, p := range pods {
-		if (p.Namespace == id.Namespace && p.Name == id.Pod || p.Annotations[discovery.AnnWorkload] == id.String()) && p.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
+		ws, _ := discovery.Find([]cri.Pod{p}, a.cfg().Defaults)
+		if len(ws) == 1 && ws[0].ID == id {
 			if err := a.rt.RemovePod(ctx, p.SandboxID); err != nil {
 				return n, err
 			}
@@ -199,7 +201,7 @@ func (a *Agent) Running(id store.Workload) bool {
 	wk, ok := a.workers[id]
 	a.mu.Unlock()
 	if !ok || wk.exited() {
-		return false
+		return a.handedOver(id)
 	}
 	wk.mu.Lock()
 	defer wk.mu.Unlock()

@@ -57,6 +57,7 @@ type worker struct {
 	lastRestore   *api.RestoreInfo
 	removed       map[string]bool // sandboxes the worker removed: stale reports of them are ignored
 	probeAddr     string
+	adoptTried    bool // adoptPod ran (it runs once per worker)
 }
 
 func newWorker(a *Agent, w discovery.Workload) *worker {
@@ -156,8 +157,11 @@ func (w *worker) run(ctx context.Context) {
 				resetTimer(ckpt, w.spec.Interval)
 				continue
 			}
-			_, _ = w.checkpoint(ctx, log, w.a.now())
+			_, err := w.checkpoint(ctx, log, w.a.now())
 			if ctx.Err() != nil {
+				return
+			}
+			if err == nil && w.adoptable() && !w.adoptPod(ctx) {
 				return
 			}
 			resetTimer(ckpt, time.Until(w.next))
@@ -290,6 +294,9 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	log := w.a.log.With("workload", w.id.String())
 	if v := w.a.view(); v != nil && !v.RestoreHere(w.spec) {
 		log.Warn("application failed; the cluster restores it", "reason", reason)
+		if err := w.a.removeStaticPod(w.id); err != nil {
+			log.Warn("removing the failed pod's static pod manifest failed", "err", err)
+		}
 		if err := w.a.rt.RemovePod(ctx, w.spec.SandboxID); err != nil {
 			log.Warn("removing the failed pod failed", "sandbox_id", short(w.spec.SandboxID), "err", err)
 		}
@@ -303,6 +310,7 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	log.Warn("application failed; restoring from a checkpoint", "reason", reason)
 
 	old := w.spec.SandboxID
+	replace := w.a.replaceFirst(w.spec)
 	cfg, err := loadWorkloadConfig(w.a.dataDir, w.id)
 	if err != nil {
 		w.giveUp(log, reason, detected, 0, fmt.Errorf("no recorded configuration to restore with: %w", err))
@@ -322,7 +330,7 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	res := w.a.restoreWorkload(ctx, restoreRequest{id: w.id, reason: reason, candidates: candidates, cfg: cfg, policy: w.a.cfg().Restore,
 		removeFirst: func(ctx context.Context) error {
 			w.set(func() { w.removed[old] = true })
-			return w.a.rt.RemovePod(ctx, old)
+			return replace(ctx)
 		}})
 	ri := res.info
 	switch {
@@ -369,4 +377,46 @@ func (w *worker) status() api.WorkloadStatus {
 		s.Last = &i
 	}
 	return s
+}
+
+// adoptable reports whether the copy runs from the user's own static pod
+// manifest, which crfailoverd takes over after the first checkpoint (see
+// StaticPods).
+func (w *worker) adoptable() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.a.static != nil && w.spec.StaticPod && w.spec.Checkpoint == "" && !w.adoptTried &&
+		w.spec.State == cri.StateRunning && w.last != nil
+}
+
+// adoptPod takes the user's static pod manifest over: it moves it out of
+// kubelet's directory and restores the pod from the checkpoint just taken
+// under crfailoverd's own manifest, in place, at the copy's epoch. It
+// returns false when the restore was handed to kubelet (the worker ends;
+// discovery starts one for the new pod).
+func (w *worker) adoptPod(ctx context.Context) bool {
+	log := w.a.log.With("workload", w.id.String())
+	w.set(func() { w.adoptTried = true })
+	cfg, err := loadWorkloadConfig(w.a.dataDir, w.id)
+	if err != nil {
+		log.Error("cannot take the static pod over: no recorded configuration; kubelet may restart it fresh after a failure", "err", err)
+		return true
+	}
+	var epoch uint64
+	if v := w.a.view(); v != nil {
+		epoch = v.CopyEpoch(w.spec)
+	}
+	w.mu.Lock()
+	last := *w.last
+	w.mu.Unlock()
+	res := w.a.restoreWorkload(ctx, restoreRequest{id: w.id, reason: "taking the static pod over from the user's manifest",
+		candidates: []store.Entry{last}, cfg: cfg, epoch: epoch, policy: RestorePolicy{MaxAttempts: 1},
+		removeFirst: w.a.replaceFirst(w.spec)})
+	if res.err != nil {
+		log.Error("cannot take the static pod over; kubelet keeps running the user's manifest and may restart it fresh after a failure", "err", res.err)
+		return true
+	}
+	ri := res.info
+	w.set(func() { w.restores++; w.lastRestore = &ri; w.state = "handed to kubelet" })
+	return false
 }

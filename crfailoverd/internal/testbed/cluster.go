@@ -23,14 +23,18 @@ func (b *Bed) Admin(node string) (*admin.Client, error) {
 }
 
 // StartCluster starts crfailoverd (binary bin) on every node, clustered
-// (method cri, the bed's TLS and gossip key, extra lines in [cluster]),
+// (method cri, or kubelet on kubelet nodes; the bed's TLS and gossip key, extra lines in [cluster]),
 // and waits until every node is an alive Raft member and there is a
 // leader. It returns the daemons' process ids.
 func (b *Bed) StartCluster(ctx context.Context, bin string, extra ...string) (map[string]int, error) {
 	pids := map[string]int{}
 	nodes := b.Nodes()
+	method := "cri"
+	if b.cfg.Kubelet {
+		method = "kubelet"
+	}
 	for _, n := range nodes {
-		cfg, err := b.DaemonConfig(n.Name, "cri", "")
+		cfg, err := b.DaemonConfig(n.Name, method, "")
 		if err != nil {
 			return nil, err
 		}

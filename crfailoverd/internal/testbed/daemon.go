@@ -24,12 +24,18 @@ func (n Node) DaemonConfigPath() string { return filepath.Join(n.DaemonDir(), "c
 func (n Node) DaemonLog() string { return n.logPath("crfailoverd") }
 
 // DaemonConfig returns a crfailoverd configuration for node: its runtime,
-// its kubelet emulator with the bed's client certificate, data under the
-// node directory. extra is appended (TOML tables such as [cluster]).
+// its kubelet (or the emulator) with the bed's client certificate, data
+// under the node directory; on kubelet nodes restores go through kubelet's
+// static pod directory. extra is appended (TOML tables such as [cluster]).
 func (b *Bed) DaemonConfig(node, method string, extra string) (string, error) {
 	n, err := b.Node(node)
 	if err != nil {
 		return "", err
+	}
+	restoreMode := ""
+	if b.cfg.Kubelet {
+		// kubelet removes pods it did not make: restore as static pods.
+		restoreMode = fmt.Sprintf("restore_mode = \"static-pod\"\nstatic_pod_dir = %q\n", n.StaticPodDir())
 	}
 	return fmt.Sprintf(`# crfailoverd on test bed node %s
 [node]
@@ -41,7 +47,7 @@ log_format = "text"
 
 [runtime]
 endpoint = %q
-
+%s
 [checkpoint]
 method = %q
 default_interval = "10s"
@@ -63,7 +69,7 @@ failure_threshold = 3
 max_attempts = 4
 backoff_initial = "500ms"
 backoff_max = "5s"
-%s`, n.Name, n.Name, n.DaemonDir(), n.DaemonSocket(), "unix://"+n.Socket, method, n.KubeletURL(),
+%s`, n.Name, n.Name, n.DaemonDir(), n.DaemonSocket(), "unix://"+n.Socket, restoreMode, method, n.KubeletURL(),
 		b.PKI.ClientCert, b.PKI.ClientKey, b.PKI.CACert, extra), nil
 }
 

@@ -1,0 +1,83 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/atomicfile"
+)
+
+// CounterManifest is a user's static pod manifest of the counter: host
+// network, the bed registry's image, the given annotations (for example
+// hitachienergy.com/cr_mode: "cr").
+func (b *Bed) CounterManifest(name string, ann map[string]string) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\n", name)
+	if len(ann) > 0 {
+		keys := make([]string, 0, len(ann))
+		for k := range ann {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		sb.WriteString("  annotations:\n")
+		for _, k := range keys {
+			fmt.Fprintf(&sb, "    %s: %q\n", k, ann[k])
+		}
+	}
+	fmt.Fprintf(&sb, `spec:
+  hostNetwork: true
+  restartPolicy: Always
+  containers:
+  - name: counter
+    image: %s
+    imagePullPolicy: IfNotPresent
+    ports:
+    - containerPort: %d
+`, b.CounterImage(), AppPort)
+	return sb.String()
+}
+
+// RunStaticCounter writes the user's manifest of the counter (file
+// NAME.yaml) into node's static pod directory and waits until kubelet runs
+// it and it answers.
+func (b *Bed) RunStaticCounter(ctx context.Context, node, name string, ann map[string]string) error {
+	n, err := b.Node(node)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(n.StaticPodDir(), name+".yaml")
+	if err := os.MkdirAll(n.StaticPodDir(), 0o755); err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(path, []byte(b.CounterManifest(name, ann)), 0o644); err != nil {
+		return fmt.Errorf("node %s: write static pod %s: %w", node, path, err)
+	}
+	return poll(ctx, 90*time.Second, "kubelet on "+node+" to run the static pod "+name, func() (bool, error) {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := b.Counter(cctx, node)
+		return err == nil, err
+	})
+}
+
+// StaticPodFiles lists the files in node's static pod directory.
+func (b *Bed) StaticPodFiles(node string) ([]string, error) {
+	n, err := b.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	des, err := os.ReadDir(n.StaticPodDir())
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	var out []string
+	for _, de := range des {
+		out = append(out, de.Name())
+	}
+	return out, nil
+}
