@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -29,6 +30,9 @@ type Client struct {
 	conn     *grpc.ClientConn
 	rt       runtimeapi.RuntimeServiceClient
 	img      runtimeapi.ImageServiceClient
+
+	mu   sync.Mutex
+	name string // the runtime's name, once asked (runtimeName)
 }
 
 // Dial connects (lazily) to the runtime's CRI socket. timeout bounds each
@@ -229,9 +233,15 @@ func (c *Client) RestorePod(ctx context.Context, dir string, sb *runtimeapi.PodS
 
 // RestoreContainer restores a container archive (a path on this node, or a
 // checkpoint image name) into a new pod: RunPodSandbox, CreateContainer with
-// the archive as its image, StartContainer. On failure it removes the
-// sandbox it made.
+// the archive as its image, StartContainer. Before that it does what the
+// runtime needs done (see prepareRestore: on CRI-O, the base image pulled
+// and the checkpoint's mounts carried). On failure it removes the sandbox
+// it made.
 func (c *Client) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, archive string) (sandboxID, containerID string, err error) {
+	cc := cloneProto(ctr)
+	if err := c.prepareRestore(ctx, sb, cc, archive); err != nil {
+		return "", "", err
+	}
 	cctx, cancel := c.call(ctx)
 	resp, err := c.rt.RunPodSandbox(cctx, &runtimeapi.RunPodSandboxRequest{Config: sb})
 	cancel()
@@ -244,7 +254,6 @@ func (c *Client) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandbox
 			_ = c.RemovePod(context.WithoutCancel(ctx), sandboxID)
 		}
 	}()
-	cc := cloneProto(ctr)
 	cc.Image = &runtimeapi.ImageSpec{Image: archive}
 	// Restore can take longer than an ordinary call: CRIU restores memory.
 	cctx, cancel = context.WithTimeout(ctx, 4*c.timeout)

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -31,10 +34,68 @@ func (c *Client) SandboxConfig(ctx context.Context, id string) (*runtimeapi.PodS
 	}
 	s := st.Status
 	cfg = &runtimeapi.PodSandboxConfig{Metadata: s.Metadata, Labels: s.Labels, Annotations: s.Annotations}
+	cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{}
 	if s.Linux != nil && s.Linux.Namespaces != nil && s.Linux.Namespaces.Options != nil {
-		cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: s.Linux.Namespaces.Options}}
+		cfg.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: s.Linux.Namespaces.Options}
+	}
+	// CRI-O records the rest in its annotations of the sandbox's spec.
+	if spec := specFromInfo(st.Info); spec != nil {
+		a := spec.Annotations
+		if lp := a[crioLogPath]; filepath.IsAbs(lp) {
+			cfg.LogDirectory = filepath.Dir(lp)
+		}
+		cfg.Linux.CgroupParent = a[crioCgroupParent]
+		cfg.Hostname = a[crioHostName]
 	}
 	return cfg, nil
+}
+
+// Annotations CRI-O puts on the runtime specs of sandboxes and containers.
+const (
+	crioLogPath      = "io.kubernetes.cri-o.LogPath"
+	crioCgroupParent = "io.kubernetes.cri-o.CgroupParent"
+	crioHostName     = "io.kubernetes.cri-o.HostName"
+)
+
+// specFromInfo decodes the runtime spec CRI-O reports in a verbose status
+// (info["info"].runtimeSpec); nil when there is none.
+func specFromInfo(info map[string]string) *specs.Spec {
+	var v struct {
+		RuntimeSpec *specs.Spec `json:"runtimeSpec"`
+	}
+	if raw, ok := info["info"]; !ok || json.Unmarshal([]byte(raw), &v) != nil {
+		return nil
+	}
+	return v.RuntimeSpec
+}
+
+// namespaceOptions reads a container's namespace modes from its runtime
+// spec: no namespace of a type is the node's, one with a path is joined
+// (the pod's), one without a path is the container's own.
+func namespaceOptions(spec *specs.Spec) *runtimeapi.NamespaceOption {
+	if spec.Linux == nil {
+		return nil
+	}
+	mode := func(t specs.LinuxNamespaceType) runtimeapi.NamespaceMode {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == t {
+				if ns.Path == "" {
+					return runtimeapi.NamespaceMode_CONTAINER
+				}
+				return runtimeapi.NamespaceMode_POD
+			}
+		}
+		return runtimeapi.NamespaceMode_NODE
+	}
+	net := mode(specs.NetworkNamespace)
+	if net == runtimeapi.NamespaceMode_CONTAINER {
+		net = runtimeapi.NamespaceMode_POD
+	}
+	ipc := mode(specs.IPCNamespace)
+	if ipc == runtimeapi.NamespaceMode_CONTAINER {
+		ipc = runtimeapi.NamespaceMode_POD
+	}
+	return &runtimeapi.NamespaceOption{Network: net, Pid: mode(specs.PIDNamespace), Ipc: ipc}
 }
 
 // ContainerConfig returns the configuration a container was created with
@@ -53,7 +114,25 @@ func (c *Client) ContainerConfig(ctx context.Context, id string) (*runtimeapi.Co
 		return cfg, nil
 	}
 	s := st.Status
-	return &runtimeapi.ContainerConfig{Metadata: s.Metadata, Image: s.Image, Labels: s.Labels, Annotations: s.Annotations, LogPath: s.LogPath}, nil
+	cfg = &runtimeapi.ContainerConfig{Metadata: s.Metadata, Image: s.Image, Labels: s.Labels, Annotations: s.Annotations, LogPath: s.LogPath, Mounts: s.Mounts}
+	// CRI-O: the namespaces from the container's runtime spec, and the log
+	// path relative to the sandbox's log directory, as kubelet gives it.
+	if spec := specFromInfo(st.Info); spec != nil {
+		if ns := namespaceOptions(spec); ns != nil {
+			cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: ns}}
+		}
+		var v struct {
+			SandboxID string `json:"sandboxID"`
+		}
+		if json.Unmarshal([]byte(st.Info["info"]), &v) == nil && v.SandboxID != "" && filepath.IsAbs(cfg.LogPath) {
+			if sb, err := c.SandboxConfig(ctx, v.SandboxID); err == nil && sb.LogDirectory != "" {
+				if rel, err := filepath.Rel(sb.LogDirectory, cfg.LogPath); err == nil && filepath.IsLocal(rel) {
+					cfg.LogPath = rel
+				}
+			}
+		}
+	}
+	return cfg, nil
 }
 
 // configFromInfo decodes info["info"].config into m. ok is false when the

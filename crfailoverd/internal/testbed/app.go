@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
-
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/test-app/imagebuild"
 )
 
@@ -97,21 +98,35 @@ func containerConfig(p PodSpec, image string) *runtimeapi.ContainerConfig {
 	}
 }
 
+// RestoreTestApp restores a checkpoint archive (a path valid on the node)
+// into a new pod on node through crfailoverd's CRI client, the code path
+// the daemon restores with (cri.Client.RestoreContainer: RunPodSandbox,
+// CreateContainer with the archive as image, StartContainer, after what
+// the runtime needs first).
+func (b *Bed) RestoreTestApp(ctx context.Context, node string, p PodSpec, archive string) (Pod, error) {
+	p.fill()
+	n, err := b.Node(node)
+	if err != nil {
+		return Pod{}, err
+	}
+	client, err := cri.Dial(n.Socket, 30*time.Second)
+	if err != nil {
+		return Pod{}, err
+	}
+	defer client.Close()
+	start := time.Now()
+	sbID, ctrID, err := client.RestoreContainer(ctx, b.sandboxConfig(n, p), containerConfig(p, archive), archive)
+	pod := Pod{Node: node, SandboxID: sbID, ContainerID: ctrID, Spec: p, StartTime: time.Since(start)}
+	if err != nil {
+		return pod, fmt.Errorf("node %s: restore %s/%s from %s: %w", node, p.Namespace, p.Name, archive, err)
+	}
+	return pod, b.WaitApp(ctx, node, 30*time.Second)
+}
+
 // RunTestApp runs the counter application as a pod on node, through the
 // same CRI calls kubelet makes (PullImage, RunPodSandbox, CreateContainer,
 // StartContainer), and waits until it answers.
 func (b *Bed) RunTestApp(ctx context.Context, node string, p PodSpec) (Pod, error) {
-	return b.runPod(ctx, node, p, b.CounterImage(), true)
-}
-
-// RestoreTestApp restores a checkpoint archive (a path valid on the node)
-// into a new pod on node: RunPodSandbox, CreateContainer with the archive
-// as image, StartContainer.
-func (b *Bed) RestoreTestApp(ctx context.Context, node string, p PodSpec, archive string) (Pod, error) {
-	return b.runPod(ctx, node, p, archive, false)
-}
-
-func (b *Bed) runPod(ctx context.Context, node string, p PodSpec, image string, pull bool) (Pod, error) {
 	p.fill()
 	n, err := b.Node(node)
 	if err != nil {
@@ -122,11 +137,16 @@ func (b *Bed) runPod(ctx context.Context, node string, p PodSpec, image string, 
 		return Pod{}, err
 	}
 	defer cri.Close()
+	image := b.CounterImage()
 	sc := b.sandboxConfig(n, p)
-	if pull {
-		if _, err := cri.Image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image}, SandboxConfig: sc}); err != nil {
-			return Pod{}, fmt.Errorf("node %s: pull %s: %w", node, image, err)
-		}
+	if _, err := cri.Image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image}, SandboxConfig: sc}); err != nil {
+		return Pod{}, fmt.Errorf("node %s: pull %s: %w", node, image, err)
+	}
+	cc := containerConfig(p, image)
+	// kubelet creates the container's log directory; CRI-O, unlike
+	// containerd, fails without it.
+	if err := os.MkdirAll(filepath.Join(sc.LogDirectory, filepath.Dir(cc.LogPath)), 0o755); err != nil {
+		return Pod{}, fmt.Errorf("node %s: create the log directory of %s: %w", node, p.Container, err)
 	}
 	start := time.Now()
 	sb, err := cri.Runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sc})
@@ -134,12 +154,12 @@ func (b *Bed) runPod(ctx context.Context, node string, p PodSpec, image string, 
 		return Pod{}, fmt.Errorf("node %s: run pod sandbox %s/%s: %w", node, p.Namespace, p.Name, err)
 	}
 	pod := Pod{Node: node, SandboxID: sb.PodSandboxId, Spec: p}
-	cc, err := cri.Runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: containerConfig(p, image), SandboxConfig: sc})
+	cr, err := cri.Runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: cc, SandboxConfig: sc})
 	if err != nil {
 		return pod, fmt.Errorf("node %s: create container %s from %s: %w", node, p.Container, image, err)
 	}
-	pod.ContainerID = cc.ContainerId
-	if _, err := cri.Runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
+	pod.ContainerID = cr.ContainerId
+	if _, err := cri.Runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
 		return pod, fmt.Errorf("node %s: start container %s: %w", node, p.Container, err)
 	}
 	pod.StartTime = time.Since(start)

@@ -28,6 +28,7 @@ const (
 	EnvSuite        = "CRF_BED_SUITE"         // Debian suite of the root file system (default forky)
 	EnvRuntime      = "CRF_BED_RUNTIME"       // container runtime of every node: containerd or crio (default containerd)
 	EnvKubelet      = "CRF_BED_KUBELET"       // 1: every node runs a real kubelet in standalone mode (default 0: the checkpoint emulator)
+	EnvCRIOPatched  = "CRF_BED_CRIO_PATCHED"  // 1: CRI-O nodes run CRI-O built with 0001-customization.patch (default 0: as released)
 )
 
 // Runtimes a bed node can run.
@@ -58,6 +59,7 @@ type Config struct {
 	ModuleDir    string       // root of the crfailoverd module, to build the images
 	Runtime      string       // RuntimeContainerd or RuntimeCRIO
 	Kubelet      bool         // a real kubelet on every node instead of the emulator
+	CRIOPatched  bool         // CRI-O nodes run the build with 0001-customization.patch
 }
 
 // ConfigFromEnv reads the bed's configuration from the environment, with
@@ -79,6 +81,13 @@ func ConfigFromEnv() (Config, error) {
 		c.Kubelet = true
 	default:
 		return c, fmt.Errorf("%s=%q: want 1 or 0", EnvKubelet, v)
+	}
+	switch v := os.Getenv(EnvCRIOPatched); v {
+	case "", "0":
+	case "1":
+		c.CRIOPatched = true
+	default:
+		return c, fmt.Errorf("%s=%q: want 1 or 0", EnvCRIOPatched, v)
 	}
 	subnet := envOr(EnvSubnet, "10.77.0.0/24")
 	p, err := netip.ParsePrefix(subnet)

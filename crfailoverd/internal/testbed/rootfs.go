@@ -13,13 +13,19 @@ import (
 	"strings"
 )
 
-// Versions of the runtime stack found in the root file system.
+// Versions of the runtime stack found in the root file system. CRIO is set
+// on beds of CRI-O nodes only.
 type Versions struct {
 	CRIU, Runc, Containerd string
+	CRIO                   string `json:",omitempty"`
 }
 
 func (v Versions) String() string {
-	return fmt.Sprintf("criu=%s runc=%s containerd=%s", v.CRIU, v.Runc, v.Containerd)
+	s := fmt.Sprintf("criu=%s runc=%s containerd=%s", v.CRIU, v.Runc, v.Containerd)
+	if v.CRIO != "" {
+		s += " crio=" + v.CRIO
+	}
+	return s
 }
 
 // Minimum versions: older CRIU cannot dump TCP sockets on this kernel, older
