@@ -49,3 +49,19 @@ func envFromSpec(c *runtimeapi.ContainerConfig, env []string) {
 		}
 	}
 }
+
+// runtimeEnv is the environment of the runtime spec in a verbose status
+// (info["info"].runtimeSpec.process.env); nil when there is none.
+func runtimeEnv(info map[string]string) []string {
+	var v struct {
+		RuntimeSpec struct {
+			Process struct {
+				Env []string `json:"env"`
+			} `json:"process"`
+		} `json:"runtimeSpec"`
+	}
+	if json.Unmarshal([]byte(info["info"]), &v) != nil {
+		return nil
+	}
+	return v.RuntimeSpec.Process.Env
+}
