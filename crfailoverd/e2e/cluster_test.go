@@ -77,7 +77,8 @@ func (cb *clusterBed) copies(ctx context.Context) (map[string]int, error) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		resp, err := cri.Runtime.ListContainers(cctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
-			LabelSelector: map[string]string{testbed.LabelPodName: "counter"},
+			// By container name: kubelet names a static pod NAME-NODE.
+			LabelSelector: map[string]string{testbed.LabelContainerName: "counter"},
 		}})
 		cancel()
 		cri.Close()

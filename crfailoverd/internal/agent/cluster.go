@@ -66,8 +66,10 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker, why
 			<-wk.done
 		}
 		waited := a.now().Sub(start)
-		err := a.removeStaticPod(w.ID)
-		if err == nil {
+		var err error
+		if a.static != nil && w.StaticPod {
+			err = a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID})
+		} else {
 			err = a.rt.RemovePod(ctx, w.SandboxID)
 		}
 		if err == nil {
@@ -93,14 +95,23 @@ func (a *Agent) RemoveCopies(ctx context.Context, id store.Workload) (int, error
 		return 0, err
 	}
 	n := 0
+	var kubelets []string
 	for _, p := range pods {
 		ws, _ := discovery.Find([]cri.Pod{p}, a.cfg().Defaults)
-		if len(ws) == 1 && ws[0].ID == id {
-			if err := a.rt.RemovePod(ctx, p.SandboxID); err != nil {
-				return n, err
-			}
-			n++
+		if len(ws) != 1 || ws[0].ID != id {
+			continue
 		}
+		n++
+		if a.static != nil && ws[0].StaticPod {
+			kubelets = append(kubelets, p.SandboxID)
+			continue
+		}
+		if err := a.rt.RemovePod(ctx, p.SandboxID); err != nil {
+			return n, err
+		}
+	}
+	if len(kubelets) > 0 {
+		return n, a.stopKubeletPods(ctx, id, kubelets)
 	}
 	return n, nil
 }

@@ -181,25 +181,85 @@ func (a *Agent) removeStaticPod(id store.Workload) error {
 	return staticpod.Remove(a.static.Dir, id.Namespace, id.Pod)
 }
 
-// replaceFirst is what a local restore of copy w removes first. A pod of
-// kubelet's is replaced by writing the new manifest (kubelet stops the old
-// pod before it starts the new one of the same name); removing it through
-// the CRI would have kubelet start it again, fresh, from its manifest. A
-// pod of the user's manifest is adopted: the manifest is moved away.
+// replaceFirst is what a local restore of copy w removes first. A pod
+// kubelet runs is stopped through kubelet (stopKubeletPods); a pod of the
+// user's manifest is adopted on the way (its manifest is moved away).
 func (a *Agent) replaceFirst(w discovery.Workload) func(context.Context) error {
 	if a.static != nil && w.StaticPod {
-		return func(context.Context) error {
-			if w.Checkpoint != "" {
-				return nil
+		return func(ctx context.Context) error {
+			if w.Checkpoint == "" {
+				if path, _, err := staticpod.FindUserManifest(a.static.Dir, w.ID.Namespace, w.ID.Pod); err != nil {
+					return err
+				} else if path == "" {
+					return fmt.Errorf("no manifest of pod %s/%s in %s: kubelet would restart it beside the restore", w.ID.Namespace, w.ID.Pod, a.static.Dir)
+				}
 			}
-			path, err := a.takeUserManifest(w.ID)
-			if err == nil && path == "" {
-				return fmt.Errorf("no manifest of pod %s/%s in %s: kubelet would restart it beside the restore", w.ID.Namespace, w.ID.Pod, a.static.Dir)
-			}
-			return err
+			return a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID})
 		}
 	}
 	return func(ctx context.Context) error { return a.rt.RemovePod(ctx, w.SandboxID) }
+}
+
+// kubeletStopWait bounds how long stopKubeletPods waits for kubelet.
+const kubeletStopWait = 15 * time.Second
+
+// stopKubeletPods stops static pods of workload id that kubelet runs (the
+// sandboxes given) through kubelet: it removes their manifests and waits
+// until kubelet has removed the sandboxes. Removing a sandbox through the
+// CRI instead would have kubelet start the pod again, fresh, while its
+// manifest is there; and a new pod of the same name that kubelet gets
+// while the old one is still terminating waits for kubelet's next retry,
+// about 10 s later. A sandbox still there after kubeletStopWait is
+// removed through the CRI.
+func (a *Agent) stopKubeletPods(ctx context.Context, id store.Workload, sandboxes []string) error {
+	if err := a.removeStaticPod(id); err != nil {
+		return err
+	}
+	start := a.now()
+	deadline := start.Add(kubeletStopWait)
+	for {
+		left, err := a.sandboxesLeft(ctx, sandboxes)
+		if err != nil {
+			return err
+		}
+		if len(left) == 0 {
+			a.log.Debug("kubelet stopped the pod", "workload", id.String(), "took_ms", a.now().Sub(start).Milliseconds())
+			return nil
+		}
+		if a.now().After(deadline) {
+			a.log.Warn("kubelet has not stopped the pod; removing it through the CRI", "workload", id.String(), "waited", kubeletStopWait)
+			for _, sb := range left {
+				if err := a.rt.RemovePod(ctx, sb); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// sandboxesLeft returns those of sandboxes the runtime still lists.
+func (a *Agent) sandboxesLeft(ctx context.Context, sandboxes []string) ([]string, error) {
+	pods, err := a.rt.ListPods(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list pods while waiting for kubelet to stop a pod: %w", err)
+	}
+	listed := map[string]bool{}
+	for _, p := range pods {
+		listed[p.SandboxID] = true
+	}
+	var left []string
+	for _, sb := range sandboxes {
+		if listed[sb] {
+			left = append(left, sb)
+		}
+	}
+	return left, nil
 }
 
 // parkManifests runs at start, before the first discovery, on a clustered

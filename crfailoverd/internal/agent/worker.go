@@ -294,10 +294,7 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	log := w.a.log.With("workload", w.id.String())
 	if v := w.a.view(); v != nil && !v.RestoreHere(w.spec) {
 		log.Warn("application failed; the cluster restores it", "reason", reason)
-		if err := w.a.removeStaticPod(w.id); err != nil {
-			log.Warn("removing the failed pod's static pod manifest failed", "err", err)
-		}
-		if err := w.a.rt.RemovePod(ctx, w.spec.SandboxID); err != nil {
+		if err := w.a.replaceFirst(w.spec)(ctx); err != nil {
 			log.Warn("removing the failed pod failed", "sandbox_id", short(w.spec.SandboxID), "err", err)
 		}
 		w.set(func() { w.state = "handed over"; w.removed[w.spec.SandboxID] = true })

@@ -74,7 +74,7 @@ func (w TestWriter) Write(p []byte) (int, error) {
 // DumpLogs logs the end of every node's logs.
 func (b *Bed) DumpLogs(t testing.TB) {
 	for _, n := range b.Nodes() {
-		for _, what := range []string{"containerd", "kubelet-emulator", "crfailoverd"} {
+		for _, what := range []string{"containerd", "crio", "kubelet-emulator", "kubelet", "crfailoverd"} {
 			if tail, err := tailFile(n.logPath(what), 40); err == nil {
 				t.Logf("--- %s %s log:\n%s", n.Name, what, tail)
 			}
