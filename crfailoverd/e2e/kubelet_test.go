@@ -1,0 +1,283 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
+)
+
+// counterAnnotations protect the counter: a checkpoint every second, the
+// HTTP probe on its port.
+var counterAnnotations = map[string]string{
+	"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1", "hitachienergy.com/cr_probe_port": "8080",
+}
+
+// requireKubelet skips unless the bed's nodes run a real kubelet.
+func requireKubelet(t *testing.T) testbed.Config {
+	t.Helper()
+	c := testbed.RequireE2E(t)
+	if !c.Kubelet {
+		t.Skipf("needs kubelet nodes (%s=1)", testbed.EnvKubelet)
+	}
+	return c
+}
+
+// copyWatch samples the live counter copies on every node every 100 ms
+// and keeps the most seen at once.
+type copyWatch struct {
+	mu   sync.Mutex
+	most int
+	at   map[string]int
+	stop chan struct{}
+	done chan struct{}
+}
+
+func watchCopies(ctx context.Context, cb *clusterBed) *copyWatch {
+	w := &copyWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			if m, err := cb.copies(ctx); err == nil {
+				w.mu.Lock()
+				if n := total(m); n > w.most {
+					w.most, w.at = n, m
+				}
+				w.mu.Unlock()
+			}
+			select {
+			case <-w.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+// reset starts a new maximum.
+func (w *copyWatch) reset() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	most := w.most
+	w.most, w.at = 0, nil
+	return most
+}
+
+func (w *copyWatch) halt() int {
+	close(w.stop)
+	<-w.done
+	return w.reset()
+}
+
+// restoreAnswer is the counter's GET /restore.
+type restoreAnswer struct {
+	Restore bool  `json:"restore"`
+	Counter int64 `json:"counter"`
+}
+
+func getRestore(ctx context.Context, b *testbed.Bed, node string) (restoreAnswer, error) {
+	var r restoreAnswer
+	n, err := b.Node(node)
+	if err != nil {
+		return r, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.AppURL()+"/restore", nil)
+	if err != nil {
+		return r, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	return r, json.NewDecoder(resp.Body).Decode(&r)
+}
+
+func kill(t *testing.T, b *testbed.Bed, node string) {
+	t.Helper()
+	n, _ := b.Node(node)
+	resp, err := http.Get(n.AppURL() + "/kill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
+
+// workloadStatus is the daemon's status of the counter on node.
+func workloadStatus(ctx context.Context, cl *admin.Client) (api.WorkloadStatus, error) {
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return api.WorkloadStatus{}, err
+	}
+	for _, w := range st.Workloads {
+		if w.ID == counterWL {
+			return w, nil
+		}
+	}
+	return api.WorkloadStatus{}, fmt.Errorf("no %s on %s", counterWL, st.Node)
+}
+
+// kubeletCheckpointsSince counts the counter's checkpoints taken through
+// kubelet's API after t.
+func kubeletCheckpointsSince(ctx context.Context, cl *admin.Client, t time.Time) (int, error) {
+	cs, err := cl.Checkpoints(ctx, counterWL)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, c := range cs {
+		if c.Method == "kubelet" && c.Created.After(t) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// TestE2EKubeletNode: one node with a real kubelet (standalone) and
+// crfailoverd (method kubelet, restore_mode static-pod). The counter runs
+// as a static pod from the user's manifest; crfailoverd checkpoints it
+// through kubelet's API, takes the manifest over (restored in place from
+// the first checkpoint), and after GET /kill restores it once, as a static
+// pod from its checkpoint image, which is checkpointed through kubelet
+// again. At no 100 ms sample do two copies run. Then what kubelet does with
+// a pod restored straight through the CRI on its node.
+func TestE2EKubeletNode(t *testing.T) {
+	c := requireKubelet(t)
+	bin := daemonBinary(t, c)
+	b := testbed.UpT(t, c, 1)
+	cb := &clusterBed{t: t, b: b, bin: bin}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	n1, _ := b.Node("n1")
+	cfg, err := b.DaemonConfig("n1", "kubelet", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.StartDaemon(ctx, "n1", bin, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cl := admin.NewClient(n1.DaemonSocket())
+	watch := watchCopies(ctx, cb)
+	if err := b.RunStaticCounter(ctx, "n1", "counter", counterAnnotations); err != nil {
+		t.Fatal(err)
+	}
+
+	// The take-over: the user's manifest leaves kubelet's directory for
+	// DATA_DIR/adopted, crfailoverd's manifest runs the restored pod.
+	ours := staticpod.FileName("default", "counter")
+	waitUntil(t, 30*time.Second, "crfailoverd to take the static pod over", func() (bool, error) {
+		files, err := b.StaticPodFiles("n1")
+		if err != nil {
+			return false, err
+		}
+		r, err := getRestore(ctx, b, "n1")
+		return slices.Equal(files, []string{ours}) && err == nil && r.Restore, err
+	})
+	if _, err := os.Stat(filepath.Join(n1.DaemonDir(), "adopted", "counter.yaml")); err != nil {
+		t.Errorf("the user's manifest is not kept: %v", err)
+	}
+	tookOver := time.Now()
+	waitUntil(t, 10*time.Second, "a checkpoint of the taken-over pod through kubelet's API", func() (bool, error) {
+		n, err := kubeletCheckpointsSince(ctx, cl, tookOver)
+		return n >= 1, err
+	})
+	adoptCopies := watch.reset()
+	prev, err := workloadStatus(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// GET /kill: the app exits; kubelet does not restart it (restartPolicy
+	// Never); crfailoverd restores it once from its newest checkpoint.
+	smp := startSampler(b, "n1")
+	time.Sleep(1500 * time.Millisecond)
+	kill(t, b, "n1")
+	killed := time.Now()
+	var after restoreAnswer
+	waitUntil(t, 60*time.Second, "the counter to answer again, restored", func() (bool, error) {
+		after, err = getRestore(ctx, b, "n1")
+		return err == nil && after.Restore && after.Counter > 0, err
+	})
+	servedAfter := time.Since(killed)
+	waitUntil(t, 10*time.Second, "two checkpoints through kubelet's API after the restore", func() (bool, error) {
+		n, err := kubeletCheckpointsSince(ctx, cl, killed.Add(servedAfter))
+		return n >= 2, err
+	})
+	time.Sleep(3 * time.Second) // a second hand-over would show by now
+	now, err := workloadStatus(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killCopies := watch.halt()
+	ckptsAfter, _ := kubeletCheckpointsSince(ctx, cl, killed)
+	if handed := now.Restores - prev.Restores; handed != 1 {
+		t.Errorf("restores handed to kubelet since the kill: %d, want 1", handed)
+	}
+	if now.State != "running" || now.ConsecutiveFailures != 0 {
+		t.Errorf("after the restore: state %s, %d checkpoint failures in a row (%s)", now.State, now.ConsecutiveFailures, now.LastError)
+	}
+	if adoptCopies != 1 || killCopies != 1 {
+		t.Errorf("most copies at once: %d during the take-over, %d after the kill; want 1", adoptCopies, killCopies)
+	}
+	// The counter when the restored checkpoint was taken.
+	samples := smp.halt()
+	atCkpt := sample{value: -1}
+	if ri := now.LastRestore; ri != nil && ri.OK {
+		atCkpt, _ = before(samples, ri.At.Add(-ri.Age))
+	}
+	if atCkpt.value < 0 || after.Counter < atCkpt.value {
+		t.Errorf("counter %d after the restore, %d when the restored checkpoint was taken (last restore %+v)", after.Counter, atCkpt.value, now.LastRestore)
+	}
+
+	// A pod restored straight through the CRI on a kubelet node.
+	cs, err := cl.Checkpoints(ctx, counterWL)
+	if err != nil || len(cs) == 0 {
+		t.Fatalf("checkpoints: %v %v", cs, err)
+	}
+	cri, err := testbed.DialCRI(n1.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cri.Close()
+	spec := testbed.PodSpec{Name: "direct", Container: "direct"}
+	p, err := b.RestoreTestApp(ctx, "n1", spec, cs[0].Path)
+	restoredAt := time.Now()
+	removedAfter := time.Duration(-1)
+	if err != nil {
+		t.Logf("restore through the CRI on a kubelet node: %v", err)
+	} else {
+		waitUntil(t, 60*time.Second, "kubelet to remove the pod it did not make", func() (bool, error) {
+			resp, err := cri.Runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{Id: p.SandboxID}})
+			if err != nil {
+				return false, err
+			}
+			return len(resp.Items) == 0 || resp.Items[0].State == runtimeapi.PodSandboxState_SANDBOX_NOTREADY, nil
+		})
+		removedAfter = time.Since(restoredAt)
+		t.Logf("kubelet stopped the pod restored straight through the CRI after %s", removedAfter.Round(100*time.Millisecond))
+	}
+
+	if !t.Failed() {
+		fmt.Printf("E2E kubelet-node: runtime=%s kubelet=%s checkpoint_api=real static_pod_restore=%t counter_at_checkpoint=%d counter_after_restore=%d served_after_kill_ms=%d checkpoints_after_restore=%d cri_restored_pod_stopped_ms=%d\n",
+			c.Runtime, strings.TrimPrefix(testbed.KubeletVersion, "v"), after.Restore, atCkpt.value, after.Counter, servedAfter.Milliseconds(), ckptsAfter, removedAfter.Milliseconds())
+	}
+}
