@@ -195,6 +195,10 @@ func measurePatch(t *testing.T, c Config) patchResult {
 		t.Fatal(err)
 	}
 	waitCounter(ctx, t, b, "n1", 5)
+	mountsBefore, err := containerMounts(ctx, n1, pod.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	src, err := cri.Dial(n1.Socket, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -245,6 +249,10 @@ func measurePatch(t *testing.T, c Config) patchResult {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mountsAfter, err := containerMounts(ctx, n2, ctrID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var dm, dr, rm, rr []string
 	if dumped.Linux != nil {
 		dm, dr = dumped.Linux.MaskedPaths, dumped.Linux.ReadonlyPaths
@@ -252,9 +260,11 @@ func measurePatch(t *testing.T, c Config) patchResult {
 	if restored.Linux != nil {
 		rm, rr = restored.Linux.MaskedPaths, restored.Linux.ReadonlyPaths
 	}
-	r.maskedOK = sameSet(dm, rm) && sameSet(dr, rr)
-	r.detail = fmt.Sprintf("after checkpoint %v, after restore %v; masked paths checkpointed %v restored %v, read-only checkpointed %v restored %v",
-		dumpLogs, restoreLogs, dm, rm, dr, rr)
+	// The spec must say what the restored process has: CRIU restored the
+	// mount table it dumped.
+	r.maskedOK = sameSet(dm, rm) && sameSet(dr, rr) && sameSet(mountsBefore, mountsAfter)
+	r.detail = fmt.Sprintf("CRIU files after checkpoint %v, after restore %v; masked paths checkpointed %v restored %v, read-only checkpointed %v restored %v; "+
+		"the process's mount points before the checkpoint %v, after the restore %v", dumpLogs, restoreLogs, dm, rm, dr, rr, mountsBefore, mountsAfter)
 	return r
 }
 
@@ -271,8 +281,42 @@ func crioContainerFiles(n Node, id string, names ...string) []string {
 	return found
 }
 
+// containerMounts lists the mount points of container id's process on
+// node n (from its mountinfo).
+func containerMounts(ctx context.Context, n Node, id string) ([]string, error) {
+	info, err := containerInfo(ctx, n, id)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", info.Pid))
+	if err != nil {
+		return nil, fmt.Errorf("mounts of %s on %s: %w", id, n.Name, err)
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			out = append(out, f[4])
+		}
+	}
+	return out, nil
+}
+
+type crioContainerInfo struct {
+	Pid         int        `json:"pid"`
+	RuntimeSpec specs.Spec `json:"runtimeSpec"`
+}
+
 // runtimeSpec is the OCI spec CRI-O runs container id with.
 func runtimeSpec(ctx context.Context, n Node, id string) (*specs.Spec, error) {
+	info, err := containerInfo(ctx, n, id)
+	if err != nil {
+		return nil, err
+	}
+	return &info.RuntimeSpec, nil
+}
+
+// containerInfo is CRI-O's verbose status of container id on node n.
+func containerInfo(ctx context.Context, n Node, id string) (*crioContainerInfo, error) {
 	c, err := DialCRI(n.Socket)
 	if err != nil {
 		return nil, err
@@ -282,13 +326,11 @@ func runtimeSpec(ctx context.Context, n Node, id string) (*specs.Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("status of %s on %s: %w", id, n.Name, err)
 	}
-	var v struct {
-		RuntimeSpec specs.Spec `json:"runtimeSpec"`
+	var v crioContainerInfo
+	if err := json.Unmarshal([]byte(st.Info["info"]), &v); err != nil || v.Pid == 0 {
+		return nil, fmt.Errorf("verbose status of %s on %s: no runtime spec and pid (%v)", id, n.Name, err)
 	}
-	if err := json.Unmarshal([]byte(st.Info["info"]), &v); err != nil {
-		return nil, fmt.Errorf("runtime spec of %s on %s: %w", id, n.Name, err)
-	}
-	return &v.RuntimeSpec, nil
+	return &v, nil
 }
 
 func sameSet(a, b []string) bool {

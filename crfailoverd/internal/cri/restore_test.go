@@ -1,0 +1,277 @@
+package cri
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestMissingMounts(t *testing.T) {
+	dumped := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/etc/resolv.conf", Type: "bind", Source: "/run/x/resolv.conf"},
+		{Destination: "/etc/hosts", Type: "bind", Source: "/etc/hosts", Options: []string{"rw", "bind"}},
+		{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"ro", "rbind"}},
+		{Destination: "/given", Type: "bind", Source: "/srv/given"},
+		{Destination: "/gone", Type: "bind", Source: "/srv/gone"},
+		{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs"},
+	}
+	have := []*runtimeapi.Mount{{ContainerPath: "/given", HostPath: "/elsewhere"}}
+	exists := func(p string) bool { return p != "/srv/gone" }
+	got := missingMounts(dumped, have, exists)
+	want := []*runtimeapi.Mount{
+		{ContainerPath: "/etc/hosts", HostPath: "/etc/hosts"},
+		{ContainerPath: "/data", HostPath: "/srv/data", Readonly: true},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].ContainerPath != want[i].ContainerPath || got[i].HostPath != want[i].HostPath || got[i].Readonly != want[i].Readonly {
+			t.Errorf("mount %d: got %v, want %v", i, got[i], want[i])
+		}
+	}
+	if len(have) != 1 {
+		t.Errorf("the request's mounts were changed: %v", have)
+	}
+}
+
+func TestMakeLogDir(t *testing.T) {
+	dir := t.TempDir()
+	sb := &runtimeapi.PodSandboxConfig{LogDirectory: filepath.Join(dir, "pods", "default_counter_u")}
+	if err := makeLogDir(sb, &runtimeapi.ContainerConfig{LogPath: "counter/0.log"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(sb.LogDirectory, "counter")); err != nil || !st.IsDir() {
+		t.Fatalf("log directory not made: %v", err)
+	}
+	// An absolute or escaping log path: only the sandbox's directory.
+	sb.LogDirectory = filepath.Join(dir, "other")
+	if err := makeLogDir(sb, &runtimeapi.ContainerConfig{LogPath: "../../x/0.log"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x")); !os.IsNotExist(err) {
+		t.Errorf("a log path outside the sandbox's directory was created: %v", err)
+	}
+	if _, err := os.Stat(sb.LogDirectory); err != nil {
+		t.Error(err)
+	}
+	// No log directory: nothing to do.
+	if err := makeLogDir(&runtimeapi.PodSandboxConfig{}, &runtimeapi.ContainerConfig{LogPath: "c/0.log"}); err != nil {
+		t.Error(err)
+	}
+}
+
+// writeArchive writes a checkpoint archive with the given members.
+func writeArchive(t *testing.T, members map[string]string, order []string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ckpt.tar")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for _, name := range order {
+		body := members[name]
+		hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(body)), Typeflag: tar.TypeReg}
+		if name[len(name)-1] == '/' {
+			hdr = &tar.Header{Name: name, Mode: 0o700, Typeflag: tar.TypeDir}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			if _, err := tw.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func crioArchive(t *testing.T) string {
+	spec, _ := json.Marshal(specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/etc/hosts", Type: "bind", Source: "/etc/hosts", Options: []string{"rw", "bind"}},
+	}})
+	return writeArchive(t, map[string]string{
+		"config.dump":          `{"id":"abc","name":"k8s_counter","rootfsImageName":"localhost:5000/counter:latest","rootfsImageRef":"196b2f"}`,
+		"spec.dump":            string(spec),
+		"checkpoint/":          "",
+		"checkpoint/pages.img": "pages",
+	}, []string{"config.dump", "spec.dump", "checkpoint/", "checkpoint/pages.img"})
+}
+
+func TestReadRestoreMetadata(t *testing.T) {
+	md, err := readRestoreMetadata(crioArchive(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.image != "localhost:5000/counter:latest" || len(md.mounts) != 2 || md.mounts[1].Destination != "/etc/hosts" {
+		t.Errorf("got %+v", md)
+	}
+	if _, err := readRestoreMetadata(writeArchive(t, map[string]string{"spec.dump": "{}"}, []string{"spec.dump"})); err == nil {
+		t.Error("an archive without config.dump was accepted")
+	}
+	if _, err := readRestoreMetadata(writeArchive(t, map[string]string{"config.dump": "{", "spec.dump": "{}"}, []string{"config.dump", "spec.dump"})); err == nil {
+		t.Error("a corrupt config.dump was accepted")
+	}
+}
+
+// fakeRuntime answers the CRI calls of a restore and records them.
+type fakeRuntime struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	runtimeapi.UnimplementedImageServiceServer
+	name string
+	have bool // the base image is present
+
+	mu      sync.Mutex
+	calls   []string
+	created *runtimeapi.ContainerConfig
+}
+
+func (f *fakeRuntime) record(call string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, call)
+}
+
+func (f *fakeRuntime) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	f.record("Version")
+	return &runtimeapi.VersionResponse{RuntimeName: f.name, RuntimeVersion: "1"}, nil
+}
+
+func (f *fakeRuntime) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	f.record("ImageStatus " + r.Image.Image)
+	if f.have {
+		return &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{Id: "x"}}, nil
+	}
+	return &runtimeapi.ImageStatusResponse{}, nil
+}
+
+func (f *fakeRuntime) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	f.record("PullImage " + r.Image.Image)
+	return &runtimeapi.PullImageResponse{ImageRef: "x"}, nil
+}
+
+func (f *fakeRuntime) RunPodSandbox(context.Context, *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	f.record("RunPodSandbox")
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: "sb"}, nil
+}
+
+func (f *fakeRuntime) CreateContainer(_ context.Context, r *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	f.record("CreateContainer")
+	f.mu.Lock()
+	f.created = r.Config
+	f.mu.Unlock()
+	return &runtimeapi.CreateContainerResponse{ContainerId: "ctr"}, nil
+}
+
+func (f *fakeRuntime) StartContainer(context.Context, *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	f.record("StartContainer")
+	return &runtimeapi.StartContainerResponse{}, nil
+}
+
+func serveFake(t *testing.T, f *fakeRuntime) *Client {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, f)
+	runtimeapi.RegisterImageServiceServer(srv, f)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	c, err := Dial(sock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestRestoreContainerPerRuntime(t *testing.T) {
+	archive := crioArchive(t)
+	for _, tc := range []struct {
+		name  string
+		have  bool
+		calls []string
+		mount bool
+	}{
+		{"cri-o", false, []string{"Version", "ImageStatus localhost:5000/counter:latest", "PullImage localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "StartContainer"}, true},
+		{"cri-o", true, []string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "StartContainer"}, true},
+		// containerd pulls the base image and sets up the mounts itself.
+		{"containerd", false, []string{"Version", "RunPodSandbox", "CreateContainer", "StartContainer"}, false},
+	} {
+		f := &fakeRuntime{name: tc.name, have: tc.have}
+		c := serveFake(t, f)
+		logDir := filepath.Join(t.TempDir(), "pods", "p")
+		sb := &runtimeapi.PodSandboxConfig{LogDirectory: logDir}
+		ctr := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}, LogPath: "counter/0.log"}
+		sbID, ctrID, err := c.RestoreContainer(context.Background(), sb, ctr, archive)
+		if err != nil || sbID != "sb" || ctrID != "ctr" {
+			t.Fatalf("%s: %q %q %v", tc.name, sbID, ctrID, err)
+		}
+		if !slices.Equal(f.calls, tc.calls) {
+			t.Errorf("%s (image present %v): calls %v, want %v", tc.name, tc.have, f.calls, tc.calls)
+		}
+		hasHosts := slices.ContainsFunc(f.created.Mounts, func(m *runtimeapi.Mount) bool { return m.ContainerPath == "/etc/hosts" })
+		if hasHosts != tc.mount {
+			t.Errorf("%s: /etc/hosts mount in the request: %v, want %v (%v)", tc.name, hasHosts, tc.mount, f.created.Mounts)
+		}
+		if f.created.Image.GetImage() != archive {
+			t.Errorf("%s: created from %q, want the archive", tc.name, f.created.Image.GetImage())
+		}
+		if len(ctr.Mounts) != 0 || ctr.Image != nil {
+			t.Errorf("%s: the caller's container config was changed: %v", tc.name, ctr)
+		}
+		if _, err := os.Stat(filepath.Join(logDir, "counter")); err != nil {
+			t.Errorf("%s: log directory: %v", tc.name, err)
+		}
+	}
+}
+
+func TestNamespaceOptionsFromSpec(t *testing.T) {
+	// A CRI-O container of a host-network pod with its own PID namespace.
+	spec := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace, Path: "/run/ns/ipc"}, {Type: specs.MountNamespace},
+	}}}
+	got := namespaceOptions(spec)
+	if got.Network != runtimeapi.NamespaceMode_NODE || got.Pid != runtimeapi.NamespaceMode_CONTAINER || got.Ipc != runtimeapi.NamespaceMode_POD {
+		t.Errorf("got %v", got)
+	}
+	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"}, {Type: specs.NetworkNamespace, Path: "/run/ns/net"}}
+	got = namespaceOptions(spec)
+	if got.Network != runtimeapi.NamespaceMode_POD || got.Pid != runtimeapi.NamespaceMode_POD || got.Ipc != runtimeapi.NamespaceMode_NODE {
+		t.Errorf("got %v", got)
+	}
+	if namespaceOptions(&specs.Spec{}) != nil {
+		t.Error("a spec without linux gave namespace options")
+	}
+	info := map[string]string{"info": `{"sandboxID":"s","runtimeSpec":{"annotations":{"io.kubernetes.cri-o.LogPath":"/x/pods/p/s.log"}}}`}
+	if s := specFromInfo(info); s == nil || s.Annotations[crioLogPath] != "/x/pods/p/s.log" {
+		t.Errorf("specFromInfo: %v", s)
+	}
+	if specFromInfo(map[string]string{"info": "not json"}) != nil || specFromInfo(nil) != nil {
+		t.Error("specFromInfo of no spec is not nil")
+	}
+}
