@@ -148,11 +148,22 @@ func configFromInfo(info map[string]string, m proto.Message) (bool, error) {
 	if err := json.Unmarshal([]byte(raw), &v); err != nil || len(v.Config) == 0 {
 		return false, nil
 	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(v.Config, m); err != nil {
+	opts := protojson.UnmarshalOptions{DiscardUnknown: true}
+	if err := opts.Unmarshal(v.Config, m); err != nil {
 		// containerd marshals the config with encoding/json, whose field
-		// names are the protobuf JSON names too; a failure here means a
-		// format we do not know.
-		return false, fmt.Errorf("decode runtime's recorded config: %w", err)
+		// names are the protobuf JSON names too. A runtime built with an
+		// older CRI API, where KeyValue.value (the environment) was a
+		// string, writes it as text, not as the base64 of the bytes it is
+		// now; anything else is a format we do not know.
+		fixed, ok := envValuesAsBase64(v.Config)
+		if !ok || opts.Unmarshal(fixed, m) != nil {
+			return false, fmt.Errorf("decode runtime's recorded config: %w", err)
+		}
+	}
+	// Either way the text may have been taken for base64 or the other way
+	// round: the runtime spec's environment says what the values are.
+	if cc, ok := m.(*runtimeapi.ContainerConfig); ok {
+		envFromSpec(cc, runtimeEnv(info))
 	}
 	return true, nil
 }

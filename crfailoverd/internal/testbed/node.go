@@ -16,17 +16,17 @@ import (
 
 // Node is one node of the bed.
 type Node struct {
-	Name          string     `json:"name"`
-	Index         int        `json:"index"`
-	Addr          netip.Addr `json:"addr"`
-	Dir           string     `json:"dir"`         // node state on the host, at the same path inside the node's mount namespace
-	Socket        string     `json:"socket"`      // the runtime's CRI socket, reachable from the host
-	KubeletDir    string     `json:"kubelet_dir"` // the kubelet's (or the emulator's) root directory; checkpoints go to its checkpoints/
-	Netns         string     `json:"netns"`       // path of the network namespace
-	Runtime       string     `json:"runtime"`     // RuntimeContainerd or RuntimeCRIO
-	RuntimePID    int        `json:"runtime_pid"`
-	EmulatorPID   int        `json:"emulator_pid"`
-	KubeletPID    int        `json:"kubelet_pid"`
+	Name        string     `json:"name"`
+	Index       int        `json:"index"`
+	Addr        netip.Addr `json:"addr"`
+	Dir         string     `json:"dir"`         // node state on the host, at the same path inside the node's mount namespace
+	Socket      string     `json:"socket"`      // the runtime's CRI socket, reachable from the host
+	KubeletDir  string     `json:"kubelet_dir"` // the kubelet's (or the emulator's) root directory; checkpoints go to its checkpoints/
+	Netns       string     `json:"netns"`       // path of the network namespace
+	Runtime     string     `json:"runtime"`     // RuntimeContainerd or RuntimeCRIO
+	RuntimePID  int        `json:"runtime_pid"`
+	EmulatorPID int        `json:"emulator_pid"`
+	KubeletPID  int        `json:"kubelet_pid"`
 }
 
 // KubeletURL is the base URL of the node's kubelet emulator.
