@@ -136,7 +136,7 @@ type Agent struct {
 	kubeletPaused time.Time // "auto" uses the CRI until then
 	lastLoop      time.Time // last pass of the discovery loop
 	podLevel      podLevelSupport
-	fencing       map[string]bool // sandboxes being stopped on the cluster's word
+	fencing       map[string]bool            // sandboxes being stopped on the cluster's word
 	handoffs      map[store.Workload]handoff // restores handed to kubelet, until its pod runs
 	wg            sync.WaitGroup
 }
