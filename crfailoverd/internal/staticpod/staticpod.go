@@ -9,7 +9,8 @@
 // restores the container from it (containerd and CRI-O both do so when
 // CreateContainer is given a checkpoint image).
 //
-// The manifest is a core/v1 Pod named after the checkpointed workload,
+// The manifest is a core/v1 Pod named after the checkpointed workload and
+// checkpoint (PodName),
 // with the labels, annotations, host namespaces, ports and environment the
 // workload ran with (from the sandbox and container configuration recorded
 // through the CRI, and the archive's spec.dump), the checkpoint image with
@@ -97,6 +98,14 @@ type Options struct {
 	Info *archive.Info
 }
 
+// PodName is the name of the pod that restores checkpoint seq of pod:
+// POD-rSEQ. Each restore has a pod name of its own: kubelet holds back a
+// static pod whose name is that of a pod still terminating, until its next
+// retry about 10 s later; a new name starts at once (crfailoverd waits for
+// the old pod to go before it writes the new manifest). Annotation
+// AnnWorkload keeps the workload's name.
+func PodName(pod string, seq uint64) string { return pod + "-r" + strconv.FormatUint(seq, 10) }
+
 // DecodeWorkloadConfig parses the recorded configuration of a workload,
 // {"sandbox": <PodSandboxConfig>, "container": <ContainerConfig>} in
 // protobuf JSON, as crfailoverd keeps it per workload.
@@ -133,8 +142,8 @@ func Manifest(o Options) (*corev1.Pod, error) {
 	if o.Image == "" {
 		return nil, fmt.Errorf("static pod for %s: no image", w)
 	}
-	if len(w.Pod) > 253-64 {
-		// kubelet appends "-<node name>" to the name.
+	if len(w.Pod) > 253-64-22 {
+		// kubelet appends "-<node name>" to the name, PodName "-r<seq>".
 		return nil, fmt.Errorf("static pod for %s: pod name too long for a static pod", w)
 	}
 	sb, ctr := o.Sandbox, o.Container
@@ -148,7 +157,7 @@ func Manifest(o Options) (*corev1.Pod, error) {
 	pod := &corev1.Pod{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        w.Pod,
+			Name:        PodName(w.Pod, o.Seq),
 			Namespace:   w.Namespace,
 			Labels:      labels(sb.Labels),
 			Annotations: annotations(sb.Annotations),
@@ -379,7 +388,12 @@ func Write(dir string, pod *corev1.Pod) (path string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("static pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	path = filepath.Join(dir, FileName(pod.Namespace, pod.Name))
+	// One file per workload: a restore's manifest replaces the last one.
+	name := pod.Name
+	if id, err := store.ParseWorkload(pod.Annotations[AnnWorkload]); err == nil {
+		name = id.Pod
+	}
+	path = filepath.Join(dir, FileName(pod.Namespace, name))
 	if err := atomicfile.WriteFile(path, append([]byte(header), b...), 0o600); err != nil {
 		return "", fmt.Errorf("static pod: %w", err)
 	}

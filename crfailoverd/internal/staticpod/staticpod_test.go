@@ -114,7 +114,7 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 	got := decode(t, path)
 
-	if got.Name != "counter" || got.Namespace != "shop" || got.UID != "" {
+	if got.Name != "counter-r7" || got.Namespace != "shop" || got.UID != "" {
 		t.Errorf("metadata %s/%s uid %q", got.Namespace, got.Name, got.UID)
 	}
 	if errs := content.IsDNS1123Subdomain(got.Name + "-some-node"); len(errs) != 0 {
