@@ -321,6 +321,9 @@ func (a *Agent) discover(ctx context.Context) error {
 			continue
 		}
 		wk := newWorker(a, w)
+		if old, ok := a.workers[w.ID]; ok {
+			wk.inherit(old) // a restore made a new copy: one history
+		}
 		a.workers[w.ID] = wk
 		a.wg.Add(1)
 		go func() {

@@ -70,6 +70,17 @@ func newWorker(a *Agent, w discovery.Workload) *worker {
 	return wk
 }
 
+// inherit takes over the counts of the worker of the workload's previous
+// copy (which has ended), so that the status tells the workload's story.
+func (w *worker) inherit(old *worker) {
+	old.mu.Lock()
+	restores, last, ckpts, failures := old.restores, old.lastRestore, old.checkpoints, old.failures
+	old.mu.Unlock()
+	w.set(func() {
+		w.restores, w.lastRestore, w.checkpoints, w.failures = restores, last, ckpts, failures
+	})
+}
+
 func (w *worker) update(d discovery.Workload) {
 	select {
 	case <-w.updates:
