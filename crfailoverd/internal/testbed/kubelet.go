@@ -147,3 +147,36 @@ func (b *Bed) startKubelet(ctx context.Context, n *Node) error {
 	}
 	return nil
 }
+
+// BootNode boots a killed node again the way systemd orders a kubelet node
+// (crfailoverd's unit starts before kubelet's): link up, the runtime, then
+// beforeKubelet (which starts the daemon), then kubelet (or the emulator).
+func (b *Bed) BootNode(ctx context.Context, name string, beforeKubelet func(context.Context) error) error {
+	n, err := b.node(name)
+	if err != nil {
+		return err
+	}
+	if err := ip(ctx, "link", "set", hostVeth(n.Name), "up"); err != nil {
+		return fmt.Errorf("boot node %s: %w", name, err)
+	}
+	for _, d := range []string{n.Dir, n.KubeletDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("boot node %s: %w", n.Name, err)
+		}
+	}
+	if err := b.startRuntime(ctx, n); err != nil {
+		return err
+	}
+	if err := b.saveState(); err != nil {
+		return err
+	}
+	if beforeKubelet != nil {
+		if err := beforeKubelet(ctx); err != nil {
+			return fmt.Errorf("boot node %s: %w", name, err)
+		}
+	}
+	if err := b.startKubeletOrEmulator(ctx, n); err != nil {
+		return err
+	}
+	return b.saveState()
+}

@@ -115,16 +115,20 @@ func (b *Bed) startNode(ctx context.Context, n *Node) error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
-	var err error
-	switch n.Runtime {
-	case RuntimeCRIO:
-		err = b.startCRIO(ctx, n)
-	default:
-		err = b.startContainerd(ctx, n)
-	}
-	if err != nil {
+	if err := b.startRuntime(ctx, n); err != nil {
 		return err
 	}
+	return b.startKubeletOrEmulator(ctx, n)
+}
+
+func (b *Bed) startRuntime(ctx context.Context, n *Node) error {
+	if n.Runtime == RuntimeCRIO {
+		return b.startCRIO(ctx, n)
+	}
+	return b.startContainerd(ctx, n)
+}
+
+func (b *Bed) startKubeletOrEmulator(ctx context.Context, n *Node) error {
 	if b.cfg.Kubelet {
 		return b.startKubelet(ctx, n)
 	}
