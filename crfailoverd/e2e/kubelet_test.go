@@ -343,3 +343,159 @@ func TestE2EKubeletNode(t *testing.T) {
 			c.Runtime, strings.TrimPrefix(testbed.KubeletVersion, "v"), after.Restore, atCkpt.value, after.Counter, servedAfter.Milliseconds(), ckptsAfter, createdStopped.Milliseconds(), restoredStopped.Milliseconds())
 	}
 }
+
+// waitServing waits until the counter answers on a node other than skip
+// (a restored copy) and the cluster records it running there.
+func (cb *clusterBed) waitServing(ctx context.Context, skip string, within time.Duration) (string, int64) {
+	cb.t.Helper()
+	var node string
+	var v int64
+	waitUntil(cb.t, within, "the counter to serve from another node than "+skip, func() (bool, error) {
+		var ok bool
+		if node, v, ok = cb.findServing(ctx, skip); !ok {
+			return false, nil
+		}
+		w, err := cb.workload(ctx, node)
+		return err == nil && w.Owner == node && w.Status == "running", err
+	})
+	return node, v
+}
+
+// TestE2EKubeletFailover: three kubelet nodes, crfailoverd clustered on
+// each. The counter runs from the user's static pod manifest on n1; it is
+// killed (GET /kill) and restored on a peer as a static pod; that peer is
+// power-cut and the counter comes back on another; the dead node boots
+// again (crfailoverd before kubelet, as the systemd units order them) and
+// no copy of the counter comes back there. Across all of it, sampled every
+// 100 ms on every node, never more than one copy runs, and each restored
+// copy is checkpointed through its own kubelet's API.
+func TestE2EKubeletFailover(t *testing.T) {
+	requireKubelet(t)
+	cb := startCluster(t, 3)
+	b := cb.b
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	watch := watchCopies(ctx, cb)
+	defer watch.halt()
+	if err := b.RunStaticCounter(ctx, "n1", "counter", counterAnnotations); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "the counter taken over, registered and replicated", func() (bool, error) {
+		w, err := cb.workload(ctx, "n1")
+		if err != nil {
+			return false, err
+		}
+		pods, err := runningPods(ctx, mustNode(t, b, "n1"))
+		return w.Owner == "n1" && w.Status == "running" && w.Newest != nil && len(w.Newest.Holders) >= 2 &&
+			slices.Equal(pods, []string{"counter-r1-n1"}), err
+	})
+	// checkpointedOn waits for two checkpoints of the copy on node through
+	// that node's kubelet after since.
+	checkpointedOn := func(node string, since time.Time) int {
+		t.Helper()
+		cl := cb.admin(node)
+		n := 0
+		waitUntil(t, 10*time.Second, "two checkpoints through the kubelet API of "+node, func() (bool, error) {
+			var err error
+			n, err = kubeletCheckpointsSince(ctx, cl, since)
+			return n >= 2, err
+		})
+		return n
+	}
+	setupCopies := watch.reset()
+
+	// The application fails: the cluster restores it on a peer.
+	time.Sleep(time.Second)
+	beforeKill, err := b.Counter(ctx, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(t, b, "n1")
+	killed := time.Now()
+	owner, afterKill := cb.waitServing(ctx, "n1", 60*time.Second)
+	t.Logf("after GET /kill on n1 (counter %d) the counter serves on %s at %d after %s", beforeKill, owner, afterKill, time.Since(killed).Round(time.Millisecond))
+	if afterKill+20 < beforeKill {
+		// One interval (10 ticks) and the time to take and replicate a
+		// checkpoint.
+		t.Errorf("the counter lost %d ticks through the kill", beforeKill-afterKill)
+	}
+	checkpointedOn(owner, time.Now())
+	killCopies := watch.reset()
+
+	// The owner loses power: the counter comes back on the third node.
+	r, err := b.PowerCutFailover(ctx, owner, otherThan(b, owner), testbed.TestWriter{T: t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpts := checkpointedOn(r.ServedOn, time.Now())
+	failoverCopies := watch.reset()
+
+	// The dead node boots: crfailoverd first, then kubelet.
+	dead := owner
+	err = b.BootNode(ctx, dead, func(ctx context.Context) error {
+		cfg, err := b.DaemonConfig(dead, "kubelet", "")
+		if err != nil {
+			return err
+		}
+		cl, err := b.ClusterConfig(dead, 3)
+		if err != nil {
+			return err
+		}
+		cb.pids[dead], err = b.StartDaemon(ctx, dead, cb.bin, cfg+cl)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, dead+" back in the cluster", func() (bool, error) {
+		ms, err := cb.admin(r.ServedOn).Members(ctx)
+		for _, m := range ms {
+			if m.Name == dead && m.Status == "alive" {
+				return true, nil
+			}
+		}
+		return false, err
+	})
+	time.Sleep(10 * time.Second) // kubelet would have started a stale copy by now
+	files, err := b.StaticPodFiles(dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rebootCopies := watch.reset()
+	if w, err := cb.workload(ctx, r.ServedOn); err != nil || w.Owner != r.ServedOn {
+		t.Errorf("after the boot of %s the cluster says %+v, %v; want owner %s", dead, w, err, r.ServedOn)
+	}
+	if len(files) != 0 {
+		t.Errorf("%s booted with static pod manifests %v, want none (the counter is %s's now)", dead, files, r.ServedOn)
+	}
+	if setupCopies != 1 || killCopies != 1 || failoverCopies != 1 || rebootCopies != 1 {
+		t.Errorf("most copies at once: %d at the take-over, %d after the kill, %d after the power cut, %d after the boot; want 1 each",
+			setupCopies, killCopies, failoverCopies, rebootCopies)
+	}
+	if r.CounterAfter <= 0 || r.Lost() > 30 {
+		t.Errorf("after the power cut the counter is %d, %d before: lost %d ticks", r.CounterAfter, r.CounterLast, r.Lost())
+	}
+	if !t.Failed() {
+		fmt.Printf("E2E kubelet-failover: runtime=%s app_kill_copies_max=%d failover_copies_max=%d reboot_copies_max=%d checkpoints_after_restore=%d failover_downtime_ms=%d lost_ticks=%d\n",
+			b.Config().Runtime, killCopies, failoverCopies, rebootCopies, ckpts, r.Downtime.Milliseconds(), r.Lost())
+	}
+}
+
+func mustNode(t *testing.T, b *testbed.Bed, name string) testbed.Node {
+	t.Helper()
+	n, err := b.Node(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// otherThan names a node of the bed other than these.
+func otherThan(b *testbed.Bed, not ...string) string {
+	for _, n := range b.Nodes() {
+		if !slices.Contains(not, n.Name) {
+			return n.Name
+		}
+	}
+	return ""
+}
