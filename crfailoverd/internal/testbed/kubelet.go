@@ -123,9 +123,22 @@ func (b *Bed) startKubelet(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(cfgPath, []byte(b.kubeletConfig(*n)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write kubelet config: %w", n.Name, err)
 	}
-	pid, err := b.spawn(n.logPath("kubelet"), n.Netns, nil, b.cfg.KubeletBinary(),
-		"--config="+cfgPath, "--container-runtime-endpoint=unix://"+n.Socket, "--root-dir="+n.KubeletDir,
-		"--hostname-override="+n.Name, "--node-ip="+n.Addr.String(), "--v=1")
+	args := []string{b.cfg.KubeletBinary(),
+		"--config=" + cfgPath, "--container-runtime-endpoint=unix://" + n.Socket, "--root-dir=" + n.KubeletDir,
+		"--hostname-override=" + n.Name, "--node-ip=" + n.Addr.String(), "--v=1"}
+	name := args[0]
+	if !hugetlbMounted() {
+		// kubelet asks for a hugetlb limit of every page size in
+		// /sys/kernel/mm/hugepages; runc fails to set one where the
+		// hugetlb controller is not mounted (this machine: cgroup v1
+		// without it), and CRI-O, unlike containerd, passes them on. The
+		// bed hides the page sizes from kubelet, in a mount namespace of
+		// its own (mounts made on the host still reach it).
+		name = "unshare"
+		args = append([]string{"--mount", "--propagation", "slave", "sh", "-c",
+			`mount -t tmpfs -o ro,size=4k tmpfs /sys/kernel/mm/hugepages && exec "$@"`, "sh"}, args...)
+	}
+	pid, err := b.spawn(n.logPath("kubelet"), n.Netns, nil, name, args...)
 	if err != nil {
 		return fmt.Errorf("node %s: start kubelet: %w", n.Name, err)
 	}
@@ -179,4 +192,14 @@ func (b *Bed) BootNode(ctx context.Context, name string, beforeKubelet func(cont
 		return err
 	}
 	return b.saveState()
+}
+
+// hugetlbMounted reports whether the hugetlb cgroup controller is usable:
+// cgroup v2 (the unified hierarchy lists it), or v1 with it mounted.
+func hugetlbMounted() bool {
+	if b, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return strings.Contains(string(b), "hugetlb")
+	}
+	_, err := os.Stat("/sys/fs/cgroup/hugetlb")
+	return err == nil
 }
