@@ -174,7 +174,9 @@ func debianSuite(root string) (string, error) {
 // base image against one.
 func configureCRIORootfs(c Config, dir string) error {
 	files := map[string]string{
-		"etc/containers/registries.conf": fmt.Sprintf("# crfailoverd test bed\n[[registry]]\nlocation = %q\ninsecure = true\n", c.RegistryHost()),
+		// The bed registry, and crfailoverd's checkpoint image endpoint
+		// (images.listen_addr's default port), both plain HTTP on loopback.
+		"etc/containers/registries.conf": fmt.Sprintf("# crfailoverd test bed\n[[registry]]\nlocation = %q\ninsecure = true\n\n[[registry]]\nlocation = \"localhost:7948\"\ninsecure = true\n", c.RegistryHost()),
 		"etc/containers/policy.json":     `{"default": [{"type": "insecureAcceptAnything"}]}` + "\n",
 	}
 	for name, content := range files {
