@@ -58,7 +58,7 @@ const handoffWait = 2 * time.Minute
 // container ids are empty: kubelet makes them, and discovery finds them).
 func (a *Agent) restoreCopy(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, e store.Entry, epoch uint64) (string, string, error) {
 	if a.static != nil {
-		path, err := a.writeStaticPod(sb, ctr, e, epoch)
+		path, err := a.writeStaticPod(ctx, sb, ctr, e, epoch)
 		if err != nil {
 			return "", "", err
 		}
@@ -72,10 +72,21 @@ func (a *Agent) restoreCopy(ctx context.Context, sb *runtimeapi.PodSandboxConfig
 	return restore(ctx, sb, ctr, e.Path)
 }
 
-func (a *Agent) writeStaticPod(sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, e store.Entry, epoch uint64) (string, error) {
+// baseImages is implemented by runtimes (the CRI client) that need the
+// checkpoint's base image pulled before a restore (CRI-O).
+type baseImages interface {
+	EnsureBaseImage(ctx context.Context, sb *runtimeapi.PodSandboxConfig, archivePath string) error
+}
+
+func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, e store.Entry, epoch uint64) (string, error) {
 	info, err := archive.Read(e.Path)
 	if err != nil {
 		return "", err
+	}
+	if bi, ok := a.rt.(baseImages); ok {
+		if err := bi.EnsureBaseImage(ctx, sb, e.Path); err != nil {
+			return "", err
+		}
 	}
 	pod, err := staticpod.Manifest(staticpod.Options{Workload: e.Workload, Seq: e.Seq, Epoch: epoch,
 		Image: ociserve.Ref(a.static.Endpoint, e.Workload, e.Seq), Sandbox: sb, Container: ctr, Info: info})
