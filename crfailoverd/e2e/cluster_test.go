@@ -157,8 +157,8 @@ func TestE2EFailover(t *testing.T) {
 		t.Errorf("%d running copies after the failover, want 1", n)
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E failover: interval_ms=1000 detect_ms=%d downtime_ms=%d counter_lost=%d\n",
-			r.Detect.Milliseconds(), r.Downtime.Milliseconds(), r.Lost())
+		fmt.Printf("E2E failover: runtime=%s interval_ms=1000 detect_ms=%d downtime_ms=%d counter_lost=%d\n",
+			cb.b.Flavor(), r.Detect.Milliseconds(), r.Downtime.Milliseconds(), r.Lost())
 	}
 }
 
@@ -249,7 +249,7 @@ func TestE2EPartition(t *testing.T) {
 		return false, nil
 	})
 	if !t.Failed() {
-		fmt.Printf("E2E partition: copies_after_heal=%d\n", copies)
+		fmt.Printf("E2E partition: runtime=%s copies_after_heal=%d\n", cb.b.Flavor(), copies)
 	}
 }
 
@@ -303,7 +303,7 @@ func TestE2ELeaderKill(t *testing.T) {
 		t.Errorf("%d running copies, want 1", n)
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E leader-kill: restored=%t\n", restored)
+		fmt.Printf("E2E leader-kill: runtime=%s restored=%t\n", cb.b.Flavor(), restored)
 	}
 }
 
@@ -346,7 +346,7 @@ func TestE2EMigrate(t *testing.T) {
 		t.Errorf("%d running copies, want 1", n)
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E migrate: downtime_ms=%d counter_lost=%d\n", downtime.Milliseconds(), lost)
+		fmt.Printf("E2E migrate: runtime=%s downtime_ms=%d counter_lost=%d\n", cb.b.Flavor(), downtime.Milliseconds(), lost)
 	}
 }
 

@@ -235,7 +235,7 @@ func TestE2EHostilePeer(t *testing.T) {
 		t.Errorf("restored on %s, lost %d ticks, configuration changed in %v (privileges now %v)", r.ServedOn, r.Lost(), diff, restorecfg.Privileged(restored))
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E hostile-peer: attacks=%d refused=%d state_changed=%d restored_ok=%t\n", total, refused, changed, restoredOK)
+		fmt.Printf("E2E hostile-peer: runtime=%s attacks=%d refused=%d state_changed=%d restored_ok=%t\n", cb.b.Flavor(), total, refused, changed, restoredOK)
 	}
 }
 
@@ -317,6 +317,6 @@ func TestE2ELeaderRestart(t *testing.T) {
 		t.Errorf("at most %d live copies during the restart, want 1", most)
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E leader-restart: placements=%d copies_max=%d\n", placements, most)
+		fmt.Printf("E2E leader-restart: runtime=%s placements=%d copies_max=%d\n", cb.b.Flavor(), placements, most)
 	}
 }

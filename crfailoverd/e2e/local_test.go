@@ -33,9 +33,7 @@ func TestE2ELocalRestore(t *testing.T) {
 	n1, _ := b.Node("n1")
 	const wl = "default/counter/counter"
 
-	if _, err := b.RunTestApp(ctx, "n1", testbed.PodSpec{Name: "counter", Annotations: map[string]string{
-		"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1", "hitachienergy.com/cr_probe_port": "8080",
-	}}); err != nil {
+	if err := b.RunCounter(ctx, "n1", counterAnnotations); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := b.DaemonConfig("n1", "kubelet", "")
@@ -192,8 +190,8 @@ func TestE2ELocalRestore(t *testing.T) {
 	t.Logf("stopped %s after SIGTERM", time.Since(stopAt).Round(time.Millisecond))
 
 	if !t.Failed() {
-		fmt.Printf("E2E local-restore: interval_ms=%d checkpoints=%d restore_ms=%d counter_at_checkpoint=%d counter_after_restore=%d\n",
-			interval.Milliseconds(), total, lr.Duration.Milliseconds(), atCkpt.value, after)
+		fmt.Printf("E2E local-restore: runtime=%s interval_ms=%d checkpoints=%d restore_ms=%d counter_at_checkpoint=%d counter_after_restore=%d\n",
+			b.Flavor(), interval.Milliseconds(), total, lr.Duration.Milliseconds(), atCkpt.value, after)
 	}
 }
 

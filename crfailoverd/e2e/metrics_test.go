@@ -98,9 +98,7 @@ func TestE2EMetrics(t *testing.T) {
 	b := testbed.UpT(t, c, 1)
 	n1, _ := b.Node("n1")
 	forwardIntoNetns(t, n1.Netns, u.Host)
-	if _, err := b.RunTestApp(ctx, "n1", testbed.PodSpec{Name: "counter", Annotations: map[string]string{
-		"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1",
-	}}); err != nil {
+	if err := b.RunCounter(ctx, "n1", map[string]string{"hitachienergy.com/cr_mode": "cr", "hitachienergy.com/cr_interval": "1"}); err != nil {
 		t.Fatal(err)
 	}
 	prom := net.JoinHostPort(n1.Addr.String(), "9100")
@@ -195,6 +193,6 @@ func TestE2EMetrics(t *testing.T) {
 	}
 	rows, restores := count("SELECT count(*) FROM checkpoints"), count("SELECT count(*) FROM restores")
 	if !t.Failed() {
-		fmt.Printf("E2E metrics: checkpoint_rows=%d restore_rows=%d db_outage_survived=true\n", rows, restores)
+		fmt.Printf("E2E metrics: runtime=%s checkpoint_rows=%d restore_rows=%d db_outage_survived=true\n", b.Flavor(), rows, restores)
 	}
 }

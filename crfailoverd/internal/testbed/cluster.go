@@ -93,7 +93,7 @@ func (b *Bed) RunProtectedCounter(ctx context.Context, node string, probe bool) 
 	if probe {
 		ann["hitachienergy.com/cr_probe_port"] = fmt.Sprint(AppPort)
 	}
-	if _, err := b.RunTestApp(ctx, node, PodSpec{Name: "counter", Annotations: ann}); err != nil {
+	if err := b.RunCounter(ctx, node, ann); err != nil {
 		return err
 	}
 	return poll(ctx, 60*time.Second, "the counter registered and replicated", func() (bool, error) {
@@ -101,7 +101,7 @@ func (b *Bed) RunProtectedCounter(ctx context.Context, node string, probe bool) 
 		if err != nil {
 			return false, err
 		}
-		return w.Owner == node && w.Status == "running" && w.Newest != nil && len(w.Newest.Holders) >= 2, nil
+		return w.Owner == node && w.Status == "running" && w.Newest != nil && len(w.Newest.Holders) >= 2 && b.TakenOver(node), nil
 	})
 }
 

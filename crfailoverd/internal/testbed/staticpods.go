@@ -81,3 +81,39 @@ func (b *Bed) StaticPodFiles(node string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// RunCounter runs the counter on node as users run it there: on kubelet
+// nodes as a static pod from the user's manifest (pod "counter"), else as
+// a pod made through the CRI calls kubelet would make. Either way the
+// workload is CounterWorkload.
+func (b *Bed) RunCounter(ctx context.Context, node string, ann map[string]string) error {
+	if b.cfg.Kubelet {
+		return b.RunStaticCounter(ctx, node, "counter", ann)
+	}
+	_, err := b.RunTestApp(ctx, node, PodSpec{Name: "counter", Annotations: ann})
+	return err
+}
+
+// TakenOver reports whether crfailoverd on node has taken the counter's
+// static pod over (only crfailoverd's manifest is left in kubelet's
+// directory); always true on nodes without kubelet.
+func (b *Bed) TakenOver(node string) bool {
+	if !b.cfg.Kubelet {
+		return true
+	}
+	files, err := b.StaticPodFiles(node)
+	return err == nil && len(files) == 1 && files[0] == "crfailoverd-default_counter.yaml"
+}
+
+// Flavor names the bed's node flavor for the E2E lines: "containerd",
+// "containerd+kubelet", "crio+kubelet", ...
+func (b *Bed) Flavor() string {
+	f := b.cfg.Runtime
+	if b.cfg.CRIOPatched {
+		f += "-patched"
+	}
+	if b.cfg.Kubelet {
+		f += "+kubelet"
+	}
+	return f
+}
