@@ -47,8 +47,16 @@ cluster-race:
 	@$(GO) tool cover -func=cluster.cover | awk '/^total:/ { sub("%","",$$3); printf "cluster parts: %s%% of statements covered by tests that need no root\n", $$3; if ($$3 < 60) { print "below 60%"; exit 1 } }'
 
 # End-to-end tests on the real runtime; they print the E2E result lines.
+# The bed itself on both runtimes (containerd, CRI-O; the CRI-O restore and
+# the patch comparison), then the acceptance suite on kubelet nodes: real
+# kubelet v1.37 with containerd, then with CRI-O (the ansible test, which
+# brings its own systemd nodes, runs once).
+E2E_RUN = CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m
 e2e:
-	CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m ./...
+	$(E2E_RUN) ./crfailoverd/internal/testbed/
+	CRF_BED_RUNTIME=crio $(E2E_RUN) ./crfailoverd/internal/testbed/
+	CRF_BED_KUBELET=1 $(E2E_RUN) ./crfailoverd/e2e/
+	CRF_BED_KUBELET=1 CRF_BED_RUNTIME=crio $(E2E_RUN) -skip 'Ansible' ./crfailoverd/e2e/
 
 # The test command (.ci/run calls it).
 test: setup vet unit e2e

@@ -37,7 +37,11 @@ func clusterDemo(ctx context.Context, cfg testbed.Config, keep bool) (err error)
 	if _, err := b.StartCluster(ctx, bin); err != nil {
 		return err
 	}
-	fmt.Println("demo: running the counter on n1, checkpointed every second, replicated to a peer")
+	if cfg.Kubelet {
+		fmt.Println("demo: running the counter on n1 as a static pod from the user's manifest (kubelet), checkpointed every second through kubelet's API, replicated to a peer")
+	} else {
+		fmt.Println("demo: running the counter on n1, checkpointed every second, replicated to a peer")
+	}
 	if err := b.RunProtectedCounter(ctx, "n1", true); err != nil {
 		return err
 	}

@@ -26,8 +26,11 @@ Runs crfailoverd's multi-node test bed (as root).
 Commands:
   prepare                build (or check) what the bed caches: the runtime root file system,
                          kubelet, CRI-O (plain and patched) and pinns
-  up [-n N]              create a bed of N nodes (default 3), replacing any earlier one
-  demo [-keep]           the main story: a 3-node bed with crfailoverd clustered on every
+  up [-n N] [-kubelet] [-runtime containerd|crio]
+                         create a bed of N nodes (default 3), replacing any earlier one;
+                         -kubelet: each node runs a real kubelet (standalone, static pods)
+  demo [-keep] [-kubelet] [-runtime containerd|crio]
+                         the main story: a 3-node bed with crfailoverd clustered on every
                          node, the counter on n1 checkpointed every second and replicated,
                          n1 power-cut, the counter serving again from a peer with its state;
                          prints the figures and tears down (-keep leaves it up)
@@ -102,6 +105,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 	n := fs.Int("n", 3, "number of nodes (up)")
 	podName := fs.String("name", "counter", "pod name (run-app)")
 	keep := fs.Bool("keep", false, "leave the bed up after the demo (demo)")
+	kubeletNodes := fs.Bool("kubelet", cfg.Kubelet, "every node runs a real kubelet (up, demo; as "+testbed.EnvKubelet+"=1)")
+	runtime := fs.String("runtime", cfg.Runtime, "runtime of every node: containerd or crio (up, demo; as "+testbed.EnvRuntime+")")
 	ann := annotations{}
 	fs.Var(ann, "a", "pod annotation KEY=VALUE (run-app, repeatable)")
 	// Flags may follow the node argument.
@@ -116,6 +121,10 @@ func run(ctx context.Context, cmd string, args []string) error {
 		pos = append(pos, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
+	if *runtime != testbed.RuntimeContainerd && *runtime != testbed.RuntimeCRIO {
+		return fmt.Errorf("-runtime %q: want %s or %s", *runtime, testbed.RuntimeContainerd, testbed.RuntimeCRIO)
+	}
+	cfg.Kubelet, cfg.Runtime = *kubeletNodes, *runtime
 	nodeArg := func() (string, error) {
 		if len(pos) != 1 {
 			return "", fmt.Errorf("%s: want one NODE argument (n1, n2, ...)", cmd)
@@ -168,6 +177,14 @@ func run(ctx context.Context, cmd string, args []string) error {
 	}
 	switch cmd {
 	case "run-app":
+		if b.Config().Kubelet {
+			if err := b.RunStaticCounter(ctx, node, *podName, ann); err != nil {
+				return err
+			}
+			nd, _ := b.Node(node)
+			fmt.Printf("static pod %s on %s: manifest %s/%s.yaml, app at %s\n", *podName, node, nd.StaticPodDir(), *podName, nd.AppURL())
+			return nil
+		}
 		pod, err := b.RunTestApp(ctx, node, testbed.PodSpec{Name: *podName, Annotations: ann})
 		if err != nil {
 			return err
@@ -196,7 +213,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 
 func printStatus(w io.Writer, b *testbed.Bed) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "NODE\tADDRESS\tCONTAINERD\tCRI SOCKET\tKUBELET\n")
+	fmt.Fprintf(tw, "NODE\tADDRESS\tRUNTIME\tCRI SOCKET\tKUBELET\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	for _, n := range b.Nodes() {
@@ -210,7 +227,11 @@ func printStatus(w io.Writer, b *testbed.Bed) error {
 				}
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Addr, st, n.Socket, n.KubeletURL())
+		kind := "emulator"
+		if b.Config().Kubelet {
+			kind = "kubelet " + testbed.KubeletVersion
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s (%s)\n", n.Name, n.Addr, n.Runtime, st, n.Socket, n.KubeletURL(), kind)
 	}
 	fmt.Fprintf(tw, "\n%s; PKI in %s\n", b.Versions(), b.PKI.Dir)
 	return tw.Flush()

@@ -32,6 +32,8 @@ type state struct {
 	Versions    Versions `json:"versions"`
 	RegistryPID int      `json:"registry_pid"`
 	Nodes       []*Node  `json:"nodes"`
+	Kubelet     bool     `json:"kubelet"` // the nodes run a real kubelet
+	CRIOPatched bool     `json:"crio_patched"`
 }
 
 func (b *Bed) statePath() string { return filepath.Join(b.cfg.Dir, "state.json") }
@@ -124,6 +126,7 @@ func Up(ctx context.Context, c Config, n int, log io.Writer) (_ *Bed, err error)
 		return nil, err
 	}
 	b.state.Rootfs, b.state.Versions = rootfs, v
+	b.state.Kubelet, b.state.CRIOPatched = c.Kubelet, c.CRIOPatched
 	fmt.Fprintf(log, "testbed: root file system %s: %s\n", rootfs, v)
 	if c.Runtime == RuntimeCRIO {
 		if err := EnsureCRIO(ctx, c, log); err != nil {
@@ -233,6 +236,11 @@ func Open(c Config) (*Bed, error) {
 	}
 	if err := json.Unmarshal(j, &b.state); err != nil {
 		return nil, fmt.Errorf("read bed state %s: %w", b.statePath(), err)
+	}
+	// The flavor is the running bed's, whatever the environment says now.
+	b.cfg.Kubelet, b.cfg.CRIOPatched = b.state.Kubelet, b.state.CRIOPatched
+	if len(b.state.Nodes) > 0 && b.state.Nodes[0].Runtime != "" {
+		b.cfg.Runtime = b.state.Nodes[0].Runtime
 	}
 	return b, nil
 }
