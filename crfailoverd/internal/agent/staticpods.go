@@ -122,6 +122,8 @@ func (a *Agent) awaitingKubelet(w discovery.Workload) bool {
 		return false
 	case w.Checkpoint == h.checkpoint:
 		delete(a.handoffs, w.ID)
+		a.log.Info("kubelet runs the restored pod", "workload", w.ID.String(), "checkpoint", h.checkpoint, "pod", w.PodName,
+			"handed_over_ms", a.now().Sub(h.at).Milliseconds())
 		return false
 	case a.now().Sub(h.at) < handoffWait:
 		return true
