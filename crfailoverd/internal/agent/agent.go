@@ -138,6 +138,7 @@ type Agent struct {
 	podLevel      podLevelSupport
 	fencing       map[string]bool            // sandboxes being stopped on the cluster's word
 	handoffs      map[store.Workload]handoff // restores handed to kubelet, until its pod runs
+	gone          map[store.Workload]*worker // the last worker of each workload that went away
 	wg            sync.WaitGroup
 }
 
@@ -323,6 +324,9 @@ func (a *Agent) discover(ctx context.Context) error {
 		wk := newWorker(a, w)
 		if old, ok := a.workers[w.ID]; ok {
 			wk.inherit(old) // a restore made a new copy: one history
+		} else if old, ok := a.gone[w.ID]; ok {
+			wk.inherit(old)
+			delete(a.gone, w.ID)
 		}
 		a.workers[w.ID] = wk
 		a.wg.Add(1)
@@ -338,6 +342,10 @@ func (a *Agent) discover(ctx context.Context) error {
 			a.log.Info("workload gone", "workload", id.String())
 			wk.close()
 			delete(a.workers, id)
+			if a.gone == nil {
+				a.gone = map[store.Workload]*worker{}
+			}
+			a.gone[id] = wk // its story goes on if the workload comes back (a restore handed to kubelet)
 		}
 	}
 	return nil

@@ -182,8 +182,11 @@ func thawCgroupsOf(pids []int) {
 			continue
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			// The processes are the bed's (found by its namespace or
+			// marker), wherever their cgroup is: a container that CRI-O
+			// restores may keep a cgroup path outside /crfbed.
 			parts := strings.SplitN(line, ":", 3)
-			if len(parts) != 3 || !strings.HasPrefix(parts[2], "/"+cgroupRoot+"/") {
+			if len(parts) != 3 || parts[2] == "/" {
 				continue
 			}
 			switch {
