@@ -139,6 +139,12 @@ func Up(ctx context.Context, c Config, n int, log io.Writer) (_ *Bed, err error)
 		}
 	}
 
+	// A new bed starts from empty node directories: an earlier bed whose
+	// teardown failed half-way may have left its daemons' state, kubelet's
+	// static pod manifests or a runtime's store behind.
+	if err := os.RemoveAll(filepath.Join(c.Dir, "nodes")); err != nil {
+		return nil, fmt.Errorf("remove the node directories of an earlier bed: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(c.Dir, "nodes"), 0o700); err != nil {
 		return nil, fmt.Errorf("create bed directory: %w", err)
 	}
