@@ -250,6 +250,11 @@ func TestE2EKubeletNode(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	kill(t, b, "n1")
 	killed := time.Now()
+	// GET /kill answers before the app exits: first it goes down.
+	waitUntil(t, 10*time.Second, "the killed counter to stop answering", func() (bool, error) {
+		_, err := getRestore(ctx, b, "n1")
+		return err != nil, nil
+	})
 	var after restoreAnswer
 	waitUntil(t, 60*time.Second, "the counter to answer again, restored", func() (bool, error) {
 		after, err = getRestore(ctx, b, "n1")
