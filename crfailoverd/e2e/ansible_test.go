@@ -23,14 +23,20 @@ import (
 
 // TestE2EAnsible installs crfailoverd the way users do: it builds the .deb
 // with packaging/build.sh, boots three systemd nodes with systemd-nspawn
-// (each with openssh-server, on a veth network of its own), runs
-// ansible-playbook ansible/site.yml over SSH against a generated inventory,
-// and checks on every node that the service is active, that its unit
-// verifies, that the journal holds the startup entry with its fields, that
-// STATUS and the log say the (absent) container runtime is unreachable,
-// that `crfailoverd members` shows three alive members, and that reload
-// and stop work under the unit. A second playbook run (after one node was
-// stopped and started) must change nothing.
+// (each with openssh-server, on a veth network of its own): s1 with CRI-O
+// under crio.service, s2 with Debian's containerd under containerd.service,
+// s3 with no container runtime. It runs ansible-playbook ansible/site.yml
+// over SSH against a generated inventory, and checks on every node that the
+// service is active, that its unit verifies, that the journal holds the
+// startup entry with its fields, that `crfailoverd members` shows three
+// alive members, and that reload and stop work under the unit; per runtime
+// what the role's branch for it must achieve (checkRuntime): on s1 the
+// role's CRI-O drop-in, CRI-O restarted by the role's handler and reading
+// it, on s2 the containerd version gate in the playbook output, on both
+// crfailoverd reaching the runtime; on s3 STATUS, the log and `crfailoverd
+// status` saying the runtime is unreachable. A second playbook run (after
+// one node was stopped and started) must change nothing and restart no
+// runtime.
 func TestE2EAnsible(t *testing.T) {
 	c := testbed.RequireE2E(t)
 	oc, err := testbed.OpsConfigFromEnv(c)
@@ -86,9 +92,14 @@ func TestE2EAnsible(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 3
+	specs := []testbed.SystemdNodeSpec{
+		{Runtime: testbed.NodeRuntimeCRIO},
+		{Runtime: testbed.NodeRuntimeContainerd},
+		{Runtime: testbed.NodeRuntimeNone},
+	}
+	n := len(specs)
 	t0 = time.Now()
-	nodes, err := testbed.StartSystemdNodes(ctx, oc, n, string(pub), testbed.TestWriter{T: t})
+	nodes, err := testbed.StartSystemdNodes(ctx, oc, specs, string(pub), testbed.TestWriter{T: t})
 	if err != nil {
 		t.Fatalf("systemd nodes: %v", err)
 	}
@@ -96,7 +107,11 @@ func TestE2EAnsible(t *testing.T) {
 		if t.Failed() {
 			for _, nd := range nodes.Nodes {
 				c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				j, _ := nodes.Exec(c, nd, "journalctl", "-u", "crfailoverd", "--no-pager", "-n", "30")
+				args := []string{"journalctl", "-u", "crfailoverd", "--no-pager", "-n", "30"}
+				if u := runtimeUnit(nd.Runtime); u != "" {
+					args = append(args, "-u", u, "-n", "60")
+				}
+				j, _ := nodes.Exec(c, nd, args...)
 				cancel()
 				t.Logf("--- %s journal:\n%s", nd.Name, j)
 			}
@@ -150,7 +165,20 @@ func TestE2EAnsible(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	playbook := func(run int) (changed int, took time.Duration) {
+	// The runtimes run before the playbook, as on a node being set up.
+	before := map[string]unitState{}
+	for _, nd := range nodes.Nodes {
+		if u := runtimeUnit(nd.Runtime); u != "" {
+			st, err := waitUnitActive(ctx, nodes, nd, u, 60*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[nd.Name] = st
+			t.Logf("%s: %s active before the playbook (MainPID %d, since %s)", nd.Name, u, st.MainPID, st.Since)
+		}
+	}
+
+	playbook := func(run int) (changed int, took time.Duration, output string) {
 		t.Helper()
 		logPath := filepath.Join(work, fmt.Sprintf("playbook-%d.log", run))
 		lf, err := os.Create(logPath)
@@ -192,34 +220,62 @@ func TestE2EAnsible(t *testing.T) {
 		if changed > 0 && run > 1 {
 			t.Logf("changed tasks in run %d:\n%s", run, changedTasks(buf.String()))
 		}
-		return changed, took
+		return changed, took, buf.String()
 	}
 
-	firstChanged, firstTook := playbook(1)
+	firstChanged, firstTook, firstOut := playbook(1)
 	t.Logf("first playbook run: changed=%d in %s", firstChanged, firstTook.Round(100*time.Millisecond))
 	if firstChanged == 0 {
 		t.Error("first playbook run changed nothing on fresh nodes")
 	}
 
 	active := 0
+	runtimeOK := map[string]bool{}
+	var results []runtimeResult
 	for _, nd := range nodes.Nodes {
 		if checkNode(ctx, t, nodes, nd, n) {
 			active++
+		}
+		if nd.Runtime != testbed.NodeRuntimeNone {
+			r := checkRuntime(ctx, t, nodes, nd, before[nd.Name], firstOut, c.ModuleDir)
+			runtimeOK[nd.Runtime] = r.ok
+			results = append(results, r)
 		}
 	}
 
 	stopStart(ctx, t, nodes, nodes.Nodes[0])
 
-	secondChanged, secondTook := playbook(2)
+	secondChanged, secondTook, _ := playbook(2)
 	t.Logf("second playbook run: changed=%d in %s", secondChanged, secondTook.Round(100*time.Millisecond))
 	if secondChanged != 0 {
 		t.Errorf("second playbook run reported changed=%d, want 0", secondChanged)
 	}
+	// Nothing changed, so no handler ran: the runtimes kept their process.
+	for _, r := range results {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err := readUnit(c, nodes, r.node, runtimeUnit(r.node.Runtime))
+		cancel()
+		if err != nil || st.MainPID != r.after.MainPID || st.Active != "active" {
+			t.Errorf("%s: %s after the second run: %+v (err %v), want still active with MainPID %d", r.node.Name, runtimeUnit(r.node.Runtime), st, err, r.after.MainPID)
+			runtimeOK[r.node.Runtime] = false
+		}
+	}
 	if active != n {
 		t.Errorf("%d of %d nodes passed their checks", active, n)
 	}
+	word := func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		return "failed"
+	}
 	if !t.Failed() {
-		fmt.Printf("E2E ansible: nodes=%d active=%d second_run_changed=%d\n", n, active, secondChanged)
+		var extra []string
+		for _, r := range results {
+			extra = append(extra, r.summary)
+		}
+		fmt.Printf("E2E ansible: nodes=%d active=%d second_run_changed=%d crio_node=%s containerd_node=%s %s\n", n, active, secondChanged,
+			word(runtimeOK[testbed.NodeRuntimeCRIO]), word(runtimeOK[testbed.NodeRuntimeContainerd]), strings.Join(extra, " "))
 	}
 }
 
@@ -247,9 +303,10 @@ func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *t
 	if out := strings.TrimSpace(run("systemd-analyze", "verify", "/lib/systemd/system/crfailoverd.service")); out != "" {
 		fail("systemd-analyze verify crfailoverd.service is not clean:\n%s", out)
 	}
+	noRuntime := nd.Runtime == testbed.NodeRuntimeNone
 	// STATUS= from sd_notify.
 	status := strings.TrimSpace(run("systemctl", "show", "-p", "StatusText", "--value", "crfailoverd"))
-	if !strings.Contains(status, "runtime unreachable") {
+	if noRuntime && !strings.Contains(status, "runtime unreachable") {
 		fail("STATUS %q does not say the runtime is unreachable", status)
 	}
 	// The journal: the startup entry with its fields, and the retrying
@@ -284,13 +341,15 @@ func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *t
 			}
 		}
 	}
-	if unreachable == nil {
-		fail("no \"discovery failed\" entry saying the runtime is unreachable")
-	} else if e, _ := unreachable["ERR"].(string); !strings.Contains(e, "runtime unreachable") {
-		fail("discovery warning ERR=%q does not say the runtime is unreachable", e)
-	}
-	if st := run("crfailoverd", "status"); !strings.Contains(st, "UNREACHABLE") {
-		fail("crfailoverd status does not report the runtime unreachable:\n%s", st)
+	if noRuntime {
+		if unreachable == nil {
+			fail("no \"discovery failed\" entry saying the runtime is unreachable")
+		} else if e, _ := unreachable["ERR"].(string); !strings.Contains(e, "runtime unreachable") {
+			fail("discovery warning ERR=%q does not say the runtime is unreachable", e)
+		}
+		if st := run("crfailoverd", "status"); !strings.Contains(st, "UNREACHABLE") {
+			fail("crfailoverd status does not report the runtime unreachable:\n%s", st)
+		}
 	}
 	// Members: all alive, as the CLI shows them.
 	var ms []api.Member
@@ -342,6 +401,262 @@ func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *t
 		t.Logf("%s: active; STATUS %q; members:\n%s", nd.Name, status, strings.TrimRight(table, "\n"))
 	}
 	return ok
+}
+
+// runtimeUnit is the systemd unit of a node's container runtime.
+func runtimeUnit(rt string) string {
+	switch rt {
+	case testbed.NodeRuntimeCRIO:
+		return "crio.service"
+	case testbed.NodeRuntimeContainerd:
+		return "containerd.service"
+	}
+	return ""
+}
+
+// unitState is what systemctl show says about a unit.
+type unitState struct {
+	Active  string // ActiveState
+	MainPID int
+	Since   string // ActiveEnterTimestamp
+}
+
+func readUnit(ctx context.Context, s *testbed.SystemdNodes, nd *testbed.SystemdNode, unit string) (unitState, error) {
+	out, err := s.Exec(ctx, nd, "systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "-p", "ActiveEnterTimestamp", unit)
+	if err != nil {
+		return unitState{}, err
+	}
+	var st unitState
+	for _, l := range strings.Split(out, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(l), "=")
+		switch k {
+		case "ActiveState":
+			st.Active = v
+		case "MainPID":
+			st.MainPID, _ = strconv.Atoi(v)
+		case "ActiveEnterTimestamp":
+			st.Since = v
+		}
+	}
+	return st, nil
+}
+
+// waitUnitActive waits until unit is active on the node, and returns its
+// state then.
+func waitUnitActive(ctx context.Context, s *testbed.SystemdNodes, nd *testbed.SystemdNode, unit string, within time.Duration) (unitState, error) {
+	var st unitState
+	var err error
+	for end := time.Now().Add(within); ; time.Sleep(250 * time.Millisecond) {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err = readUnit(c, s, nd, unit)
+		cancel()
+		if err == nil && st.Active == "active" && st.MainPID > 0 {
+			return st, nil
+		}
+		if time.Now().After(end) {
+			c, cancel := context.WithTimeout(ctx, 10*time.Second)
+			j, _ := s.Exec(c, nd, "journalctl", "-u", unit, "--no-pager", "-n", "40")
+			cancel()
+			return st, fmt.Errorf("%s: %s not active after %s (%+v, %v); its journal:\n%s", nd.Name, unit, within, st, err, j)
+		}
+	}
+}
+
+// runtimeResult is what checkRuntime found on a node with a runtime.
+type runtimeResult struct {
+	node    *testbed.SystemdNode
+	ok      bool
+	after   unitState // the runtime's unit after the first playbook run
+	summary string    // for the E2E line, e.g. crio=1.36.3
+}
+
+// checkRuntime checks what the role's branch for the node's runtime must
+// achieve after the first playbook run: on a CRI-O node the drop-in with
+// the role's content, CRI-O restarted by the role's handler, active and
+// reading the drop-in; on a containerd node the version gate message for
+// the node's containerd in the playbook output; on both crfailoverd
+// reaching the runtime (status and journal).
+func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *testbed.SystemdNode, before unitState, playbookOut, moduleDir string) runtimeResult {
+	t.Helper()
+	r := runtimeResult{node: nd, ok: true}
+	fail := func(format string, args ...any) {
+		t.Errorf("%s (%s): "+format, append([]any{nd.Name, nd.Runtime}, args...)...)
+		r.ok = false
+	}
+	run := func(args ...string) string {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		out, err := s.Exec(c, nd, args...)
+		if err != nil {
+			fail("%v", err)
+		}
+		return out
+	}
+	unit := runtimeUnit(nd.Runtime)
+	var err error
+	if r.after, err = waitUnitActive(ctx, s, nd, unit, 30*time.Second); err != nil {
+		fail("%v", err)
+	}
+	var wantName, version string
+	switch nd.Runtime {
+	case testbed.NodeRuntimeCRIO:
+		wantName = "cri-o "
+		// The drop-in, as the role's template has it (its lines with a
+		// template expression, the ansible_managed comment, aside).
+		tmpl, err := os.ReadFile(filepath.Join(moduleDir, "ansible", "roles", "crfailoverd", "templates", "crio-50-crfailoverd.conf.j2"))
+		if err != nil {
+			t.Fatalf("read the role's CRI-O drop-in template: %v", err)
+		}
+		const dropIn = "/etc/crio/crio.conf.d/50-crfailoverd.conf"
+		got := strings.Split(strings.TrimRight(run("cat", dropIn), "\n"), "\n")
+		want := strings.Split(strings.TrimRight(string(tmpl), "\n"), "\n")
+		if len(got) != len(want) {
+			fail("%s has %d lines, the role's template %d:\n%s", dropIn, len(got), len(want), strings.Join(got, "\n"))
+		} else {
+			for i := range want {
+				if !strings.Contains(want[i], "{{") && got[i] != want[i] {
+					fail("%s line %d = %q, want %q (the role's template)", dropIn, i+1, got[i], want[i])
+				}
+			}
+		}
+		if m := strings.TrimSpace(run("stat", "-c", "%a %U:%G", dropIn)); m != "644 root:root" {
+			fail("%s: mode and owner %q, want 644 root:root", dropIn, m)
+		}
+		// Restarted by the role's handler: a new process, a new start time.
+		if !handlerRan(playbookOut, "Restart crio", nd.Name) {
+			fail("the playbook output shows no changed \"Restart crio\" handler for %s", nd.Name)
+		}
+		if r.after.MainPID == before.MainPID || r.after.Since == before.Since {
+			fail("crio.service was not restarted: MainPID %d -> %d, active since %q -> %q", before.MainPID, r.after.MainPID, before.Since, r.after.Since)
+		}
+		// CRI-O read the drop-in: the node's crio.conf says
+		// enable_criu_support = false (the default before CRI-O 1.30), the
+		// drop-in true, and the running CRI-O's configuration decides.
+		cfg := run("crio", "status", "config")
+		if !regexp.MustCompile(`(?m)^\s*enable_criu_support\s*=\s*true\s*$`).MatchString(cfg) {
+			line := regexp.MustCompile(`(?m)^.*enable_criu_support.*$`).FindString(cfg)
+			fail("the running CRI-O's configuration (crio status config) has %q, want enable_criu_support = true from the drop-in", line)
+		}
+		version = versionOf(run("crio", "--version"), "crio version ")
+	case testbed.NodeRuntimeContainerd:
+		wantName = "containerd "
+		version = versionOf(run("containerd", "--version"), "")
+		// The gate, worked out as the role does, and its message.
+		gate, note := "ok", "has CRI checkpoint/restore; no configuration needed."
+		switch {
+		case compareVersion(version, "2.0.0") < 0:
+			gate, note = "old", "has no CRI checkpoint/restore; crfailoverd needs containerd 2.0 or newer."
+		case compareVersion(version, "2.3.0") >= 0:
+			gate, note = "restore-off", "turned restore through CreateContainer off by default"
+		}
+		msg := "containerd " + version + " " + note
+		sec := taskSection(playbookOut, "Check the containerd version gate")
+		if !strings.Contains(sec, "ok: ["+nd.Name+"] =>") || !strings.Contains(sec, msg) {
+			fail("the playbook output has no version gate message %q for %s; the task's output:\n%s", msg, nd.Name, sec)
+		}
+		if m := strings.TrimSpace(run("sh", "-c", "ls /etc/crio 2>&1 || true")); !strings.Contains(m, "No such file") {
+			fail("the role wrote CRI-O files on a containerd node: /etc/crio: %s", m)
+		}
+		r.summary = "gate=" + gate
+	}
+	// crfailoverd reaches the runtime: its status names it (after the
+	// handler's restart of CRI-O it may need a discovery round), and the
+	// journal has the "runtime reachable" entry with its name.
+	var rt, st string
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, _ = s.Exec(c, nd, "crfailoverd", "status")
+		cancel()
+		rt = ""
+		for _, l := range strings.Split(st, "\n") {
+			if v, ok := strings.CutPrefix(l, "Runtime:"); ok {
+				rt = strings.TrimSpace(v)
+			}
+		}
+		if (rt != "" && !strings.HasPrefix(rt, "UNREACHABLE")) || time.Now().After(end) {
+			break
+		}
+	}
+	if !strings.HasPrefix(rt, wantName) || version == "" || !strings.Contains(rt, version) {
+		fail("crfailoverd status says Runtime: %q, want %s%s:\n%s", rt, wantName, version, st)
+	}
+	reachable := ""
+	for _, line := range strings.Split(run("journalctl", "-u", "crfailoverd", "-o", "json", "--no-pager", "MESSAGE=runtime reachable"), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil {
+			reachable, _ = e["RUNTIME"].(string)
+		}
+	}
+	if !strings.HasPrefix(reachable, wantName) {
+		fail("the journal has no \"runtime reachable\" entry with RUNTIME=%s... (last: %q)", wantName, reachable)
+	}
+	r.summary = strings.TrimSpace(nd.Runtime + "=" + version + " " + r.summary)
+	if r.ok {
+		t.Logf("%s: %s %s active (MainPID %d -> %d); crfailoverd status: Runtime: %s", nd.Name, nd.Runtime, version, before.MainPID, r.after.MainPID, rt)
+	}
+	return r
+}
+
+// versionOf finds the first x.y.z in out (after prefix, when given).
+func versionOf(out, prefix string) string {
+	if prefix != "" {
+		i := strings.Index(out, prefix)
+		if i < 0 {
+			return ""
+		}
+		out = out[i+len(prefix):]
+	}
+	return regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`).FindString(out)
+}
+
+// compareVersion compares dotted numeric versions.
+func compareVersion(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < max(len(as), len(bs)); i++ {
+		var x, y int
+		if i < len(as) {
+			x, _ = strconv.Atoi(as[i])
+		}
+		if i < len(bs) {
+			y, _ = strconv.Atoi(bs[i])
+		}
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// taskSection is the playbook output of the task (or handler) named name:
+// from its header to the next one.
+func taskSection(out, name string) string {
+	var b strings.Builder
+	in := false
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "TASK [") || strings.HasPrefix(l, "RUNNING HANDLER [") {
+			in = strings.Contains(l, " : "+name+"]")
+		}
+		if in {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// handlerRan reports whether the handler name ran and changed host.
+func handlerRan(out, name, host string) bool {
+	for _, l := range strings.Split(taskSection(out, name), "\n") {
+		if strings.HasPrefix(l, "RUNNING HANDLER [") {
+			continue
+		}
+		if strings.HasPrefix(l, "changed: ["+host+"]") {
+			return true
+		}
+	}
+	return false
 }
 
 // stopStart stops the service on a node, checks that SIGTERM ends it

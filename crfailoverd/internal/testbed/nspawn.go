@@ -60,12 +60,15 @@ type OpsConfig struct {
 	Dir      string       // state of the running nodes: overlays, logs, keys
 	Subnet   netip.Prefix // bridge subnet; .1 is the host, .11, .12, ... the nodes
 	Suite    string       // Debian suite to bootstrap
+	// ModuleDir is the crfailoverd module's root, for building CRI-O for
+	// nodes that run it.
+	ModuleDir string
 }
 
 // OpsConfigFromEnv derives the systemd nodes' configuration from the bed's
 // and the environment.
 func OpsConfigFromEnv(c Config) (OpsConfig, error) {
-	oc := OpsConfig{CacheDir: c.CacheDir, Dir: envOr(EnvOpsDir, "/var/lib/crfailoverd-ops"), Suite: os.Getenv(EnvOpsSuite)}
+	oc := OpsConfig{CacheDir: c.CacheDir, Dir: envOr(EnvOpsDir, "/var/lib/crfailoverd-ops"), Suite: os.Getenv(EnvOpsSuite), ModuleDir: c.ModuleDir}
 	if oc.Suite == "" {
 		oc.Suite = hostSuite()
 	}
@@ -206,10 +209,11 @@ func configureSystemdRootfs(dir string) error {
 
 // SystemdNode is one booted systemd node.
 type SystemdNode struct {
-	Name  string
-	Addr  netip.Addr
-	Dir   string // node directory: upper/, work/, root/ (mount point inside the node's mount namespace), nspawn.log
-	Netns string // path of the network namespace
+	Name    string
+	Runtime string // container runtime: NodeRuntimeNone, NodeRuntimeContainerd or NodeRuntimeCRIO
+	Addr    netip.Addr
+	Dir     string // node directory: upper/, work/, root/ (mount point inside the node's mount namespace), nspawn.log
+	Netns   string // path of the network namespace
 	// NspawnPID is systemd-nspawn's process; LeaderPID the container's init
 	// (systemd) as the host sees it.
 	NspawnPID, LeaderPID int
@@ -223,15 +227,25 @@ type SystemdNodes struct {
 	Nodes []*SystemdNode
 }
 
-// StartSystemdNodes boots n systemd nodes named s1..sN at NodeAddr(1..n),
-// each with authorizedKey (an OpenSSH public key line) in root's
-// authorized_keys, and waits until every one reports running or degraded.
-// Leftovers of an earlier run are removed first. On error the nodes started
-// so far are stopped again.
-func StartSystemdNodes(ctx context.Context, oc OpsConfig, n int, authorizedKey string, log io.Writer) (*SystemdNodes, error) {
-	root, err := EnsureSystemdRootfs(ctx, oc, log)
+// StartSystemdNodes boots one systemd node per spec, named s1..sN at
+// NodeAddr(1..N), each with authorizedKey (an OpenSSH public key line) in
+// root's authorized_keys and the container runtime its spec names (see
+// nspawn_runtime.go), and waits until every one reports running or
+// degraded. Leftovers of an earlier run are removed first. On error the
+// nodes started so far are stopped again.
+func StartSystemdNodes(ctx context.Context, oc OpsConfig, specs []SystemdNodeSpec, authorizedKey string, log io.Writer) (*SystemdNodes, error) {
+	base, err := EnsureSystemdRootfs(ctx, oc, log)
 	if err != nil {
 		return nil, err
+	}
+	roots := map[string]string{}
+	for _, sp := range specs {
+		if _, ok := roots[sp.Runtime]; ok {
+			continue
+		}
+		if roots[sp.Runtime], err = EnsureSystemdRuntimeRootfs(ctx, oc, base, sp.Runtime, log); err != nil {
+			return nil, err
+		}
 	}
 	if err := StopSystemdNodes(oc, log); err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier run: %w", err)
@@ -255,8 +269,8 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, n int, authorizedKey s
 	if err := ip(ctx, "link", "set", opsBridge, "up"); err != nil {
 		return nil, err
 	}
-	for i := 1; i <= n; i++ {
-		node := &SystemdNode{Name: "s" + strconv.Itoa(i), Addr: oc.NodeAddr(i)}
+	for i, sp := range specs {
+		node := &SystemdNode{Name: "s" + strconv.Itoa(i+1), Addr: oc.NodeAddr(i + 1), Runtime: sp.Runtime}
 		node.Dir = filepath.Join(oc.Dir, node.Name)
 		node.Netns = filepath.Join(netnsDir, opsNetnsPrefix+node.Name)
 		if err := opsNodeNetwork(ctx, oc, node); err != nil {
@@ -265,7 +279,7 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, n int, authorizedKey s
 		if err := prepareNodeUpper(node, authorizedKey); err != nil {
 			return nil, err
 		}
-		if err := s.boot(node, root); err != nil {
+		if err := s.boot(node, roots[sp.Runtime]); err != nil {
 			return nil, err
 		}
 		s.Nodes = append(s.Nodes, node)
@@ -275,7 +289,11 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, n int, authorizedKey s
 			tail, _ := tailFile(filepath.Join(node.Dir, "nspawn.log"), 30)
 			return nil, fmt.Errorf("node %s: %w; nspawn log:\n%s", node.Name, err, tail)
 		}
-		fmt.Fprintf(log, "testbed: systemd node %s (%s) up in %s\n", node.Name, node.Addr, node.Booted.Round(time.Millisecond))
+		rt := node.Runtime
+		if rt == NodeRuntimeNone {
+			rt = "none"
+		}
+		fmt.Fprintf(log, "testbed: systemd node %s (%s, runtime %s) up in %s\n", node.Name, node.Addr, rt, node.Booted.Round(time.Millisecond))
 	}
 	ok = true
 	return s, nil
@@ -304,9 +322,10 @@ func opsNodeNetwork(ctx context.Context, oc OpsConfig, node *SystemdNode) error 
 
 // prepareNodeUpper writes the node's own files into its overlay's upper
 // directory before it boots: host name, machine id, root's authorized key.
+// It also creates the host directory bound as the runtime's storage.
 func prepareNodeUpper(node *SystemdNode, authorizedKey string) error {
 	upper := filepath.Join(node.Dir, "upper")
-	for _, d := range []string{upper, filepath.Join(node.Dir, "work"), filepath.Join(node.Dir, "root")} {
+	for _, d := range []string{upper, filepath.Join(node.Dir, "work"), filepath.Join(node.Dir, "root"), filepath.Join(node.Dir, "storage")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -342,14 +361,16 @@ func prepareNodeUpper(node *SystemdNode, authorizedKey string) error {
 }
 
 // nspawnScript runs in a new mount namespace: the overlay root and the
-// tmpfs systemd-nspawn needs exist only there.
+// tmpfs systemd-nspawn needs exist only there. $BINDS (unquoted: one
+// --bind=... word per bind, no white space in them) holds the node's
+// binds.
 const nspawnScript = `set -e
 mount --make-rprivate /
 mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$NODEDIR/upper,workdir=$NODEDIR/work" "$NODEDIR/root"
 mkdir -p /run/systemd/nspawn
 mount -t tmpfs tmpfs /run/systemd/nspawn
 exec systemd-nspawn --register=no --keep-unit -q --console=read-only --link-journal=no \
-	--timezone=off --resolv-conf=off -M "$NODE" --network-namespace-path="$NETNS" -D "$NODEDIR/root" -b`
+	--timezone=off --resolv-conf=off -M "$NODE" --network-namespace-path="$NETNS" $BINDS -D "$NODEDIR/root" -b`
 
 func (s *SystemdNodes) boot(node *SystemdNode, lower string) error {
 	out, err := os.OpenFile(filepath.Join(node.Dir, "nspawn.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
@@ -358,7 +379,11 @@ func (s *SystemdNodes) boot(node *SystemdNode, lower string) error {
 	}
 	defer out.Close()
 	cmd := exec.Command("unshare", "--mount", "--", "sh", "-c", nspawnScript)
-	cmd.Env = append(os.Environ(), opsMarker+"="+s.cfg.Dir, "LOWER="+lower, "NODEDIR="+node.Dir, "NODE="+node.Name, "NETNS="+node.Netns)
+	binds := ""
+	if d := systemdRuntimeStorage[node.Runtime]; d != "" {
+		binds = "--bind=" + filepath.Join(node.Dir, "storage") + ":" + d
+	}
+	cmd.Env = append(os.Environ(), opsMarker+"="+s.cfg.Dir, "LOWER="+lower, "NODEDIR="+node.Dir, "NODE="+node.Name, "NETNS="+node.Netns, "BINDS="+binds)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	start := time.Now()

@@ -1,0 +1,296 @@
+package testbed
+
+// Container runtimes on the systemd nodes. A node with a runtime boots from
+// its own cached root file system: a copy of the systemd root file system
+// with the runtime installed the way an administrator installs it, so that
+// the ansible role finds it and its systemd unit runs it:
+//
+//   - containerd: Debian's packages (containerd, runc, criu) installed with
+//     apt from the machine's mirror, Debian's containerd.service enabled.
+//   - CRI-O: not packaged for Debian. The bed's CRI-O build (EnsureCRIO's
+//     cache, crio needs only libc) and pinns are copied to /usr/local/bin,
+//     with conmon, runc, the CNI plugins, iptables and criu from Debian's
+//     packages; a crio.service of ours runs it (Type=notify: crio tells
+//     systemd when its socket answers).
+//
+// Both keep their storage on a directory of the host bound into the node:
+// the node's root is an overlay, and overlayfs refuses an overlay as the
+// upper directory of another (the kernel logs "filesystem on ... not
+// supported as upperdir"), which containerd's overlayfs snapshotter and
+// CRI-O's overlay storage driver need.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Container runtimes of a systemd node.
+const (
+	NodeRuntimeNone       = ""
+	NodeRuntimeContainerd = "containerd"
+	NodeRuntimeCRIO       = "crio"
+)
+
+// SystemdNodeSpec says what a systemd node has besides systemd and SSH.
+type SystemdNodeSpec struct {
+	Runtime string // NodeRuntimeNone, NodeRuntimeContainerd or NodeRuntimeCRIO
+}
+
+// systemdRuntimePackages are installed with apt into the root file system
+// of a node with that runtime. criu is there because both runtimes call it
+// for checkpoints (CRI-O turns checkpointing off when it finds none).
+var systemdRuntimePackages = map[string][]string{
+	NodeRuntimeContainerd: {"containerd", "runc", "criu"},
+	NodeRuntimeCRIO:       {"conmon", "runc", "containernetworking-plugins", "iptables", "criu"},
+}
+
+// systemdRuntimeStorage is the runtime's storage directory inside the
+// node, bound to a directory of the host (see the top of this file).
+var systemdRuntimeStorage = map[string]string{
+	NodeRuntimeContainerd: "/var/lib/containerd",
+	NodeRuntimeCRIO:       "/var/lib/containers",
+}
+
+// SystemdRuntimeRootfsDir is the cached root file system of nodes with
+// runtime rt.
+func (oc OpsConfig) SystemdRuntimeRootfsDir(rt string) string {
+	if rt == NodeRuntimeNone {
+		return oc.SystemdRootfsDir()
+	}
+	return oc.SystemdRootfsDir() + "-" + rt
+}
+
+// EnsureSystemdRuntimeRootfs returns the root file system of nodes with
+// runtime rt, creating it when missing: a copy of the systemd root file
+// system (base) with the runtime's packages installed by apt inside it. For
+// CRI-O it also builds CRI-O (cached) and copies crio and pinns in, on
+// every call, so that a rebuilt crio reaches the cached root.
+func EnsureSystemdRuntimeRootfs(ctx context.Context, oc OpsConfig, base, rt string, log io.Writer) (string, error) {
+	pkgs, ok := systemdRuntimePackages[rt]
+	if rt == NodeRuntimeNone {
+		return base, nil
+	}
+	if !ok {
+		return "", fmt.Errorf("systemd node runtime %q: want %q, %q or none", rt, NodeRuntimeContainerd, NodeRuntimeCRIO)
+	}
+	dir := oc.SystemdRuntimeRootfsDir(rt)
+	stamp := strings.Join(pkgs, " ") + "\n"
+	if b, err := os.ReadFile(filepath.Join(dir, opsStamp)); err != nil || string(b) != stamp {
+		if err := aptRuntimeRootfs(ctx, oc, base, dir, pkgs, log); err != nil {
+			return "", err
+		}
+	}
+	if rt == NodeRuntimeCRIO {
+		if err := installCRIO(ctx, oc, dir, log); err != nil {
+			return "", err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, opsStamp), []byte(stamp), 0o644); err != nil {
+		return "", fmt.Errorf("mark root file system %s ready: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// aptRuntimeRootfs makes dir from a copy of base with pkgs installed by
+// apt inside it, from the machine's mirror (into dir.partial first).
+func aptRuntimeRootfs(ctx context.Context, oc OpsConfig, base, dir string, pkgs []string, log io.Writer) error {
+	mirror, err := AptMirror()
+	if err != nil {
+		return err
+	}
+	partial := dir + ".partial"
+	for _, d := range []string{partial, dir} {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("remove old root file system %s: %w", d, err)
+		}
+	}
+	fmt.Fprintf(log, "testbed: preparing %s: a copy of %s with %s from %s (cached afterwards)\n", dir, base, strings.Join(pkgs, ", "), mirror)
+	start := time.Now()
+	if out, err := exec.CommandContext(ctx, "cp", "-a", base, partial).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy %s to %s: %w: %s", base, partial, err, strings.TrimSpace(string(out)))
+	}
+	_ = os.Remove(filepath.Join(partial, opsStamp))
+	if err := os.WriteFile(filepath.Join(partial, "etc/apt/sources.list"), []byte(fmt.Sprintf("deb %s %s main\n", mirror, oc.Suite)), 0o644); err != nil {
+		return fmt.Errorf("write apt sources of %s: %w", partial, err)
+	}
+	// Installing must start no service (Debian's containerd would).
+	policy := filepath.Join(partial, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return fmt.Errorf("write policy-rc.d in %s: %w", partial, err)
+	}
+	logPath := dir + ".apt.log"
+	out, err := os.Create(logPath)
+	if err != nil {
+		return fmt.Errorf("create apt log: %w", err)
+	}
+	defer out.Close()
+	// apt runs chrooted in a mount namespace of its own, with /proc, /dev
+	// and the host's name service for the mirror.
+	script := `set -e
+mount --make-rprivate /
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+rm -f "$R/etc/resolv.conf"; touch "$R/etc/resolv.conf"
+mount --bind /etc/resolv.conf "$R/etc/resolv.conf"
+opts="-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+chroot "$R" apt-get $opts update
+chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get $opts install -y --no-install-recommends "$@"
+chroot "$R" apt-get clean
+rm -rf "$R"/var/lib/apt/lists/*
+`
+	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--fork", "sh", "-c", script, "sh"}, pkgs...)...)
+	cmd.Env = append(os.Environ(), "R="+partial)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		tail, _ := tailFile(logPath, 15)
+		return fmt.Errorf("install %s into %s with apt from %s: %w (log %s):\n%s", strings.Join(pkgs, ", "), partial, mirror, err, logPath, tail)
+	}
+	if err := os.Remove(policy); err != nil {
+		return fmt.Errorf("remove policy-rc.d from %s: %w", partial, err)
+	}
+	// The systemd root's own settings (name service, hosts) again: apt's
+	// run replaced resolv.conf.
+	if err := configureSystemdRootfs(partial); err != nil {
+		return err
+	}
+	if err := os.Rename(partial, dir); err != nil {
+		return fmt.Errorf("move root file system %s into place: %w", dir, err)
+	}
+	fmt.Fprintf(log, "testbed: installed %s into %s in %s\n", strings.Join(pkgs, ", "), dir, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// installCRIO builds CRI-O (scripts/build-crio.sh, cached) and puts crio,
+// pinns, CRI-O's configuration and crio.service into the root dir.
+func installCRIO(ctx context.Context, oc OpsConfig, dir string, log io.Writer) error {
+	c := Config{CacheDir: oc.CacheDir, ModuleDir: oc.ModuleDir}
+	build := crioBuildDir(c)
+	if _, err := os.Stat(filepath.Join(build, "crio")); err != nil {
+		if oc.ModuleDir == "" {
+			return errors.New("install CRI-O into a systemd node root: no module directory to build CRI-O from")
+		}
+		script := filepath.Join(oc.ModuleDir, "scripts", "build-crio.sh")
+		cmd := exec.CommandContext(ctx, "bash", script, CRIOVersion, filepath.Join(oc.ModuleDir, crioPatch), build)
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/local/go/bin")
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("build CRI-O %s with %s into %s: %w (its output is above)", CRIOVersion, script, build, err)
+		}
+	}
+	for _, b := range []struct{ from, to string }{
+		{filepath.Join(build, "crio"), crioBinary},
+		{filepath.Join(build, "pinns"), pinnsBinary},
+	} {
+		if err := syncFile(b.from, filepath.Join(dir, b.to)); err != nil {
+			return fmt.Errorf("copy %s into the systemd node root %s: %w", b.from, dir, err)
+		}
+	}
+	files := map[string]string{
+		"etc/crio/crio.conf":                          systemdCRIOConfig,
+		"etc/containers/registries.conf":              "# crfailoverd systemd node: no registry is configured\nunqualified-search-registries = []\n",
+		"etc/containers/policy.json":                  `{"default": [{"type": "insecureAcceptAnything"}]}` + "\n",
+		"etc/cni/net.d/10-crfops.conflist":            systemdCRIOCNI,
+		"etc/systemd/system/crio.service":             systemdCRIOUnit,
+		"etc/crio/crio.conf.d/README.crfailoverd-bed": "Drop-ins go here; the ansible role writes 50-crfailoverd.conf.\n",
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("configure CRI-O in %s: %w", dir, err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return fmt.Errorf("configure CRI-O in %s: %w", dir, err)
+		}
+	}
+	// The role's drop-in is the node's, never the cached root's.
+	_ = os.Remove(filepath.Join(dir, "etc/crio/crio.conf.d/50-crfailoverd.conf"))
+	wants := filepath.Join(dir, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return fmt.Errorf("enable crio.service in %s: %w", dir, err)
+	}
+	link := filepath.Join(wants, "crio.service")
+	_ = os.Remove(link)
+	if err := os.Symlink("/etc/systemd/system/crio.service", link); err != nil {
+		return fmt.Errorf("enable crio.service in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// systemdCRIOConfig is /etc/crio/crio.conf of a CRI-O node: CRI-O's
+// default paths and socket (/var/run/crio/crio.sock, what the role
+// expects), Debian's runc, conmon and CNI plugin paths, cgroupfs (as on the
+// bed's CRI-O nodes on this cgroup v1 machine) and enable_criu_support =
+// false, the default before CRI-O 1.30: the role's drop-in turns it on, so
+// that CRI-O's effective configuration shows whether the drop-in was read.
+const systemdCRIOConfig = `# crfailoverd systemd node (testbed). Drop-ins: /etc/crio/crio.conf.d/
+[crio]
+storage_driver = "overlay"
+
+[crio.runtime]
+default_runtime = "runc"
+cgroup_manager = "cgroupfs"
+conmon_cgroup = "pod"
+selinux = false
+apparmor_profile = "unconfined"
+pinns_path = "/usr/local/bin/pinns"
+# An infra container needs CAP_SYS_RESOURCE for its oom_score_adj, which
+# this machine lacks.
+drop_infra_ctr = true
+# CRI-O's default before 1.30; the crfailoverd role's drop-in sets true.
+enable_criu_support = false
+
+[crio.runtime.runtimes.runc]
+runtime_path = "/usr/sbin/runc"
+runtime_type = "oci"
+runtime_root = "/run/runc"
+monitor_path = "/usr/bin/conmon"
+monitor_cgroup = "pod"
+
+[crio.network]
+plugin_dirs = ["/usr/lib/cni"]
+
+[crio.nri]
+enable_nri = false
+`
+
+// systemdCRIOCNI is a bridge network, only so that CRI-O reports the
+// network ready.
+const systemdCRIOCNI = `{
+  "cniVersion": "1.0.0",
+  "name": "crfops",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "crfopscni0",
+      "isGateway": false,
+      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.0.0/24"}]]}
+    }
+  ]
+}
+`
+
+// systemdCRIOUnit runs CRI-O under the node's systemd.
+const systemdCRIOUnit = `[Unit]
+Description=CRI-O container runtime (crfailoverd systemd node)
+After=network.target
+
+[Service]
+Type=notify
+ExecStart=/usr/local/bin/crio
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2
+TimeoutStartSec=60
+Delegate=yes
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+`
