@@ -96,7 +96,10 @@ authorization: {mode: AlwaysAllow}
 tlsCertFile: %q
 tlsPrivateKeyFile: %q
 cgroupDriver: cgroupfs
-cgroupsPerQOS: false
+# kubelet's pod cgroups (QoS classes, one per pod) below the node's own
+# root, where the bed's teardown finds and removes them; without them the
+# runtimes put containers at the top (containerd /k8s.io, CRI-O /crio).
+cgroupsPerQOS: true
 cgroupRoot: %q
 enforceNodeAllocatable: []
 failSwapOn: false
@@ -118,6 +121,9 @@ func (b *Bed) startKubelet(ctx context.Context, n *Node) error {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
+	}
+	if err := makeNodeCgroups(n.Name); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	cfgPath := filepath.Join(n.Dir, "kubelet.yaml")
 	if err := os.WriteFile(cfgPath, []byte(b.kubeletConfig(*n)), 0o644); err != nil {
@@ -202,4 +208,24 @@ func hugetlbMounted() bool {
 	}
 	_, err := os.Stat("/sys/fs/cgroup/hugetlb")
 	return err == nil
+}
+
+// makeNodeCgroups creates the node's cgroup root (/crfbed/NODE) in every
+// mounted hierarchy: kubelet refuses a cgroupRoot with a missing path. The
+// bed's teardown removes them.
+func makeNodeCgroups(node string) error {
+	des, err := os.ReadDir("/sys/fs/cgroup")
+	if err != nil {
+		return fmt.Errorf("list cgroup hierarchies: %w", err)
+	}
+	for _, de := range des {
+		h := filepath.Join("/sys/fs/cgroup", de.Name())
+		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err != nil {
+			continue // not a hierarchy (or a v2 file)
+		}
+		if err := os.MkdirAll(filepath.Join(h, cgroupRoot, node), 0o755); err != nil {
+			return fmt.Errorf("create the node's cgroup root: %w", err)
+		}
+	}
+	return nil
 }
