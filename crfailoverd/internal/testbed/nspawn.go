@@ -361,16 +361,16 @@ func prepareNodeUpper(node *SystemdNode, authorizedKey string) error {
 }
 
 // nspawnScript runs in a new mount namespace: the overlay root and the
-// tmpfs systemd-nspawn needs exist only there. $BINDS (unquoted: one
-// --bind=... word per bind, no white space in them) holds the node's
-// binds.
+// tmpfs systemd-nspawn needs exist only there. $NSPAWN_ARGS (unquoted:
+// words without white space) holds the node's own options, see
+// nodeNspawnArgs.
 const nspawnScript = `set -e
 mount --make-rprivate /
 mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$NODEDIR/upper,workdir=$NODEDIR/work" "$NODEDIR/root"
 mkdir -p /run/systemd/nspawn
 mount -t tmpfs tmpfs /run/systemd/nspawn
 exec systemd-nspawn --register=no --keep-unit -q --console=read-only --link-journal=no \
-	--timezone=off --resolv-conf=off -M "$NODE" --network-namespace-path="$NETNS" $BINDS -D "$NODEDIR/root" -b`
+	--timezone=off --resolv-conf=off -M "$NODE" --network-namespace-path="$NETNS" $NSPAWN_ARGS -D "$NODEDIR/root" -b`
 
 func (s *SystemdNodes) boot(node *SystemdNode, lower string) error {
 	out, err := os.OpenFile(filepath.Join(node.Dir, "nspawn.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
@@ -379,11 +379,8 @@ func (s *SystemdNodes) boot(node *SystemdNode, lower string) error {
 	}
 	defer out.Close()
 	cmd := exec.Command("unshare", "--mount", "--", "sh", "-c", nspawnScript)
-	binds := ""
-	if d := systemdRuntimeStorage[node.Runtime]; d != "" {
-		binds = "--bind=" + filepath.Join(node.Dir, "storage") + ":" + d
-	}
-	cmd.Env = append(os.Environ(), opsMarker+"="+s.cfg.Dir, "LOWER="+lower, "NODEDIR="+node.Dir, "NODE="+node.Name, "NETNS="+node.Netns, "BINDS="+binds)
+	cmd.Env = append(os.Environ(), opsMarker+"="+s.cfg.Dir, "LOWER="+lower, "NODEDIR="+node.Dir, "NODE="+node.Name, "NETNS="+node.Netns,
+		"NSPAWN_ARGS="+strings.Join(nodeNspawnArgs(node), " "))
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	start := time.Now()

@@ -51,6 +51,22 @@ var systemdRuntimePackages = map[string][]string{
 	NodeRuntimeCRIO:       {"conmon", "runc", "containernetworking-plugins", "iptables", "criu"},
 }
 
+// nodeNspawnArgs are the systemd-nspawn options of a node with a runtime:
+// its storage bound from the host, and CAP_NET_ADMIN. systemd-nspawn keeps
+// CAP_NET_ADMIN only with --private-network, not with
+// --network-namespace-path (seen: CapBnd 00000000fcecafff in a service on a
+// node), and without it iptables in the node fails ("Could not fetch rule
+// set generation id: Permission denied") and CRI-O refuses to start ("can't
+// create HostPortManager: no support for iptables"). The network namespace
+// is the node's own, as on a real machine.
+func nodeNspawnArgs(node *SystemdNode) []string {
+	d := systemdRuntimeStorage[node.Runtime]
+	if d == "" {
+		return nil
+	}
+	return []string{"--bind=" + filepath.Join(node.Dir, "storage") + ":" + d, "--capability=CAP_NET_ADMIN"}
+}
+
 // systemdRuntimeStorage is the runtime's storage directory inside the
 // node, bound to a directory of the host (see the top of this file).
 var systemdRuntimeStorage = map[string]string{
@@ -193,12 +209,11 @@ func installCRIO(ctx context.Context, oc OpsConfig, dir string, log io.Writer) e
 		}
 	}
 	files := map[string]string{
-		"etc/crio/crio.conf":                          systemdCRIOConfig,
-		"etc/containers/registries.conf":              "# crfailoverd systemd node: no registry is configured\nunqualified-search-registries = []\n",
-		"etc/containers/policy.json":                  `{"default": [{"type": "insecureAcceptAnything"}]}` + "\n",
-		"etc/cni/net.d/10-crfops.conflist":            systemdCRIOCNI,
-		"etc/systemd/system/crio.service":             systemdCRIOUnit,
-		"etc/crio/crio.conf.d/README.crfailoverd-bed": "Drop-ins go here; the ansible role writes 50-crfailoverd.conf.\n",
+		"etc/crio/crio.conf":               systemdCRIOConfig,
+		"etc/containers/registries.conf":   "# crfailoverd systemd node: no registry is configured\nunqualified-search-registries = []\n",
+		"etc/containers/policy.json":       `{"default": [{"type": "insecureAcceptAnything"}]}` + "\n",
+		"etc/cni/net.d/10-crfops.conflist": systemdCRIOCNI,
+		"etc/systemd/system/crio.service":  systemdCRIOUnit,
 	}
 	for name, content := range files {
 		p := filepath.Join(dir, name)
@@ -209,7 +224,11 @@ func installCRIO(ctx context.Context, oc OpsConfig, dir string, log io.Writer) e
 			return fmt.Errorf("configure CRI-O in %s: %w", dir, err)
 		}
 	}
-	// The role's drop-in is the node's, never the cached root's.
+	// CRI-O reads every file in crio.conf.d as TOML, so the directory is
+	// empty: the role's drop-in is the node's, never the cached root's.
+	if err := os.MkdirAll(filepath.Join(dir, "etc/crio/crio.conf.d"), 0o755); err != nil {
+		return fmt.Errorf("configure CRI-O in %s: %w", dir, err)
+	}
 	_ = os.Remove(filepath.Join(dir, "etc/crio/crio.conf.d/50-crfailoverd.conf"))
 	wants := filepath.Join(dir, "etc/systemd/system/multi-user.target.wants")
 	if err := os.MkdirAll(wants, 0o755); err != nil {
