@@ -176,6 +176,19 @@ func TestE2EAnsible(t *testing.T) {
 			before[nd.Name] = st
 			t.Logf("%s: %s active before the playbook (MainPID %d, since %s)", nd.Name, u, st.MainPID, st.Since)
 		}
+		// Before the role's drop-in, CRI-O runs with the node's crio.conf:
+		// so the check after the playbook tells the drop-in's effect.
+		if nd.Runtime == testbed.NodeRuntimeCRIO {
+			c, cancel := context.WithTimeout(ctx, 30*time.Second)
+			cfg, err := nodes.Exec(c, nd, "crio", "status", "config")
+			cancel()
+			if err != nil {
+				t.Fatalf("%s: read the running CRI-O's configuration: %v", nd.Name, err)
+			}
+			if v := criuSupport(cfg); v != "false" {
+				t.Fatalf("%s: before the playbook the running CRI-O has enable_criu_support = %q, want false (the node's crio.conf)", nd.Name, v)
+			}
+		}
 	}
 
 	playbook := func(run int) (changed int, took time.Duration, output string) {
@@ -233,7 +246,7 @@ func TestE2EAnsible(t *testing.T) {
 	runtimeOK := map[string]bool{}
 	var results []runtimeResult
 	for _, nd := range nodes.Nodes {
-		if checkNode(ctx, t, nodes, nd, n) {
+		if checkNode(ctx, t, nodes, nd, n, firstOut) {
 			active++
 		}
 		if nd.Runtime != testbed.NodeRuntimeNone {
@@ -279,9 +292,12 @@ func TestE2EAnsible(t *testing.T) {
 	}
 }
 
-// checkNode checks one node after the playbook; it reports whether all
-// checks passed.
-func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *testbed.SystemdNode, n int) bool {
+// checkNode checks one node after the playbook (playbookOut is the first
+// run's output): the service, its unit, journal, members, reload; on a node
+// without a runtime also the role's "no runtime" message and that STATUS,
+// the journal and `crfailoverd status` say the runtime is unreachable. It
+// reports whether all checks passed.
+func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *testbed.SystemdNode, n int, playbookOut string) bool {
 	t.Helper()
 	ok := true
 	fail := func(format string, args ...any) {
@@ -342,6 +358,10 @@ func checkNode(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd *t
 		}
 	}
 	if noRuntime {
+		sec := taskSection(playbookOut, "Say that no container runtime was found")
+		if !strings.Contains(sec, "ok: ["+nd.Name+"] =>") || !strings.Contains(sec, "No CRI-O or containerd on "+nd.Name) {
+			fail("the playbook output has no \"No CRI-O or containerd\" message for this node; the task's output:\n%s", sec)
+		}
 		if unreachable == nil {
 			fail("no \"discovery failed\" entry saying the runtime is unreachable")
 		} else if e, _ := unreachable["ERR"].(string); !strings.Contains(e, "runtime unreachable") {
@@ -532,10 +552,19 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		// CRI-O read the drop-in: the node's crio.conf says
 		// enable_criu_support = false (the default before CRI-O 1.30), the
 		// drop-in true, and the running CRI-O's configuration decides.
-		cfg := run("crio", "status", "config")
-		if !regexp.MustCompile(`(?m)^\s*enable_criu_support\s*=\s*true\s*$`).MatchString(cfg) {
-			line := regexp.MustCompile(`(?m)^.*enable_criu_support.*$`).FindString(cfg)
-			fail("the running CRI-O's configuration (crio status config) has %q, want enable_criu_support = true from the drop-in", line)
+		if v := criuSupport(run("crio", "status", "config")); v != "true" {
+			fail("the running CRI-O's configuration (crio status config) has enable_criu_support = %q, want true from the drop-in", v)
+		}
+		// What CRI-O made of it: "Checkpoint/restore support enabled", or
+		// "... disabled" when it finds no usable CRIU.
+		criu := ""
+		for _, l := range strings.Split(run("journalctl", "-u", "crio", "-o", "cat", "--no-pager", "_PID="+strconv.Itoa(r.after.MainPID)), "\n") {
+			if i := strings.Index(l, "Checkpoint/restore support"); i >= 0 {
+				criu = strings.TrimRight(l[i:], `"`)
+			}
+		}
+		if criu != "Checkpoint/restore support enabled" {
+			fail("the restarted CRI-O's journal says %q, want \"Checkpoint/restore support enabled\"", criu)
 		}
 		version = versionOf(run("crio", "--version"), "crio version ")
 	case testbed.NodeRuntimeContainerd:
@@ -557,6 +586,7 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		if m := strings.TrimSpace(run("sh", "-c", "ls /etc/crio 2>&1 || true")); !strings.Contains(m, "No such file") {
 			fail("the role wrote CRI-O files on a containerd node: /etc/crio: %s", m)
 		}
+		t.Logf("%s: the role's version gate: %q", nd.Name, msg)
 		r.summary = "gate=" + gate
 	}
 	// crfailoverd reaches the runtime: its status names it (after the
@@ -595,6 +625,16 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		t.Logf("%s: %s %s active (MainPID %d -> %d); crfailoverd status: Runtime: %s", nd.Name, nd.Runtime, version, before.MainPID, r.after.MainPID, rt)
 	}
 	return r
+}
+
+// criuSupport is the value of enable_criu_support in CRI-O's TOML
+// configuration cfg, "" when it has none.
+func criuSupport(cfg string) string {
+	m := regexp.MustCompile(`(?m)^\s*enable_criu_support\s*=\s*(\S+)\s*$`).FindStringSubmatch(cfg)
+	if m == nil {
+		return ""
+	}
+	return m[1]
 }
 
 // versionOf finds the first x.y.z in out (after prefix, when given).
