@@ -211,6 +211,7 @@ func configureSystemdRootfs(dir string) error {
 type SystemdNode struct {
 	Name    string
 	Runtime string // container runtime: NodeRuntimeNone, NodeRuntimeContainerd or NodeRuntimeCRIO
+	Suite   string // Debian suite of its root file system
 	Addr    netip.Addr
 	Dir     string // node directory: upper/, work/, root/ (mount point inside the node's mount namespace), nspawn.log
 	Netns   string // path of the network namespace
@@ -234,16 +235,19 @@ type SystemdNodes struct {
 // degraded. Leftovers of an earlier run are removed first. On error the
 // nodes started so far are stopped again.
 func StartSystemdNodes(ctx context.Context, oc OpsConfig, specs []SystemdNodeSpec, authorizedKey string, log io.Writer) (*SystemdNodes, error) {
-	base, err := EnsureSystemdRootfs(ctx, oc, log)
-	if err != nil {
-		return nil, err
-	}
-	roots := map[string]string{}
+	roots := map[SystemdNodeSpec]string{}
 	for _, sp := range specs {
-		if _, ok := roots[sp.Runtime]; ok {
+		sp = sp.withDefaults(oc)
+		if _, ok := roots[sp]; ok {
 			continue
 		}
-		if roots[sp.Runtime], err = EnsureSystemdRuntimeRootfs(ctx, oc, base, sp.Runtime, log); err != nil {
+		soc := oc
+		soc.Suite = sp.Suite
+		base, err := EnsureSystemdRootfs(ctx, soc, log)
+		if err != nil {
+			return nil, err
+		}
+		if roots[sp], err = EnsureSystemdRuntimeRootfs(ctx, soc, base, sp.Runtime, log); err != nil {
 			return nil, err
 		}
 	}
@@ -270,7 +274,8 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, specs []SystemdNodeSpe
 		return nil, err
 	}
 	for i, sp := range specs {
-		node := &SystemdNode{Name: "s" + strconv.Itoa(i+1), Addr: oc.NodeAddr(i + 1), Runtime: sp.Runtime}
+		sp = sp.withDefaults(oc)
+		node := &SystemdNode{Name: "s" + strconv.Itoa(i+1), Addr: oc.NodeAddr(i + 1), Runtime: sp.Runtime, Suite: sp.Suite}
 		node.Dir = filepath.Join(oc.Dir, node.Name)
 		node.Netns = filepath.Join(netnsDir, opsNetnsPrefix+node.Name)
 		if err := opsNodeNetwork(ctx, oc, node); err != nil {
@@ -279,7 +284,7 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, specs []SystemdNodeSpe
 		if err := prepareNodeUpper(node, authorizedKey); err != nil {
 			return nil, err
 		}
-		if err := s.boot(node, roots[sp.Runtime]); err != nil {
+		if err := s.boot(node, roots[sp]); err != nil {
 			return nil, err
 		}
 		s.Nodes = append(s.Nodes, node)
@@ -293,7 +298,7 @@ func StartSystemdNodes(ctx context.Context, oc OpsConfig, specs []SystemdNodeSpe
 		if rt == NodeRuntimeNone {
 			rt = "none"
 		}
-		fmt.Fprintf(log, "testbed: systemd node %s (%s, runtime %s) up in %s\n", node.Name, node.Addr, rt, node.Booted.Round(time.Millisecond))
+		fmt.Fprintf(log, "testbed: systemd node %s (%s, Debian %s, runtime %s) up in %s\n", node.Name, node.Addr, node.Suite, rt, node.Booted.Round(time.Millisecond))
 	}
 	ok = true
 	return s, nil
@@ -381,6 +386,9 @@ func (s *SystemdNodes) boot(node *SystemdNode, lower string) error {
 	cmd := exec.Command("unshare", "--mount", "--", "sh", "-c", nspawnScript)
 	cmd.Env = append(os.Environ(), opsMarker+"="+s.cfg.Dir, "LOWER="+lower, "NODEDIR="+node.Dir, "NODE="+node.Name, "NETNS="+node.Netns,
 		"NSPAWN_ARGS="+strings.Join(nodeNspawnArgs(node), " "))
+	if needsUnifiedCgroup(lower) {
+		cmd.Env = append(cmd.Env, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	start := time.Now()
@@ -402,10 +410,10 @@ func (s *SystemdNodes) waitRunning(ctx context.Context, node *SystemdNode, withi
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if !alive(node.NspawnPID) {
+			return errors.New("systemd-nspawn exited")
+		}
 		if node.LeaderPID == 0 {
-			if !alive(node.NspawnPID) {
-				return errors.New("systemd-nspawn exited")
-			}
 			node.LeaderPID = containerLeader(node.NspawnPID)
 		}
 		if node.LeaderPID != 0 {

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -41,6 +42,52 @@ const (
 // SystemdNodeSpec says what a systemd node has besides systemd and SSH.
 type SystemdNodeSpec struct {
 	Runtime string // NodeRuntimeNone, NodeRuntimeContainerd or NodeRuntimeCRIO
+	// Suite is the Debian suite of the node's root file system; empty: the
+	// OpsConfig's (CRF_OPS_SUITE, else the host's).
+	Suite string
+}
+
+func (sp SystemdNodeSpec) withDefaults(oc OpsConfig) SystemdNodeSpec {
+	if sp.Suite == "" {
+		sp.Suite = oc.Suite
+	}
+	return sp
+}
+
+// needsUnifiedCgroup reports whether the systemd of the root file system
+// root must be given the unified cgroup hierarchy on this host: systemd 256
+// and newer refuse to boot on cgroup v1 (seen with Debian forky's 262 under
+// systemd-nspawn on this hybrid host: "Detected unsupported legacy cgroup
+// hierarchy, refusing execution"). On a hybrid host systemd-nspawn then
+// mounts the host's cgroup2 hierarchy, which has no controllers: enough to
+// boot and run a runtime's daemon, not to limit containers.
+func needsUnifiedCgroup(root string) bool {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return false // the host is unified already: nspawn gives the node v2
+	}
+	v := dpkgVersion(root, "systemd")
+	n, _ := strconv.Atoi(strings.SplitN(v, "-", 2)[0])
+	return n >= 256
+}
+
+// dpkgVersion is the installed version of pkg in root's dpkg database, ""
+// when it is not installed.
+func dpkgVersion(root, pkg string) string {
+	b, err := os.ReadFile(filepath.Join(root, "var/lib/dpkg/status"))
+	if err != nil {
+		return ""
+	}
+	for _, stanza := range strings.Split(string(b), "\n\n") {
+		if !strings.HasPrefix(stanza, "Package: "+pkg+"\n") {
+			continue
+		}
+		for _, l := range strings.Split(stanza, "\n") {
+			if v, ok := strings.CutPrefix(l, "Version: "); ok {
+				return v
+			}
+		}
+	}
+	return ""
 }
 
 // systemdRuntimePackages are installed with apt into the root file system
