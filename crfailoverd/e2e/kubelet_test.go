@@ -230,7 +230,7 @@ func TestE2EKubeletNode(t *testing.T) {
 		return slices.Equal(files, []string{ours}) && slices.Equal(pods, []string{"counter-r1-n1"}) && v >= c0,
 			fmt.Errorf("static pod files %v, running pods %v, counter %d (at the start %d)", files, pods, v, c0)
 	})
-	if _, err := os.Stat(filepath.Join(n1.DaemonDir(), "adopted", "counter.yaml")); err != nil {
+	if _, err := os.Stat(filepath.Join(n1.DaemonDir(), "adopted", "default_counter.yaml")); err != nil {
 		t.Errorf("the user's manifest is not kept: %v", err)
 	}
 	tookOver := time.Now()

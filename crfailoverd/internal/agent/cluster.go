@@ -68,7 +68,7 @@ func (a *Agent) fence(ctx context.Context, w discovery.Workload, wk *worker, why
 		waited := a.now().Sub(start)
 		var err error
 		if a.static != nil && w.StaticPod {
-			err = a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID})
+			err = a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID}, func() error { return a.removeManifestOf(w) })
 		} else {
 			err = a.rt.RemovePod(ctx, w.SandboxID)
 		}
@@ -111,7 +111,7 @@ func (a *Agent) RemoveCopies(ctx context.Context, id store.Workload) (int, error
 		}
 	}
 	if len(kubelets) > 0 {
-		return n, a.stopKubeletPods(ctx, id, kubelets)
+		return n, a.stopKubeletPods(ctx, id, kubelets, func() error { return a.removeStaticPod(id) })
 	}
 	return n, nil
 }

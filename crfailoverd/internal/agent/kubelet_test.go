@@ -222,7 +222,7 @@ func TestStaticPodTakeOverAndRestore(t *testing.T) {
 	a := startKubeletAgent(t, k, nil)
 	ours := staticpod.FileName("ns", "web")
 	eventually(t, "the take-over", func() bool { return slices.Equal(manifestFiles(t, dir), []string{ours}) })
-	kept, err := os.ReadFile(filepath.Join(a.adoptedDir(), "web.yaml"))
+	kept, err := os.ReadFile(filepath.Join(a.adoptedDir(), "ns_web.yaml"))
 	if err != nil || !bytes.Equal(kept, []byte(userManifest)) {
 		t.Fatalf("the user's manifest is not kept as it was: %q, %v", kept, err)
 	}

@@ -55,8 +55,8 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 	res := restoreResult{info: api.RestoreInfo{At: detected, Reason: req.reason}}
 	if req.removeFirst != nil {
 		if err := req.removeFirst(ctx); err != nil {
-			if req.epoch > 0 {
-				res.err = fmt.Errorf("remove the older local copy of %s before restoring epoch %d: %w", req.id, req.epoch, err)
+			if req.epoch > 0 || errors.Is(err, errKubeletCopy) {
+				res.err = fmt.Errorf("remove the older local copy of %s before restoring (epoch %d): %w", req.id, req.epoch, err)
 				res.info.Error = res.err.Error()
 				return res
 			}

@@ -88,6 +88,11 @@ func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxCon
 			return "", err
 		}
 	}
+	if epoch == 0 {
+		// A local restore keeps the copy's epoch, which Manifest would
+		// drop with the other crfailoverd.io annotations of the sandbox.
+		epoch, _ = strconv.ParseUint(sb.GetAnnotations()[discovery.AnnEpoch], 10, 64)
+	}
 	pod, err := staticpod.Manifest(staticpod.Options{Workload: e.Workload, Seq: e.Seq, Epoch: epoch,
 		Image: ociserve.Ref(a.static.Endpoint, e.Workload, e.Seq), Sandbox: sb, Container: ctr, Info: info})
 	if err != nil {
@@ -149,25 +154,57 @@ func (a *Agent) adoptedDir() string { return filepath.Join(a.dataDir, "adopted")
 // cluster says this node owns their workloads.
 func (a *Agent) parkedDir() string { return filepath.Join(a.dataDir, "parked") }
 
-// takeUserManifest moves the user's manifest of workload id out of
-// kubelet's directory into DATA_DIR/adopted/ (the copy is fsynced before
-// the original goes). It returns the manifest's former path, or "" when
-// the directory has none.
-func (a *Agent) takeUserManifest(id store.Workload) (string, error) {
-	path, b, err := staticpod.FindUserManifest(a.static.Dir, id.Namespace, id.Pod)
-	if err != nil || path == "" {
-		return "", err
+// taken is a user's manifest moved out of kubelet's directory.
+type taken struct{ from, kept string }
+
+// takeUserManifests moves the user's manifests of workload id out of
+// kubelet's directory into DATA_DIR/adopted/NAMESPACE_POD.yaml (a new
+// name when that exists: nothing kept there is overwritten); the copy is
+// fsynced before the original goes.
+func (a *Agent) takeUserManifests(id store.Workload) ([]taken, error) {
+	found, err := staticpod.FindUserManifests(a.static.Dir, id.Namespace, id.Pod)
+	if err != nil {
+		return nil, err
 	}
-	if err := moveFile(path, filepath.Join(a.adoptedDir(), filepath.Base(path)), b); err != nil {
-		return "", fmt.Errorf("adopt the static pod manifest %s of %s: %w", path, id, err)
+	var out []taken
+	for from, b := range found {
+		kept := filepath.Join(a.adoptedDir(), id.Namespace+"_"+id.Pod+".yaml")
+		for n := 1; fileExists(kept); n++ {
+			kept = filepath.Join(a.adoptedDir(), fmt.Sprintf("%s_%s.%d.yaml", id.Namespace, id.Pod, n))
+		}
+		if err := moveFile(from, kept, b); err != nil {
+			return out, fmt.Errorf("adopt the static pod manifest %s of %s: %w", from, id, err)
+		}
+		a.log.Info("took over the user's static pod manifest; kubelet now runs crfailoverd's", "workload", id.String(),
+			"manifest", from, "kept_in", kept)
+		out = append(out, taken{from, kept})
 	}
-	a.log.Info("took over the user's static pod manifest; kubelet now runs crfailoverd's", "workload", id.String(),
-		"manifest", path, "kept_in", filepath.Join(a.adoptedDir(), filepath.Base(path)))
-	return path, nil
+	return out, nil
+}
+
+// giveBack puts users' manifests taken over back into kubelet's directory
+// (a take-over or a restore that failed after them).
+func (a *Agent) giveBack(id store.Workload, ts []taken) {
+	for _, t := range ts {
+		b, err := os.ReadFile(t.kept)
+		if err == nil {
+			err = moveFile(t.kept, t.from, b)
+		}
+		if err != nil {
+			a.log.Error("cannot put the user's static pod manifest back; do it by hand", "workload", id.String(), "kept_in", t.kept, "manifest", t.from, "err", err)
+			continue
+		}
+		a.log.Warn("put the user's static pod manifest back: kubelet runs it again", "workload", id.String(), "manifest", t.from)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // moveFile writes b (the content of from) to to, fsynced, then removes
-// from and fsyncs its directory.
+// from (a symbolic link itself, not its target) and fsyncs its directory.
 func moveFile(from, to string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
 		return err
@@ -181,51 +218,91 @@ func moveFile(from, to string, b []byte) error {
 	return atomicfile.SyncDir(filepath.Dir(from))
 }
 
-// removeStaticPod removes the manifests of a workload from kubelet's
-// directory, crfailoverd's and a user's (which it keeps, as adoption
-// does), so that kubelet stops the copy and does not start it again.
+// removeStaticPod removes every manifest of a workload from kubelet's
+// directory, crfailoverd's and the user's (which it keeps, as a take-over
+// does), so that kubelet stops its copies and does not start them again.
 func (a *Agent) removeStaticPod(id store.Workload) error {
 	if a.static == nil {
 		return nil
 	}
-	if _, err := a.takeUserManifest(id); err != nil {
+	if _, err := a.takeUserManifests(id); err != nil {
 		return err
 	}
 	return staticpod.Remove(a.static.Dir, id.Namespace, id.Pod)
 }
 
+// removeManifestOf removes the manifest that runs copy w, and no other:
+// crfailoverd's manifest only while it still is the one of w's checkpoint
+// and epoch (a newer placement on this node may have replaced it), or the
+// user's for a pod of the user's manifest.
+func (a *Agent) removeManifestOf(w discovery.Workload) error {
+	if w.Checkpoint == "" {
+		_, err := a.takeUserManifests(w.ID)
+		return err
+	}
+	path := filepath.Join(a.static.Dir, staticpod.FileName(w.ID.Namespace, w.ID.Pod))
+	pod, err := staticpod.Load(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	epoch, _ := strconv.ParseUint(pod.Annotations[discovery.AnnEpoch], 10, 64)
+	if pod.Annotations[discovery.AnnCheckpoint] != w.Checkpoint || epoch != w.Epoch {
+		a.log.Info("the static pod manifest is a newer copy's; leaving it", "workload", w.ID.String(),
+			"manifest_checkpoint", pod.Annotations[discovery.AnnCheckpoint], "manifest_epoch", epoch, "copy_checkpoint", w.Checkpoint, "copy_epoch", w.Epoch)
+		return nil
+	}
+	return staticpod.Remove(a.static.Dir, w.ID.Namespace, w.ID.Pod)
+}
+
 // replaceFirst is what a local restore of copy w removes first. A pod
 // kubelet runs is stopped through kubelet (stopKubeletPods); a pod of the
-// user's manifest is adopted on the way (its manifest is moved away).
-func (a *Agent) replaceFirst(w discovery.Workload) func(context.Context) error {
+// user's manifest is adopted on the way (its manifest moved away, and
+// recorded in *ts so that a failed restore can give it back). For a pod of
+// kubelet's a failure fails the restore: kubelet would keep the old copy
+// beside the new one.
+func (a *Agent) replaceFirst(w discovery.Workload, ts *[]taken) func(context.Context) error {
 	if a.static != nil && w.StaticPod {
 		return func(ctx context.Context) error {
+			remove := func() error { return a.removeManifestOf(w) }
 			if w.Checkpoint == "" {
-				if path, _, err := staticpod.FindUserManifest(a.static.Dir, w.ID.Namespace, w.ID.Pod); err != nil {
+				remove = func() error {
+					got, err := a.takeUserManifests(w.ID)
+					*ts = append(*ts, got...)
+					if err == nil && len(got) == 0 {
+						return fmt.Errorf("%w: no manifest of pod %s/%s in %s (is node.name kubelet's node name?): kubelet would keep running it beside the restore",
+							errKubeletCopy, w.ID.Namespace, w.ID.Pod, a.static.Dir)
+					}
 					return err
-				} else if path == "" {
-					return fmt.Errorf("no manifest of pod %s/%s in %s: kubelet would restart it beside the restore", w.ID.Namespace, w.ID.Pod, a.static.Dir)
 				}
 			}
-			return a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID})
+			if err := a.stopKubeletPods(ctx, w.ID, []string{w.SandboxID}, remove); err != nil {
+				return fmt.Errorf("%w: %w", errKubeletCopy, err)
+			}
+			return nil
 		}
 	}
 	return func(ctx context.Context) error { return a.rt.RemovePod(ctx, w.SandboxID) }
 }
 
+// errKubeletCopy marks a copy kubelet runs that could not be stopped: a
+// restore must not go on beside it.
+var errKubeletCopy = errors.New("kubelet's copy not stopped")
+
 // kubeletStopWait bounds how long stopKubeletPods waits for kubelet.
 const kubeletStopWait = 15 * time.Second
 
 // stopKubeletPods stops static pods of workload id that kubelet runs (the
-// sandboxes given) through kubelet: it removes their manifests and waits
+// sandboxes given) through kubelet: it removes their manifests (remove) and waits
 // until kubelet has removed the sandboxes. Removing a sandbox through the
 // CRI instead would have kubelet start the pod again, fresh, while its
 // manifest is there; and a new pod of the same name that kubelet gets
 // while the old one is still terminating waits for kubelet's next retry,
 // about 10 s later. A sandbox still there after kubeletStopWait is
 // removed through the CRI.
-func (a *Agent) stopKubeletPods(ctx context.Context, id store.Workload, sandboxes []string) error {
-	if err := a.removeStaticPod(id); err != nil {
+func (a *Agent) stopKubeletPods(ctx context.Context, id store.Workload, sandboxes []string, remove func() error) error {
+	if err := remove(); err != nil {
 		return err
 	}
 	start := a.now()
@@ -291,9 +368,12 @@ func (a *Agent) parkManifests(ctx context.Context) error {
 	if err != nil || len(mine) == 0 {
 		return err
 	}
+	// Without the runtime's word every manifest is parked: unpark puts
+	// back those of workloads this node still owns.
 	pods, err := a.rt.ListPods(ctx)
 	if err != nil {
-		return fmt.Errorf("list pods before parking static pod manifests: %w", err)
+		a.log.Warn("cannot list pods before parking static pod manifests; parking them all", "err", err)
+		pods = nil
 	}
 	found, _ := discovery.Find(pods, a.cfg().Defaults)
 	running := map[store.Workload]bool{}
@@ -319,7 +399,9 @@ func (a *Agent) parkManifests(ctx context.Context) error {
 
 // unpark puts parked manifests back once this node is connected to the
 // cluster: those of workloads it owns at the manifest's epoch go back to
-// kubelet; those another node owns now (or at a later epoch) are deleted.
+// kubelet (unless a newer manifest has taken their place); the others
+// (another node owns the workload, a later epoch, a newer manifest) are
+// deleted.
 // Called with a.mu held.
 func (a *Agent) unpark() {
 	v := a.view()
@@ -343,14 +425,22 @@ func (a *Agent) unpark() {
 			continue
 		}
 		epoch, _ := strconv.ParseUint(pod.Annotations[discovery.AnnEpoch], 10, 64)
-		if e.Owner == v.Node && max(epoch, 1) == e.Epoch && !e.Failed() {
+		dest := filepath.Join(a.static.Dir, de.Name())
+		if e.Owner == v.Node && max(epoch, 1) == e.Epoch && !e.Failed() && !fileExists(dest) {
 			b, err := os.ReadFile(path)
 			if err == nil {
-				err = moveFile(path, filepath.Join(a.static.Dir, de.Name()), b)
+				err = moveFile(path, dest, b)
 			}
 			if err != nil {
 				a.log.Error("cannot put a parked static pod manifest back", "manifest", path, "err", err)
 				continue
+			}
+			// Until kubelet runs it the copy counts as handed over, not lost.
+			if wid, err := store.ParseWorkload(id); err == nil {
+				if a.handoffs == nil {
+					a.handoffs = map[store.Workload]handoff{}
+				}
+				a.handoffs[wid] = handoff{checkpoint: pod.Annotations[discovery.AnnCheckpoint], at: a.now()}
 			}
 			a.log.Info("this node still owns the workload: its static pod manifest goes back to kubelet", "workload", id, "epoch", e.Epoch)
 			continue

@@ -305,7 +305,8 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	log := w.a.log.With("workload", w.id.String())
 	if v := w.a.view(); v != nil && !v.RestoreHere(w.spec) {
 		log.Warn("application failed; the cluster restores it", "reason", reason)
-		if err := w.a.replaceFirst(w.spec)(ctx); err != nil {
+		var ts []taken
+		if err := w.a.replaceFirst(w.spec, &ts)(ctx); err != nil {
 			log.Warn("removing the failed pod failed", "sandbox_id", short(w.spec.SandboxID), "err", err)
 		}
 		w.set(func() { w.state = "handed over"; w.removed[w.spec.SandboxID] = true })
@@ -318,7 +319,8 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	log.Warn("application failed; restoring from a checkpoint", "reason", reason)
 
 	old := w.spec.SandboxID
-	replace := w.a.replaceFirst(w.spec)
+	var ts []taken
+	replace := w.a.replaceFirst(w.spec, &ts)
 	cfg, err := loadWorkloadConfig(w.a.dataDir, w.id)
 	if err != nil {
 		w.giveUp(log, reason, detected, 0, fmt.Errorf("no recorded configuration to restore with: %w", err))
@@ -345,6 +347,7 @@ func (w *worker) restore(ctx context.Context, reason string) bool {
 	case res.err != nil && ctx.Err() != nil:
 		return false
 	case res.err != nil:
+		w.a.giveBack(w.id, ts) // a user's manifest taken on the way: kubelet runs it again
 		w.giveUp(log, reason, detected, ri.Attempts, res.err)
 		return true
 	case res.sandboxID == "":
@@ -416,12 +419,20 @@ func (w *worker) adoptPod(ctx context.Context) bool {
 	}
 	w.mu.Lock()
 	last := *w.last
+	w.busy, w.state = true, stateRestoring
 	w.mu.Unlock()
+	defer w.set(func() { w.busy = false })
+	var ts []taken
 	res := w.a.restoreWorkload(ctx, restoreRequest{id: w.id, reason: "taking the static pod over from the user's manifest",
 		candidates: []store.Entry{last}, cfg: cfg, epoch: epoch, policy: RestorePolicy{MaxAttempts: 1},
-		removeFirst: w.a.replaceFirst(w.spec)})
+		removeFirst: w.a.replaceFirst(w.spec, &ts)})
 	if res.err != nil {
-		log.Error("cannot take the static pod over; kubelet keeps running the user's manifest and may restart it fresh after a failure", "err", res.err)
+		// The user's pod may be stopped already: its manifest goes back,
+		// and kubelet starts it again (fresh, its state since the start
+		// lost; later failures restart it fresh too).
+		w.a.giveBack(w.id, ts)
+		w.set(func() { w.state = string(w.spec.State) })
+		log.Error("cannot take the static pod over; its manifest stays the user's, and kubelet restarts it fresh after a failure", "err", res.err)
 		return true
 	}
 	ri := res.info

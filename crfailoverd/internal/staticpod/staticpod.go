@@ -470,31 +470,41 @@ func Mode(mode, dir string) string {
 	return ModeCRI
 }
 
-// FindUserManifest finds the manifest in kubelet's static pod directory
-// dir that defines pod namespace/name and asks for checkpointing (the
-// user's own manifest, not one crfailoverd wrote). kubelet reads every
-// file of the directory but hidden ones; files that do not parse as a pod
-// are skipped. It returns the path and the file's bytes; an empty path when
-// there is no such manifest.
-func FindUserManifest(dir, namespace, name string) (string, []byte, error) {
+// MaxManifestSize bounds the manifest files read from kubelet's static
+// pod directory (kubelet's own limit is larger; a pod manifest is a few KB).
+const MaxManifestSize = 1 << 20
+
+// FindUserManifests finds the manifests in kubelet's static pod directory
+// dir that define pod namespace/name and ask for checkpointing (the user's
+// own manifests, not one crfailoverd wrote). kubelet reads every file of
+// the directory but hidden ones, following symbolic links; files that are
+// no regular file, larger than MaxManifestSize or do not parse as a pod
+// are skipped. It returns the paths (a symbolic link's, not its target's)
+// with each file's bytes; none when there is no such manifest.
+func FindUserManifests(dir, namespace, name string) (map[string][]byte, error) {
 	des, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil, nil
+		return nil, nil
 	} else if err != nil {
-		return "", nil, fmt.Errorf("static pod: list %s: %w", dir, err)
+		return nil, fmt.Errorf("static pod: list %s: %w", dir, err)
 	}
+	found := map[string][]byte{}
 	for _, de := range des {
 		n := de.Name()
-		if !de.Type().IsRegular() || strings.HasPrefix(n, ".") || strings.HasPrefix(n, "crfailoverd-") {
+		if strings.HasPrefix(n, ".") || strings.HasPrefix(n, "crfailoverd-") {
 			continue
 		}
 		path := filepath.Join(dir, n)
+		st, err := os.Stat(path) // follows a symbolic link, as kubelet does
+		if err != nil || !st.Mode().IsRegular() || st.Size() > MaxManifestSize {
+			continue
+		}
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return "", nil, fmt.Errorf("static pod: read %s: %w", path, err)
+			return nil, fmt.Errorf("static pod: read %s: %w", path, err)
 		}
 		pod := &corev1.Pod{}
-		if yaml.Unmarshal(b, pod) != nil || pod.Kind != "Pod" {
+		if len(b) > MaxManifestSize || yaml.Unmarshal(b, pod) != nil || pod.Kind != "Pod" {
 			continue
 		}
 		ns := pod.Namespace
@@ -503,9 +513,9 @@ func FindUserManifest(dir, namespace, name string) (string, []byte, error) {
 		}
 		if ns == namespace && pod.Name == name && pod.Annotations[discovery.AnnMode] == discovery.ModeCheckpointValue {
 			if _, mine := pod.Annotations[AnnWorkload]; !mine {
-				return path, b, nil
+				found[path] = b
 			}
 		}
 	}
-	return "", nil, nil
+	return found, nil
 }

@@ -412,13 +412,14 @@ func dirNames(t *testing.T, dir string) []string {
 	return out
 }
 
-func TestFindUserManifest(t *testing.T) {
+func TestFindUserManifests(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{
 		"counter.yaml":                   "apiVersion: v1\nkind: Pod\nmetadata:\n  name: counter\n  annotations:\n    hitachienergy.com/cr_mode: cr\nspec:\n  containers:\n  - name: counter\n    image: x\n",
 		"plain.yaml":                     "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers:\n  - name: c\n    image: x\n",
 		".hidden.yaml":                   "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hidden\n  annotations:\n    hitachienergy.com/cr_mode: cr\n",
 		"notes.txt":                      "not a pod: [",
+		"huge.yaml":                      "apiVersion: v1\nkind: Pod\nmetadata:\n  name: huge\n  annotations:\n    hitachienergy.com/cr_mode: cr\n#" + strings.Repeat("x", MaxManifestSize),
 		"crfailoverd-default_other.yaml": "apiVersion: v1\nkind: Pod\nmetadata:\n  name: other\n  namespace: default\n  annotations:\n    hitachienergy.com/cr_mode: cr\n    crfailoverd.io/workload: default/other/c\n",
 	}
 	for n, c := range files {
@@ -426,28 +427,39 @@ func TestFindUserManifest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A symbolic link kubelet follows, to a manifest outside the directory.
+	elsewhere := filepath.Join(t.TempDir(), "linked.yaml")
+	linked := strings.ReplaceAll(files["counter.yaml"], "name: counter\n", "name: linked\n")
+	if err := os.WriteFile(elsewhere, []byte(linked), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(dir, "linked.yaml")); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		ns, name, want string
+		ns, name, want, content string
 	}{
-		{"default", "counter", "counter.yaml"},
-		{"kube-system", "counter", ""}, // another namespace
-		{"default", "plain", ""},       // not annotated
-		{"default", "hidden", ""},      // kubelet ignores hidden files
-		{"default", "other", ""},       // crfailoverd's own
-		{"default", "missing", ""},
+		{"default", "counter", "counter.yaml", files["counter.yaml"]},
+		{"default", "linked", "linked.yaml", linked}, // the link's path, the target's bytes
+		{"kube-system", "counter", "", ""},           // another namespace
+		{"default", "plain", "", ""},                 // not annotated
+		{"default", "hidden", "", ""},                // kubelet ignores hidden files
+		{"default", "huge", "", ""},                  // larger than MaxManifestSize
+		{"default", "other", "", ""},                 // crfailoverd's own
+		{"default", "missing", "", ""},
 	} {
-		path, b, err := FindUserManifest(dir, tc.ns, tc.name)
+		found, err := FindUserManifests(dir, tc.ns, tc.name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if filepath.Base(path) != tc.want && !(tc.want == "" && path == "") {
-			t.Errorf("%s/%s: found %q, want %q", tc.ns, tc.name, path, tc.want)
-		}
-		if tc.want != "" && string(b) != files[tc.want] {
-			t.Errorf("%s/%s: bytes %q", tc.ns, tc.name, b)
+		switch {
+		case tc.want == "" && len(found) != 0:
+			t.Errorf("%s/%s: found %v, want none", tc.ns, tc.name, found)
+		case tc.want != "" && (len(found) != 1 || string(found[filepath.Join(dir, tc.want)]) != tc.content):
+			t.Errorf("%s/%s: found %v, want %s", tc.ns, tc.name, found, tc.want)
 		}
 	}
-	if path, _, err := FindUserManifest(filepath.Join(dir, "none"), "default", "counter"); err != nil || path != "" {
-		t.Errorf("missing directory: %q, %v", path, err)
+	if found, err := FindUserManifests(filepath.Join(dir, "none"), "default", "counter"); err != nil || len(found) != 0 {
+		t.Errorf("missing directory: %v, %v", found, err)
 	}
 }
