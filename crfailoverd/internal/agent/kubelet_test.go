@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -34,8 +35,9 @@ import (
 // manifest that leaves the directory takes its pod with it. Checkpoints
 // are a real archive (testdata), so that restores can read them.
 type fakeKubelet struct {
-	dir     string
-	archive []byte
+	dir          string
+	archive      []byte
+	baseImageErr error // EnsureBaseImage fails with it (CRI-O cannot pull the base image)
 
 	mu          sync.Mutex
 	exited      map[string]bool // sandbox IDs whose container has exited
@@ -137,6 +139,9 @@ func (k *fakeKubelet) RestorePod(context.Context, string, *runtimeapi.PodSandbox
 }
 func (k *fakeKubelet) RestoreContainer(context.Context, *runtimeapi.PodSandboxConfig, *runtimeapi.ContainerConfig, string) (string, string, error) {
 	return "", "", fmt.Errorf("a restore through the CRI on a kubelet node")
+}
+func (k *fakeKubelet) EnsureBaseImage(context.Context, *runtimeapi.PodSandboxConfig, string) error {
+	return k.baseImageErr
 }
 func (k *fakeKubelet) RemovePod(_ context.Context, id string) error {
 	k.mu.Lock()
@@ -337,5 +342,91 @@ func TestAwaitingKubelet(t *testing.T) {
 		if got != tc.want || kept != tc.kept {
 			t.Errorf("%s: passed over %t (want %t), hand-over kept %t (want %t)", tc.name, got, tc.want, kept, tc.kept)
 		}
+	}
+}
+
+// TestFailedTakeOverGivesTheManifestBack: when the take-over's restore
+// fails (here CRI-O cannot pull the base image), the user's manifest goes back
+// into kubelet's directory and nothing of crfailoverd's is left there.
+func TestFailedTakeOverGivesTheManifestBack(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "web.yaml"), []byte(userManifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := newFakeKubelet(t, dir)
+	k.baseImageErr = errors.New("PullImage localhost:5000/web:1: connection refused")
+	a := startKubeletAgent(t, k, nil)
+	eventually(t, "the failed take-over", func() bool {
+		st := a.Status()
+		return len(st.Workloads) == 1 && st.Workloads[0].LastRestore != nil && !st.Workloads[0].LastRestore.OK
+	})
+	eventually(t, "the user's manifest back", func() bool { return slices.Equal(manifestFiles(t, dir), []string{"web.yaml"}) })
+	if b, err := os.ReadFile(filepath.Join(dir, "web.yaml")); err != nil || string(b) != userManifest {
+		t.Errorf("the manifest put back: %q, %v", b, err)
+	}
+	if left := manifestFiles(t, a.adoptedDir()); len(left) != 0 {
+		t.Errorf("adopted/ still holds %v", left)
+	}
+}
+
+// TestStaleCopyLeavesANewerManifest: stopping an old copy removes its own
+// manifest, not one a newer placement wrote meanwhile.
+func TestStaleCopyLeavesANewerManifest(t *testing.T) {
+	dir := t.TempDir()
+	a := New(Options{Settings: Settings{Node: "n1"}, Runtime: newFakeKubelet(t, dir), DataDir: t.TempDir(),
+		StaticPods: &StaticPods{Dir: dir, Endpoint: "localhost:7948"}, Log: startAgentLog()})
+	write := func(seq, epoch uint64) {
+		p, err := staticpod.Manifest(staticpod.Options{Workload: wl, Seq: seq, Epoch: epoch, Image: "localhost:7948/x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := staticpod.Write(dir, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(7, 4) // the newer placement's
+	old := discovery.Workload{ID: wl, StaticPod: true, Checkpoint: wl.String() + ":7", Epoch: 3}
+	if err := a.removeManifestOf(old); err != nil {
+		t.Fatal(err)
+	}
+	if got := manifestFiles(t, dir); len(got) != 1 {
+		t.Fatalf("the newer manifest was removed for a stale copy: %v", got)
+	}
+	old.Epoch = 4 // the copy of that very manifest
+	if err := a.removeManifestOf(old); err != nil {
+		t.Fatal(err)
+	}
+	if got := manifestFiles(t, dir); len(got) != 0 {
+		t.Errorf("the copy's own manifest stayed: %v", got)
+	}
+}
+
+// TestLocalStaticRestoreKeepsTheEpoch: a local restore (epoch 0 in the
+// request) writes the copy's recorded epoch into the new manifest.
+func TestLocalStaticRestoreKeepsTheEpoch(t *testing.T) {
+	dir := t.TempDir()
+	data := t.TempDir()
+	k := newFakeKubelet(t, dir)
+	st, err := store.Open(filepath.Join(data, "checkpoints"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := st.Import(context.Background(), wl, bytes.NewReader(k.archive), store.Entry{Method: MethodCRI, Source: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{Settings: Settings{Node: "n1"}, Runtime: k, Store: st, DataDir: data,
+		StaticPods: &StaticPods{Dir: dir, Endpoint: "localhost:7948"}, Log: startAgentLog()})
+	sb := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "web-r1-n1", Namespace: "ns"},
+		Annotations: map[string]string{discovery.AnnEpoch: "5", discovery.AnnWorkload: wl.String()}}
+	if _, err := a.writeStaticPod(context.Background(), sb, &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app"}}, e, 0); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := staticpod.Load(filepath.Join(dir, staticpod.FileName("ns", "web")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pod.Annotations[discovery.AnnEpoch]; got != "5" {
+		t.Errorf("epoch annotation %q, want the copy's 5", got)
 	}
 }

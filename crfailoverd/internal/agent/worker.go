@@ -431,7 +431,8 @@ func (w *worker) adoptPod(ctx context.Context) bool {
 		// and kubelet starts it again (fresh, its state since the start
 		// lost; later failures restart it fresh too).
 		w.a.giveBack(w.id, ts)
-		w.set(func() { w.state = string(w.spec.State) })
+		ri := res.info
+		w.set(func() { w.state = string(w.spec.State); w.lastRestore = &ri })
 		log.Error("cannot take the static pod over; its manifest stays the user's, and kubelet restarts it fresh after a failure", "err", res.err)
 		return true
 	}
