@@ -163,7 +163,11 @@ func configFromInfo(info map[string]string, m proto.Message) (bool, error) {
 	// Either way the text may have been taken for base64 or the other way
 	// round: the runtime spec's environment says what the values are.
 	if cc, ok := m.(*runtimeapi.ContainerConfig); ok {
-		envFromSpec(cc, runtimeEnv(info))
+		if env := runtimeEnv(info); env != nil {
+			envFromSpec(cc, env)
+		} else {
+			envFromJSON(cc, v.Config)
+		}
 	}
 	return true, nil
 }

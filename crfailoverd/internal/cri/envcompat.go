@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"strings"
+	"unicode/utf8"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -64,4 +65,34 @@ func runtimeEnv(info map[string]string) []string {
 		return nil
 	}
 	return v.RuntimeSpec.Process.Env
+}
+
+// envFromJSON decides each environment value of c from the recorded JSON
+// when there is no runtime spec to ask: a value that is base64 of UTF-8
+// text is taken as bytes written by a runtime with the newer CRI API, any
+// other as the text itself ("8080" and "true" are valid base64, but not
+// of text).
+func envFromJSON(c *runtimeapi.ContainerConfig, config []byte) {
+	var raw struct {
+		Envs []struct {
+			Key   string `json:"key"`
+			Value string `json:"value"`
+		} `json:"envs"`
+	}
+	if json.Unmarshal(config, &raw) != nil {
+		return
+	}
+	values := map[string]string{}
+	for _, kv := range raw.Envs {
+		v := kv.Value
+		if b, err := base64.StdEncoding.DecodeString(v); err == nil && utf8.Valid(b) {
+			v = string(b)
+		}
+		values[kv.Key] = v
+	}
+	for _, kv := range c.GetEnvs() {
+		if v, ok := values[kv.Key]; ok {
+			kv.Value = []byte(v)
+		}
+	}
 }

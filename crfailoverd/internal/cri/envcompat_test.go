@@ -30,6 +30,12 @@ func TestConfigFromInfoEnvValues(t *testing.T) {
 			t.Errorf("%s: envs %v", name, got)
 		}
 	}
+	// Without a spec, text that is valid base64 of no text stays text.
+	c0 := &runtimeapi.ContainerConfig{}
+	if ok, err := configFromInfo(map[string]string{"info": `{"config":{"envs":[{"key":"PORT","value":"8080"},{"key":"ON","value":"true"},{"key":"B","value":"YWJjZA=="}]}}`}, c0); !ok || err != nil ||
+		string(c0.Envs[0].Value) != "8080" || string(c0.Envs[1].Value) != "true" || string(c0.Envs[2].Value) != "abcd" {
+		t.Errorf("no spec, base64-looking text: %v %v %v", ok, err, c0.Envs)
+	}
 	// Without a spec the text is still decoded, as text.
 	c := &runtimeapi.ContainerConfig{}
 	if ok, err := configFromInfo(map[string]string{"info": `{"config":{"envs":[{"key":"PATH","value":"/"}]}}`}, c); !ok || err != nil || string(c.Envs[0].Value) != "/" {

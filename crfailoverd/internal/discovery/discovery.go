@@ -164,6 +164,9 @@ func workloadOf(p cri.Pod, d Defaults) (Workload, error) {
 		if err != nil {
 			return w, fmt.Errorf("annotation %s=%q: %v", AnnWorkload, v, err)
 		}
+		if id.Namespace != p.Namespace {
+			return w, fmt.Errorf("annotation %s=%q names another namespace than the pod's %q", AnnWorkload, v, p.Namespace)
+		}
 		w.ID = id
 	}
 	if v, ok := a[AnnProbePort]; ok {

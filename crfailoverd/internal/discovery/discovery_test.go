@@ -120,3 +120,11 @@ func TestStaticPodNames(t *testing.T) {
 		}
 	}
 }
+
+// A pod may not name a workload of another namespace as its own.
+func TestWorkloadAnnotationStaysInItsNamespace(t *testing.T) {
+	_, problems := Find([]cri.Pod{pod("x", map[string]string{AnnMode: "cr", AnnWorkload: "kube-system/etcd/etcd"}, ctr("app", 1, cri.StateRunning))}, defs)
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "another namespace") {
+		t.Errorf("problems %v", problems)
+	}
+}
