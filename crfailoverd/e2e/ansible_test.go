@@ -28,23 +28,22 @@ import (
 const newContainerdSuite = "forky"
 
 // TestE2EAnsible installs crfailoverd the way users do: it builds the .deb
-// with packaging/build.sh, boots three systemd nodes with systemd-nspawn
+// with packaging/build.sh, boots four systemd nodes with systemd-nspawn
 // (each with openssh-server, on a veth network of its own): s1 with CRI-O
 // under crio.service, s2 with Debian's containerd under containerd.service
 // (bookworm's 1.6.20), s3 the same from Debian testing (2.1.9), s4 with no
-// container runtime. It runs ansible-playbook ansible/site.yml
-// over SSH against a generated inventory, and checks on every node that the
-// service is active, that its unit verifies, that the journal holds the
-// startup entry with its fields, that `crfailoverd members` shows three
-// alive members, and that reload and stop work under the unit; per runtime
-// what the role's branch for it must achieve (checkRuntime): on s1 the
-// role's CRI-O drop-in, CRI-O restarted by the role's handler and reading
-// it, on s2 and s3 the containerd version gate in the playbook output, on
-// all three crfailoverd reaching the runtime; on s4 the role's "no
-// runtime" message, and STATUS, the log and `crfailoverd status` saying the
-// runtime is unreachable. A second playbook run (after
-// one node was stopped and started) must change nothing and restart no
-// runtime.
+// container runtime. It runs ansible-playbook ansible/site.yml over SSH
+// against a generated inventory, and checks on every node that the service
+// is active, that its unit verifies, that the journal holds the startup
+// entry with its fields, that `crfailoverd members` shows every node
+// alive, and that reload and stop work under the unit; per runtime what
+// the role's branch for it must achieve (checkRuntime): on s1 the role's
+// CRI-O drop-in, CRI-O restarted by the role's handler and reading it, on
+// s2 and s3 the containerd version gate in the playbook output, on all
+// three crfailoverd reaching the runtime; on s4 the role's "no runtime"
+// message, and STATUS, the log and `crfailoverd status` saying the runtime
+// is unreachable. A second playbook run (after one node was stopped and
+// started) must change nothing and restart no runtime.
 func TestE2EAnsible(t *testing.T) {
 	c := testbed.RequireE2E(t)
 	oc, err := testbed.OpsConfigFromEnv(c)
