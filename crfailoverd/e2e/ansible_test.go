@@ -485,9 +485,10 @@ func waitUnitActive(ctx context.Context, s *testbed.SystemdNodes, nd *testbed.Sy
 		}
 		if time.Now().After(end) {
 			c, cancel := context.WithTimeout(ctx, 10*time.Second)
+			status, _ := s.Exec(c, nd, "systemctl", "status", "--no-pager", "-l", "-n", "0", unit)
 			j, _ := s.Exec(c, nd, "journalctl", "-u", unit, "--no-pager", "-n", "40")
 			cancel()
-			return st, fmt.Errorf("%s: %s not active after %s (%+v, %v); its journal:\n%s", nd.Name, unit, within, st, err, j)
+			return st, fmt.Errorf("%s: %s not active after %s (%+v, %v):\n%s\nits journal:\n%s", nd.Name, unit, within, st, err, status, j)
 		}
 	}
 }

@@ -145,7 +145,7 @@ func EnsureSystemdRuntimeRootfs(ctx context.Context, oc OpsConfig, base, rt stri
 	}
 	dir := oc.SystemdRuntimeRootfsDir(rt)
 	stamp := strings.Join(pkgs, " ") + "\n"
-	if b, err := os.ReadFile(filepath.Join(dir, opsStamp)); err != nil || string(b) != stamp {
+	if !runtimeRootfsCurrent(base, dir, stamp) {
 		if err := aptRuntimeRootfs(ctx, oc, base, dir, pkgs, log); err != nil {
 			return "", err
 		}
@@ -159,6 +159,20 @@ func EnsureSystemdRuntimeRootfs(ctx context.Context, oc OpsConfig, base, rt stri
 		return "", fmt.Errorf("mark root file system %s ready: %w", dir, err)
 	}
 	return dir, nil
+}
+
+// runtimeRootfsCurrent reports whether the runtime root file system dir
+// was made with these packages (its stamp) from base as it is now (base's
+// stamp is not newer than dir's).
+func runtimeRootfsCurrent(base, dir, stamp string) bool {
+	p := filepath.Join(dir, opsStamp)
+	b, err := os.ReadFile(p)
+	if err != nil || string(b) != stamp {
+		return false
+	}
+	bs, err1 := os.Stat(filepath.Join(base, opsStamp))
+	ds, err2 := os.Stat(p)
+	return err1 == nil && err2 == nil && !bs.ModTime().After(ds.ModTime())
 }
 
 // aptRuntimeRootfs makes dir from a copy of base with pkgs installed by
