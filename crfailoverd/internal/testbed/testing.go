@@ -75,9 +75,30 @@ func (w TestWriter) Write(p []byte) (int, error) {
 func (b *Bed) DumpLogs(t testing.TB) {
 	for _, n := range b.Nodes() {
 		for _, what := range []string{"containerd", "crio", "kubelet-emulator", "kubelet", "crfailoverd"} {
-			if tail, err := tailFile(n.logPath(what), 40); err == nil {
-				t.Logf("--- %s %s log:\n%s", n.Name, what, tail)
+			if tail, err := tailImportant(n.logPath(what), 60); err == nil {
+				t.Logf("--- %s %s log (last lines above debug level):\n%s", n.Name, what, tail)
 			}
 		}
 	}
+}
+
+// tailImportant is the last n lines of a log without its debug lines and
+// Raft's retries towards an unreachable peer, which otherwise fill the
+// tail of a node that saw another die.
+func tailImportant(path string, n int) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var keep []string
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if strings.Contains(l, "level=DEBUG") || strings.Contains(l, "raft: failed to heartbeat") || strings.Contains(l, "raft: failed to appendEntries") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, "\n"), nil
 }
