@@ -53,6 +53,13 @@ type handoff struct {
 // pod before it looks after whatever pod of the workload it finds again.
 const handoffWait = 2 * time.Minute
 
+// handoffRunning is how long a handed-over restore counts as a running
+// copy for the cluster (Running) while kubelet has not run it: kubelet
+// runs one within a second or two on the bed; one it cannot start (a
+// restore the runtime refuses, over and over) is then reported lost, and
+// the cluster places the workload again.
+const handoffRunning = 30 * time.Second
+
 // restoreCopy brings a checkpoint back as a running copy: through the CRI,
 // or, with static pods, by handing kubelet a manifest (then the sandbox and
 // container ids are empty: kubelet makes them, and discovery finds them).
@@ -139,12 +146,13 @@ func (a *Agent) awaitingKubelet(w discovery.Workload) bool {
 	return false
 }
 
-// handedOver reports whether a restore of id waits for kubelet.
+// handedOver reports whether a restore of id waits for kubelet, for at
+// most handoffRunning.
 func (a *Agent) handedOver(id store.Workload) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	h, ok := a.handoffs[id]
-	return ok && a.now().Sub(h.at) < handoffWait
+	return ok && a.now().Sub(h.at) < handoffRunning
 }
 
 // adoptedDir keeps the users' manifests crfailoverd took over.
