@@ -331,6 +331,7 @@ func TestAwaitingKubelet(t *testing.T) {
 		{"the old pod", &handoff{checkpoint: "ns/web/app:5", at: now.Add(-time.Second)}, "ns/web/app:4", true, true},
 		{"the user's pod", &handoff{checkpoint: "ns/web/app:5", at: now.Add(-time.Second)}, "", true, true},
 		{"the new pod", &handoff{checkpoint: "ns/web/app:5", at: now.Add(-time.Second)}, "ns/web/app:5", false, false},
+		{"the same checkpoint at an older epoch", &handoff{checkpoint: "ns/web/app:5", epoch: 3, at: now.Add(-time.Second)}, "ns/web/app:5", true, true},
 		{"kubelet too slow", &handoff{checkpoint: "ns/web/app:5", at: now.Add(-handoffWait - time.Second)}, "ns/web/app:4", false, false},
 	} {
 		a.handoffs = map[store.Workload]handoff{}

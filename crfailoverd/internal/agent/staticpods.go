@@ -41,11 +41,14 @@ type StaticPods struct {
 }
 
 // handoff is a restore handed to kubelet: until kubelet runs the pod of
-// that manifest (its AnnCheckpoint is checkpoint), discovery ignores the
-// older pods of the workload, one of which is still listed (exited, or
-// being stopped by kubelet), so that one failure hands over one restore.
+// that manifest (its AnnCheckpoint and AnnEpoch are checkpoint and epoch:
+// the same checkpoint may be restored again at a later epoch), discovery
+// ignores the older pods of the workload, one of which is still listed
+// (exited, or being stopped by kubelet), so that one failure hands over
+// one restore.
 type handoff struct {
 	checkpoint string
+	epoch      uint64 // the manifest's epoch annotation (0: none)
 	at         time.Time
 }
 
@@ -112,7 +115,7 @@ func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxCon
 	if a.handoffs == nil {
 		a.handoffs = map[store.Workload]handoff{}
 	}
-	a.handoffs[e.Workload] = handoff{checkpoint: pod.Annotations[discovery.AnnCheckpoint], at: a.now()}
+	a.handoffs[e.Workload] = handoff{checkpoint: pod.Annotations[discovery.AnnCheckpoint], epoch: epoch, at: a.now()}
 	a.mu.Unlock()
 	path, err := staticpod.Write(a.static.Dir, pod)
 	if err != nil {
@@ -132,7 +135,7 @@ func (a *Agent) awaitingKubelet(w discovery.Workload) bool {
 	switch {
 	case !ok:
 		return false
-	case w.Checkpoint == h.checkpoint:
+	case w.Checkpoint == h.checkpoint && w.Epoch == h.epoch:
 		delete(a.handoffs, w.ID)
 		a.log.Info("kubelet runs the restored pod", "workload", w.ID.String(), "checkpoint", h.checkpoint, "pod", w.PodName,
 			"handed_over_ms", a.now().Sub(h.at).Milliseconds())
@@ -448,7 +451,7 @@ func (a *Agent) unpark() {
 				if a.handoffs == nil {
 					a.handoffs = map[store.Workload]handoff{}
 				}
-				a.handoffs[wid] = handoff{checkpoint: pod.Annotations[discovery.AnnCheckpoint], at: a.now()}
+				a.handoffs[wid] = handoff{checkpoint: pod.Annotations[discovery.AnnCheckpoint], epoch: epoch, at: a.now()}
 			}
 			a.log.Info("this node still owns the workload: its static pod manifest goes back to kubelet", "workload", id, "epoch", e.Epoch)
 			continue
