@@ -65,7 +65,7 @@ func TestE2ERestore(t *testing.T) {
 		t.Errorf("criu %s", r.CRIU)
 	}
 	if !t.Failed() {
-		fmt.Printf("E2E restore: %s\n", r)
+		fmt.Printf("E2E restore: runtime=%s %s\n", b.Flavor(), r)
 	}
 }
 
