@@ -584,9 +584,9 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		// The gate, worked out as the role does, and its message.
 		gate, note := "ok", "has CRI checkpoint/restore; no configuration needed."
 		switch {
-		case compareVersion(version, "2.0.0") < 0:
+		case testbed.CompareVersions(version, "2.0.0") < 0:
 			gate, note = "old", "has no CRI checkpoint/restore; crfailoverd needs containerd 2.0 or newer."
-		case compareVersion(version, "2.3.0") >= 0:
+		case testbed.CompareVersions(version, "2.3.0") >= 0:
 			gate, note = "restore-off", "turned restore through CreateContainer off by default"
 		}
 		msg := "containerd " + version + " " + note
@@ -660,26 +660,6 @@ func versionOf(out, prefix string) string {
 	return regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`).FindString(out)
 }
 
-// compareVersion compares dotted numeric versions.
-func compareVersion(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < max(len(as), len(bs)); i++ {
-		var x, y int
-		if i < len(as) {
-			x, _ = strconv.Atoi(as[i])
-		}
-		if i < len(bs) {
-			y, _ = strconv.Atoi(bs[i])
-		}
-		if x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
-}
 
 // taskSection is the playbook output of the task (or handler) named name:
 // from its header to the next one.

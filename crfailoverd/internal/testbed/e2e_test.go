@@ -61,7 +61,7 @@ func TestE2ERestore(t *testing.T) {
 	if v, err := b.Counter(ctx, "n2"); err != nil || v < r.CounterLater {
 		t.Errorf("n2 after n1's power cut: counter %d, %v", v, err)
 	}
-	if compareVersions(r.CRIU, minVersions.CRIU) < 0 {
+	if CompareVersions(r.CRIU, minVersions.CRIU) < 0 {
 		t.Errorf("criu %s", r.CRIU)
 	}
 	if !t.Failed() {

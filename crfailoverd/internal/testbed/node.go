@@ -64,7 +64,7 @@ func (b *Bed) newNode(i int) Node {
 // state and socket, images from the bed's registry, runc as the runtime.
 func (b *Bed) containerdConfig(n Node) string {
 	extra := ""
-	if compareVersions(b.state.Versions.Containerd, "2.3.0") >= 0 {
+	if CompareVersions(b.state.Versions.Containerd, "2.3.0") >= 0 {
 		// containerd 2.3 turned restore through CreateContainer off by default.
 		extra = "  enable_experimental_restore_via_create = true\n"
 	}

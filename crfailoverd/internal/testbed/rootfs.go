@@ -224,15 +224,16 @@ func checkVersions(v Versions, dir string) error {
 		{"runc", v.Runc, minVersions.Runc},
 		{"containerd", v.Containerd, minVersions.Containerd},
 	} {
-		if compareVersions(x.have, x.min) < 0 {
+		if CompareVersions(x.have, x.min) < 0 {
 			return fmt.Errorf("%s %s in %s is older than %s, the oldest that works on this kernel: remove %s and set %s to a newer Debian suite", x.name, x.have, dir, x.min, dir, EnvSuite)
 		}
 	}
 	return nil
 }
 
-// compareVersions compares dotted numeric versions.
-func compareVersions(a, b string) int {
+// CompareVersions compares dotted numeric versions ("2.1.9" < "2.10.0"):
+// -1, 0 or 1.
+func CompareVersions(a, b string) int {
 	as, bs := strings.Split(a, "."), strings.Split(b, ".")
 	for i := 0; i < max(len(as), len(bs)); i++ {
 		var x, y int

@@ -39,8 +39,8 @@ func TestCompareVersions(t *testing.T) {
 		{"4.2.1", "4.2.0", 1}, {"4.1.1", "4.2.0", -1}, {"2.1", "2.1.0", 0},
 		{"1.10.0", "1.9.9", 1}, {"2.3.0", "2.3.0", 0}, {"10", "9.9", 1},
 	} {
-		if got := compareVersions(c.a, c.b); got != c.want {
-			t.Errorf("compareVersions(%s, %s) = %d, want %d", c.a, c.b, got, c.want)
+		if got := CompareVersions(c.a, c.b); got != c.want {
+			t.Errorf("CompareVersions(%s, %s) = %d, want %d", c.a, c.b, got, c.want)
 		}
 	}
 }
