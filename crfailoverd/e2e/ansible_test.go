@@ -660,7 +660,6 @@ func versionOf(out, prefix string) string {
 	return regexp.MustCompile(`[0-9]+\.[0-9]+\.[0-9]+`).FindString(out)
 }
 
-
 // taskSection is the playbook output of the task (or handler) named name:
 // from its header to the next one.
 func taskSection(out, name string) string {
