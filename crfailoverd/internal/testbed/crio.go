@@ -385,20 +385,5 @@ func (b *Bed) startCRIO(ctx context.Context, n *Node) error {
 		}
 		b.state.Versions.CRIO = v
 	}
-	_ = os.Remove(n.Socket)
-	env := []string{
-		"ROOTFS=" + rootfs, "BEDDIR=" + b.cfg.Dir, "CONFIG=" + cfgPath, "CRIO=" + crioBinaryOf(b.cfg),
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	}
-	pid, err := b.spawn(n.logPath("crio"), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", crioScript, "sh")
-	if err != nil {
-		return fmt.Errorf("node %s: start CRI-O: %w", n.Name, err)
-	}
-	n.RuntimePID = pid
-	if err := waitFor(ctx, 60*time.Second, pid, n.logPath("crio"), func(ctx context.Context) error {
-		return PingCRI(ctx, n.Socket)
-	}); err != nil {
-		return fmt.Errorf("node %s: CRI-O did not come up: %w", n.Name, err)
-	}
-	return nil
+	return b.runRuntime(ctx, n, "crio", rootfs, crioScript, "CONFIG="+cfgPath, "CRIO="+crioBinaryOf(b.cfg))
 }

@@ -142,20 +142,25 @@ func (b *Bed) startContainerd(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(cfgPath, []byte(b.containerdConfig(*n)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write containerd config: %w", n.Name, err)
 	}
+	return b.runRuntime(ctx, n, "containerd", b.state.Rootfs, containerdScript, "CONFIG="+cfgPath)
+}
+
+// runRuntime runs the node's runtime (script, entering root) in the node's
+// network namespace and a mount namespace of its own, logging to
+// NODE/<name>.log, and waits until its CRI socket answers.
+func (b *Bed) runRuntime(ctx context.Context, n *Node, name, root, script string, env ...string) error {
 	_ = os.Remove(n.Socket)
-	env := []string{
-		"ROOTFS=" + b.state.Rootfs, "BEDDIR=" + b.cfg.Dir, "CONFIG=" + cfgPath,
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	}
-	pid, err := b.spawn(n.logPath("containerd"), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", containerdScript, "sh")
+	env = append([]string{"ROOTFS=" + root, "BEDDIR=" + b.cfg.Dir,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
+	pid, err := b.spawn(n.logPath(name), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", script, "sh")
 	if err != nil {
-		return fmt.Errorf("node %s: start containerd: %w", n.Name, err)
+		return fmt.Errorf("node %s: start %s: %w", n.Name, name, err)
 	}
 	n.RuntimePID = pid
-	if err := waitFor(ctx, 60*time.Second, pid, n.logPath("containerd"), func(ctx context.Context) error {
+	if err := waitFor(ctx, 60*time.Second, pid, n.logPath(name), func(ctx context.Context) error {
 		return PingCRI(ctx, n.Socket)
 	}); err != nil {
-		return fmt.Errorf("node %s: containerd did not come up: %w", n.Name, err)
+		return fmt.Errorf("node %s: %s did not come up: %w", n.Name, name, err)
 	}
 	return nil
 }
