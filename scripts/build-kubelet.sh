@@ -38,7 +38,7 @@ import _ "k8s.io/kubernetes/cmd/kubelet"
 GO
 echo "kubelet $version: resolving modules (go mod tidy)"
 GOFLAGS=-mod=mod go mod tidy
-echo "kubelet $version: compiling (about 15-20 minutes on 2 cores; runs at low priority)"
+echo "kubelet $version: compiling (about 5 minutes on 2 cores with empty caches, longer on a busy machine; runs at low priority)"
 nice -n 10 go build -trimpath -tags tools -o "$out/kubelet.new" \
 	-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${version#v1.}" \
 	k8s.io/kubernetes/cmd/kubelet

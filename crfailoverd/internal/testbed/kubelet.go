@@ -30,7 +30,7 @@ func (n Node) StaticPodDir() string { return filepath.Join(n.Dir, "manifests") }
 func (n Node) podLogsDir() string { return filepath.Join(n.Dir, "pods") }
 
 // EnsureKubelet builds kubelet once (scripts/build-kubelet.sh, through a
-// wrapper module; 15-20 minutes on 2 cores the first time), cached beside
+// wrapper module; about 5 minutes on 2 cores the first time), cached beside
 // the root file systems. Progress goes to log.
 func EnsureKubelet(ctx context.Context, c Config, log io.Writer) error {
 	bin := c.KubeletBinary()
