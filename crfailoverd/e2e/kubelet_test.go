@@ -434,6 +434,10 @@ func TestE2EKubeletFailover(t *testing.T) {
 	}
 	ckpts := checkpointedOn(r.ServedOn, time.Now())
 	failoverCopies := watch.reset()
+	// The copy that serves is the restored one.
+	if ra, err := getRestore(ctx, b, r.ServedOn); err != nil || !ra.Restore || ra.Counter < r.CounterAfter {
+		t.Errorf("after the power cut, GET /restore on %s: %+v, %v; want the restored copy, counter at least %d", r.ServedOn, ra, err, r.CounterAfter)
+	}
 
 	// The dead node boots: crfailoverd first, then kubelet.
 	dead := owner
@@ -467,6 +471,9 @@ func TestE2EKubeletFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	rebootCopies := watch.reset()
+	if ra, err := getRestore(ctx, b, r.ServedOn); err != nil || !ra.Restore {
+		t.Errorf("after the boot of %s, GET /restore on %s: %+v, %v; want the restored copy still serving", dead, r.ServedOn, ra, err)
+	}
 	if w, err := cb.workload(ctx, r.ServedOn); err != nil || w.Owner != r.ServedOn {
 		t.Errorf("after the boot of %s the cluster says %+v, %v; want owner %s", dead, w, err, r.ServedOn)
 	}
