@@ -419,6 +419,9 @@ func TestE2EKubeletFailover(t *testing.T) {
 	killed := time.Now()
 	owner, afterKill := cb.waitServing(ctx, "n1", 60*time.Second)
 	t.Logf("after GET /kill on n1 (counter %d) the counter serves on %s at %d after %s", beforeKill, owner, afterKill, time.Since(killed).Round(time.Millisecond))
+	if ra, err := getRestore(ctx, b, owner); err != nil || !ra.Restore {
+		t.Errorf("after the kill, GET /restore on %s: %+v, %v; want the restored copy", owner, ra, err)
+	}
 	if afterKill+20 < beforeKill {
 		// One interval (10 ticks) and the time to take and replicate a
 		// checkpoint.
