@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -107,7 +108,16 @@ type Handlers struct {
 	Authorize Authorizer
 	// Log receives failed calls (nil: discarded).
 	Log *slog.Logger
+	// StreamIdle is how long a push may send nothing before the stream is
+	// abandoned (its temporary file removed); 0: DefaultStreamIdle.
+	StreamIdle time.Duration
 }
+
+// DefaultStreamIdle is how long a push may stall: a peer that sends a
+// header and then nothing would otherwise hold a temporary file and a
+// goroutine for ever. Chunks are 1 MiB or less, so a healthy sender sends
+// one far more often.
+const DefaultStreamIdle = 30 * time.Second
 
 // server implements peerService.
 type server struct{ h Handlers }
@@ -241,11 +251,38 @@ func (s *server) push(ss grpc.ServerStream) error {
 		meta.Source = c
 	}
 	r := &chunkReader{stream: ss, size: h.Size}
-	e, err := s.h.Store.Import(ss.Context(), w, r, meta)
-	if err != nil {
-		return fmt.Errorf("push %s seq %d from %s: %w", w, h.Seq, PeerName(ss.Context()), err)
+	r.touch()
+	type result struct {
+		e   store.Entry
+		err error
 	}
-	return ss.SendMsg(&pushReply{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size})
+	done := make(chan result, 1)
+	go func() {
+		e, err := s.h.Store.Import(ss.Context(), w, r, meta)
+		done <- result{e, err}
+	}()
+	idle := s.h.StreamIdle
+	if idle <= 0 {
+		idle = DefaultStreamIdle
+	}
+	tick := time.NewTicker(min(idle/4, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case res := <-done:
+			if res.err != nil {
+				return fmt.Errorf("push %s seq %d from %s: %w", w, h.Seq, PeerName(ss.Context()), res.err)
+			}
+			return ss.SendMsg(&pushReply{Seq: res.e.Seq, SHA256: res.e.SHA256, Size: res.e.Size})
+		case <-tick.C:
+			if quiet := r.quiet(); quiet >= idle {
+				// Returning ends the stream: the import's next receive
+				// fails, and the store removes its temporary file.
+				return status.Errorf(codes.DeadlineExceeded, "push %s seq %d from %s: no data for %s after %d of %d bytes: stream abandoned",
+					w, h.Seq, PeerName(ss.Context()), quiet.Round(time.Millisecond), r.got(), h.Size)
+			}
+		}
+	}
 }
 
 // fetch sends a header and the chunks of a stored archive.
@@ -331,28 +368,35 @@ func (s *server) migrate(ctx context.Context, req *migrateRequest) (*migrateRepl
 type chunkReader struct {
 	stream   interface{ RecvMsg(any) error }
 	size     int64
-	received int64
+	received atomic.Int64
+	last     atomic.Int64 // unix nanoseconds of the last chunk (touch)
 	buf      chunk
 	off      int
 }
+
+func (r *chunkReader) touch()               { r.last.Store(time.Now().UnixNano()) }
+func (r *chunkReader) quiet() time.Duration { return time.Since(time.Unix(0, r.last.Load())) }
+func (r *chunkReader) got() int64           { return r.received.Load() }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
 	for r.off == len(r.buf.Data) {
 		r.off = 0
 		r.buf.Data = r.buf.Data[:0]
 		err := r.stream.RecvMsg(&r.buf)
+		received := r.received.Load()
 		if errors.Is(err, io.EOF) {
-			if r.received < r.size {
-				return 0, invalid("stream ended after %d of %d bytes", r.received, r.size)
+			if received < r.size {
+				return 0, invalid("stream ended after %d of %d bytes", received, r.size)
 			}
 			return 0, io.EOF
 		} else if err != nil {
-			return 0, fmt.Errorf("receive chunk after %d of %d bytes: %w", r.received, r.size, err)
+			return 0, fmt.Errorf("receive chunk after %d of %d bytes: %w", received, r.size, err)
 		}
-		if int64(len(r.buf.Data)) > r.size-r.received {
+		if int64(len(r.buf.Data)) > r.size-received {
 			return 0, invalid("stream carries more than the announced %d bytes", r.size)
 		}
-		r.received += int64(len(r.buf.Data))
+		r.received.Add(int64(len(r.buf.Data)))
+		r.touch()
 	}
 	n := copy(p, r.buf.Data[r.off:])
 	r.off += n

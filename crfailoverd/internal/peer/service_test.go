@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -270,5 +272,56 @@ func TestToStatus(t *testing.T) {
 		if got := toStatus(errors.Join(errors.New("wrapped"), tc.err)).Code(); got != tc.code {
 			t.Errorf("toStatus(%v) = %v, want %v", tc.err, got, tc.code)
 		}
+	}
+}
+
+// A peer that sends a push header and then nothing is cut off after the
+// idle limit, with a refusal that says so, and leaves no file behind.
+func TestStalledPushIsAbandoned(t *testing.T) {
+	ca := newCA(t, "cluster-ca")
+	a := ca.nodeTLS(t, "node-a")
+	done := make(chan error, 1)
+	b := startPeer(t, ca, "node-b", Handlers{StreamIdle: 200 * time.Millisecond}, streamDone(done))
+	c := b.client(t, a)
+	w := mustWorkload(t, "ns/pod/ctr")
+	sum := sha256.Sum256([]byte("never sent"))
+	stream, err := c.conn.NewStream(context.Background(), &serviceDesc.Streams[pushStream], fullMethod("Push"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(&header{Workload: w.String(), Seq: 3, SHA256: hex.EncodeToString(sum[:]), Size: 1 << 40, Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(&chunk{[]byte("a little")}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = recvTimeout(t, done, "the server to end the stalled push")
+	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "no data for") || !strings.Contains(st.Message(), "after 8 of 1099511627776 bytes") {
+		t.Fatalf("server ended the push with %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("abandoned after %s, want about the 200 ms idle limit", took)
+	}
+	if err := stream.RecvMsg(&pushReply{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("the sender got %v, want DeadlineExceeded", err)
+	}
+	// The import's temporary file goes once its receive fails.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var files []string
+		_ = filepath.WalkDir(b.root, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				files = append(files, p)
+			}
+			return nil
+		})
+		if len(files) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("files left in the store after an abandoned push: %v", files)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
