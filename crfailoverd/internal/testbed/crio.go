@@ -333,25 +333,6 @@ func crioCNI(n Node) string {
 `, n.Index%256, filepath.Join(crioDir(n), "cni-ipam"))
 }
 
-// crioScript is containerdScript for CRI-O: the node's root file system
-// in a mount namespace of its own, entered with pivot_root, the bed
-// directory bound at its own path.
-const crioScript = `set -e
-mount --make-rprivate /
-mount --bind "$ROOTFS" "$ROOTFS"
-mount -t proc proc "$ROOTFS/proc"
-mount --rbind /sys "$ROOTFS/sys"
-mount --rbind /dev "$ROOTFS/dev"
-mount -t tmpfs tmpfs "$ROOTFS/run"
-mount -t tmpfs tmpfs "$ROOTFS/tmp"
-mkdir -p "$ROOTFS$BEDDIR" "$ROOTFS/.oldroot"
-mount --bind "$BEDDIR" "$ROOTFS$BEDDIR"
-cd "$ROOTFS"
-pivot_root . .oldroot
-umount -l /.oldroot
-exec "$CRIO" --config "$CONFIG"
-`
-
 // startCRIO starts the node's CRI-O and waits until its CRI answers.
 func (b *Bed) startCRIO(ctx context.Context, n *Node) error {
 	d := crioDir(*n)
@@ -385,5 +366,5 @@ func (b *Bed) startCRIO(ctx context.Context, n *Node) error {
 		}
 		b.state.Versions.CRIO = v
 	}
-	return b.runRuntime(ctx, n, "crio", rootfs, crioScript, "CONFIG="+cfgPath, "CRIO="+crioBinaryOf(b.cfg))
+	return b.runRuntime(ctx, n, "crio", rootfs, crioBinaryOf(b.cfg), cfgPath)
 }

@@ -87,11 +87,12 @@ state = "/run/containerd"
 `, filepath.Join(n.Dir, "containerd"), n.Socket, b.cfg.RegistryHost(), extra)
 }
 
-// containerdScript enters the cached root file system in a new mount
-// namespace with pivot_root (CRIU refuses a chroot) and runs containerd. The
-// bed directory is bound at its own path, so paths of sockets, archives and
-// logs are the same inside the node and on the host.
-const containerdScript = `set -e
+// runtimeScript enters a node root file system in a new mount namespace
+// with pivot_root (CRIU refuses a chroot) and runs the runtime ($RUNTIME
+// --config $CONFIG: containerd or CRI-O). The bed directory is bound at its
+// own path, so paths of sockets, archives and logs are the same inside the
+// node and on the host.
+const runtimeScript = `set -e
 mount --make-rprivate /
 mount --bind "$ROOTFS" "$ROOTFS"
 mount -t proc proc "$ROOTFS/proc"
@@ -104,7 +105,7 @@ mount --bind "$BEDDIR" "$ROOTFS$BEDDIR"
 cd "$ROOTFS"
 pivot_root . .oldroot
 umount -l /.oldroot
-exec containerd --config "$CONFIG"
+exec "$RUNTIME" --config "$CONFIG"
 `
 
 // startNode starts the node's runtime and its kubelet (or the kubelet
@@ -142,17 +143,17 @@ func (b *Bed) startContainerd(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(cfgPath, []byte(b.containerdConfig(*n)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write containerd config: %w", n.Name, err)
 	}
-	return b.runRuntime(ctx, n, "containerd", b.state.Rootfs, containerdScript, "CONFIG="+cfgPath)
+	return b.runRuntime(ctx, n, "containerd", b.state.Rootfs, "containerd", cfgPath)
 }
 
-// runRuntime runs the node's runtime (script, entering root) in the node's
-// network namespace and a mount namespace of its own, logging to
-// NODE/<name>.log, and waits until its CRI socket answers.
-func (b *Bed) runRuntime(ctx context.Context, n *Node, name, root, script string, env ...string) error {
+// runRuntime runs the node's runtime (binary, inside root, with config)
+// in the node's network namespace and a mount namespace of its own,
+// logging to NODE/<name>.log, and waits until its CRI socket answers.
+func (b *Bed) runRuntime(ctx context.Context, n *Node, name, root, binary, config string) error {
 	_ = os.Remove(n.Socket)
-	env = append([]string{"ROOTFS=" + root, "BEDDIR=" + b.cfg.Dir,
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
-	pid, err := b.spawn(n.logPath(name), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", script, "sh")
+	env := []string{"ROOTFS=" + root, "BEDDIR=" + b.cfg.Dir, "RUNTIME=" + binary, "CONFIG=" + config,
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	pid, err := b.spawn(n.logPath(name), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", runtimeScript, "sh")
 	if err != nil {
 		return fmt.Errorf("node %s: start %s: %w", n.Name, name, err)
 	}
