@@ -31,6 +31,7 @@ type Config struct {
 	Cluster    Cluster    `toml:"cluster"`
 	Metrics    Metrics    `toml:"metrics"`
 	Images     Images     `toml:"images"`
+	Store      Store      `toml:"store"`
 }
 
 // Node is the [node] table: identity, local storage and logging.
@@ -108,7 +109,25 @@ type Cluster struct {
 // pods).
 type Images struct {
 	ListenAddr  string `toml:"listen_addr"`  // listen_addr: "host:port", or "" for no endpoint; loopback unless AllowRemote
-	AllowRemote bool   `toml:"allow_remote"` // allow_remote: serve checkpoints beyond this node (no credentials yet)
+	AllowRemote bool   `toml:"allow_remote"` // allow_remote: serve checkpoints beyond this node
+	// pull_secret_files: docker config.json files (absolute paths) in which
+	// the daemon keeps the endpoint's credentials for the node's image
+	// pulls (kubelet reads /var/lib/kubelet/config.json); other entries in
+	// them are kept. nil when empty.
+	PullSecretFiles []string `toml:"pull_secret_files"`
+}
+
+// Store is the [store] table: how this node keeps checkpoint archives, which
+// are untrusted input (limits) and secrets (encryption at rest). Sizes are
+// bytes: an integer, or a string such as "8GiB" or "512MiB".
+type Store struct {
+	DataKeyFile     string `toml:"data_key_file"`     // data_key_file: absolute path of the data key (an age X25519 identity, 0600); "" only with Plaintext
+	Plaintext       bool   `toml:"plaintext"`         // plaintext: keep archives unencrypted at rest, explicitly
+	MaxArchiveBytes int64  `toml:"max_archive_bytes"` // max_archive_bytes: an archive's size, and the sum of its members' sizes; 1MiB..1TiB
+	MaxMemberBytes  int64  `toml:"max_member_bytes"`  // max_member_bytes: one member's size; 1MiB..max_archive_bytes
+	WorkloadQuota   int64  `toml:"workload_quota"`    // workload_quota: replicas of one workload from peers; >= 1MiB
+	NodeQuota       int64  `toml:"node_quota"`        // node_quota: all replicas from peers on this node; >= workload_quota
+	MinFree         int64  `toml:"min_free"`          // min_free: bytes kept free on the data directory's file system; >= 0
 }
 
 // Metrics is the [metrics] table, used by the metrics feature.
@@ -171,7 +190,15 @@ func Default() Config {
 			MaxVoters:         5,
 		},
 		Metrics: Metrics{QueueSize: 10000},
-		Images:  Images{ListenAddr: "127.0.0.1:7948"},
+		Images:  Images{ListenAddr: "127.0.0.1:7948", PullSecretFiles: []string{"/var/lib/kubelet/config.json"}},
+		Store: Store{
+			DataKeyFile:     "/etc/crfailoverd/data.key",
+			MaxArchiveBytes: 16 << 30,
+			MaxMemberBytes:  16 << 30,
+			WorkloadQuota:   64 << 30,
+			NodeQuota:       256 << 30,
+			MinFree:         2 << 30,
+		},
 	}
 }
 
@@ -185,6 +212,12 @@ func Load(path string) (Config, error) {
 	}
 	return Parse(data, path)
 }
+
+// Size limits of the [store] table.
+const (
+	MinSizeLimit    = 1 << 20 // the smallest max_archive_bytes, max_member_bytes and workload_quota
+	MaxArchiveLimit = 1 << 40 // the largest max_archive_bytes
+)
 
 // SocketPath returns the CRI socket path of Endpoint: "unix:///run/x.sock"
 // and "/run/x.sock" both give "/run/x.sock".

@@ -112,6 +112,16 @@ queue_size = 1
 
 [images]
 listen_addr = "127.0.0.1:5001"
+pull_secret_files = []
+
+[store]
+data_key_file = ""
+plaintext = true
+max_archive_bytes = "1.5GiB"
+max_member_bytes = 1048576
+workload_quota = "10MB"
+node_quota = "20 MiB"
+min_free = 0
 `
 	want := Config{
 		Node:       Node{"worker-2", "/srv/crf", "/run/crf.sock", slog.LevelDebug, "json"},
@@ -130,6 +140,7 @@ listen_addr = "127.0.0.1:5001"
 		},
 		Metrics: Metrics{"postgres://m@db/metrics", ":9100", 1},
 		Images:  Images{ListenAddr: "127.0.0.1:5001"},
+		Store:   Store{Plaintext: true, MaxArchiveBytes: 3 << 29, MaxMemberBytes: 1 << 20, WorkloadQuota: 10e6, NodeQuota: 20 << 20},
 	}
 	c, err := Parse([]byte(doc), "t.toml")
 	if err != nil {
@@ -217,6 +228,17 @@ func TestBadConfigs(t *testing.T) {
 		{"[node]\ndata_dir = \"var/lib/crf\"\n", "t.toml:2: node.data_dir: ", `want an absolute path, got "var/lib/crf"`},
 		{"[node]\nlog_format = \"xml\"\n", "t.toml:2: node.log_format: ", `want one of "auto", "journal", "text", "json"`},
 		{"[node]\nname = \"\"\n", "t.toml:2: node.name: ", "want a non-empty name"},
+		// The [store] table.
+		{"[store]\nmax_archive_bytes = \"lots\"\n", "t.toml:2: store.max_archive_bytes: ", `want a size: bytes as an integer >= 0, or a string such as "512MiB"`},
+		{"[store]\nmin_free = -1\n", "t.toml:2: store.min_free: ", "want a size"},
+		{"[store]\nmax_archive_bytes = \"2TiB\"\nmax_member_bytes = \"1GiB\"\n", "t.toml:2: store.max_archive_bytes: ", "want 1MiB to 1TiB, got 2TiB"},
+		{"[store]\nmax_member_bytes = \"17GiB\"\n", "t.toml:2: store.max_member_bytes: ", "want 1MiB to 16GiB, got 17GiB"},
+		{"[store]\nworkload_quota = 1000\n", "t.toml:2: store.workload_quota: ", "want at least 1MiB, got 1000B"},
+		{"[store]\nnode_quota = \"1GiB\"\n", "t.toml:2: store.node_quota: ", "want at least 64GiB, got 1GiB"},
+		{"[store]\ndata_key_file = \"\"\n", "t.toml:2: store.data_key_file: ", "crfailoverd keygen -data-key PATH"},
+		{"[store]\nplaintext = true\n", "t.toml: store.data_key_file: ", "set together with store.plaintext = true"},
+		{"[store]\ndata_key_file = \"k\"\n", "t.toml:2: store.data_key_file: ", `want an absolute path, got "k"`},
+		{"[images]\npull_secret_files = [\"c.json\"]\n", "t.toml:2: images.pull_secret_files: ", `entry 1: want an absolute path, got "c.json"`},
 		{"[runtime]\nendpoint = \"tcp://10.0.0.1:1234\"\n", "t.toml:2: runtime.endpoint: ", `want "unix:///absolute/path" or an absolute socket path`},
 		{"[runtime]\nendpoint = \"unix://run/x.sock\"\n", "t.toml:2: runtime.endpoint: ", "absolute socket path"},
 		{"[runtime]\nrestore_mode = \"pod\"\n", "t.toml:2: runtime.restore_mode: ", `want one of "cri", "static-pod", "auto"`},
@@ -472,4 +494,26 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"4096", 4096, true}, {"8GiB", 8 << 30, true}, {"512 MiB", 512 << 20, true},
+		{"1.5GiB", 3 << 29, true}, {"10MB", 10e6, true}, {"1TB", 1e12, true}, {"7B", 7, true}, {"2KiB", 2048, true},
+		{"", 0, false}, {"-1", 0, false}, {"GiB", 0, false}, {"1 PiB", 0, false}, {"9223372036854775807KiB", 0, false}, {"1e30B", 0, false}, {"NaN", 0, false},
+	} {
+		got, err := ParseSize(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d, ok=%t", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+	for _, n := range []int64{0, 100, 1536 << 10, 8 << 30, 3 << 40} {
+		if got, err := ParseSize(FormatSize(n)); err != nil || got != n {
+			t.Errorf("ParseSize(FormatSize(%d) = %q) = %d, %v", n, FormatSize(n), got, err)
+		}
+	}
 }

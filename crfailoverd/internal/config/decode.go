@@ -155,6 +155,16 @@ func (d *decoder) decode(c *Config) {
 	t = d.table("images")
 	t.str("listen_addr", &c.Images.ListenAddr)
 	t.boolean("allow_remote", &c.Images.AllowRemote)
+	t.strList("pull_secret_files", &c.Images.PullSecretFiles)
+
+	t = d.table("store")
+	t.str("data_key_file", &c.Store.DataKeyFile)
+	t.boolean("plaintext", &c.Store.Plaintext)
+	t.size("max_archive_bytes", &c.Store.MaxArchiveBytes)
+	t.size("max_member_bytes", &c.Store.MaxMemberBytes)
+	t.size("workload_quota", &c.Store.WorkloadQuota)
+	t.size("node_quota", &c.Store.NodeQuota)
+	t.size("min_free", &c.Store.MinFree)
 }
 
 // unknownKeys reports, in document order, every key the schema does not
@@ -248,6 +258,29 @@ func (t table) integer(key string, dst *int) {
 			t.bad(key, "an integer", v)
 		}
 	}
+}
+
+// size reads a byte count: a non-negative integer, or a string of a
+// number and a unit (B, KiB, MiB, GiB, TiB; KB, MB, GB, TB are powers of
+// 1000), such as "8GiB".
+func (t table) size(key string, dst *int64) {
+	v, ok := t.get(key)
+	if !ok {
+		return
+	}
+	switch x := v.(type) {
+	case int64:
+		if x >= 0 {
+			*dst = x
+			return
+		}
+	case string:
+		if n, err := ParseSize(x); err == nil {
+			*dst = n
+			return
+		}
+	}
+	t.bad(key, `a size: bytes as an integer >= 0, or a string such as "512MiB" or "8GiB"`, v)
 }
 
 func (t table) duration(key string, dst *time.Duration) {

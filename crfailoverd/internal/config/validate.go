@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -140,7 +141,38 @@ func (c Config) problems() []problem {
 		}
 	}
 
+	for i, f := range c.Images.PullSecretFiles {
+		if !filepath.IsAbs(f) {
+			v.addf("images.pull_secret_files", "entry %d: want an absolute path, got %q", i+1, f)
+		}
+	}
+
+	st := c.Store
+	switch {
+	case st.Plaintext && st.DataKeyFile != "":
+		v.addf("store.data_key_file", "%q is set together with store.plaintext = true: choose one (archives are encrypted with the key, or kept in plaintext)", st.DataKeyFile)
+	case !st.Plaintext && st.DataKeyFile == "":
+		v.addf("store.data_key_file", `want the absolute path of the data key that encrypts checkpoint archives at rest (create it with "crfailoverd keygen -data-key PATH"), or store.plaintext = true to keep them unencrypted`)
+	case !st.Plaintext:
+		v.absPath("store.data_key_file", st.DataKeyFile, false)
+	}
+	v.sizeIn("store.max_archive_bytes", st.MaxArchiveBytes, MinSizeLimit, MaxArchiveLimit)
+	v.sizeIn("store.max_member_bytes", st.MaxMemberBytes, MinSizeLimit, max(st.MaxArchiveBytes, MinSizeLimit))
+	v.sizeIn("store.workload_quota", st.WorkloadQuota, MinSizeLimit, math.MaxInt64)
+	v.sizeIn("store.node_quota", st.NodeQuota, max(st.WorkloadQuota, MinSizeLimit), math.MaxInt64)
+	v.sizeIn("store.min_free", st.MinFree, 0, math.MaxInt64)
+
 	return v.probs
+}
+
+func (v *checker) sizeIn(key string, val, lo, hi int64) {
+	if val < lo || val > hi {
+		if hi == math.MaxInt64 {
+			v.addf(key, "want at least %s, got %s", FormatSize(lo), FormatSize(val))
+		} else {
+			v.addf(key, "want %s to %s, got %s", FormatSize(lo), FormatSize(hi), FormatSize(val))
+		}
+	}
 }
 
 func (v *checker) oneOf(key, val string, allowed ...string) {
