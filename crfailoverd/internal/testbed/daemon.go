@@ -23,6 +23,11 @@ func (n Node) DaemonConfigPath() string { return filepath.Join(n.DaemonDir(), "c
 // DaemonLog is crfailoverd's log (stderr) on the node.
 func (n Node) DaemonLog() string { return n.logPath("crfailoverd") }
 
+// PullSecretFile is the docker config.json in which the node's daemon keeps
+// its image endpoint's credentials: config.json in kubelet's root
+// directory, where kubelet looks first.
+func (n Node) PullSecretFile() string { return filepath.Join(n.KubeletDir, "config.json") }
+
 // DaemonConfig returns a crfailoverd configuration for node: its runtime,
 // its kubelet (or the emulator) with the bed's client certificate, data
 // under the node directory; on kubelet nodes restores go through kubelet's
@@ -69,8 +74,14 @@ failure_threshold = 3
 max_attempts = 4
 backoff_initial = "500ms"
 backoff_max = "5s"
+
+[store]
+data_key_file = %q
+
+[images]
+pull_secret_files = [%q]
 %s`, n.Name, n.Name, n.DaemonDir(), n.DaemonSocket(), "unix://"+n.Socket, restoreMode, method, n.KubeletURL(),
-		b.PKI.ClientCert, b.PKI.ClientKey, b.PKI.CACert, extra), nil
+		b.PKI.ClientCert, b.PKI.ClientKey, b.PKI.CACert, b.PKI.DataKey(), n.PullSecretFile(), extra), nil
 }
 
 // StartDaemon writes config as the node's crfailoverd configuration and

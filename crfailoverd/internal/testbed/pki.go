@@ -43,6 +43,9 @@ func pkiAt(dir string) PKI {
 func (p PKI) PeerCert(node string) string { return filepath.Join(p.Dir, "peer-"+node+".crt") }
 func (p PKI) PeerKey(node string) string  { return filepath.Join(p.Dir, "peer-"+node+".key") }
 
+// DataKey is the cluster's data key file, which encrypts archives at rest.
+func (p PKI) DataKey() string { return filepath.Join(p.Dir, "data.key") }
+
 // GossipKey is the cluster's gossip encryption key file.
 func (p PKI) GossipKey() string { return filepath.Join(p.Dir, "gossip.key") }
 
