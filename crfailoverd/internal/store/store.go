@@ -53,6 +53,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 // ErrNotFound is returned (wrapped) when a workload has no entry with the
@@ -82,17 +84,24 @@ type Entry struct {
 	Source    string        `json:"source"`      // node that took it
 	Bad       bool          `json:"bad"`         // marked unusable (a restore from it failed)
 	BadReason string        `json:"bad_reason,omitempty"`
+	// Sealed: the archive file is encrypted with the data key (SHA256 and
+	// Size are still the plaintext's). Entries without it are plaintext.
+	Sealed bool `json:"sealed,omitempty"`
 }
 
 // Store is the local checkpoint store. It is safe for concurrent use;
 // operations on one workload are serialized, different workloads proceed in
 // parallel. Archives are streamed and hashed outside the workload's lock.
 type Store struct {
-	root string
+	root   string
+	key    *seal.Key // nil: plaintext
+	limits Limits
+	node   string
 
 	mu        sync.Mutex
 	retention int
 	locks     map[string]*sync.Mutex // by workload directory name
+	reserved  map[string]int64       // bytes reserved by imports in progress, by workload directory name
 }
 
 // crashHook, when set by tests, is called at each step of a write, with the
@@ -110,6 +119,14 @@ func crashPoint(step string) {
 // an archive) and applies retention, which keeps at least one entry per
 // workload (see SetRetention).
 func Open(root string, retention int) (*Store, error) {
+	return OpenWith(root, Options{Retention: retention})
+}
+
+// OpenWith opens the store at root like Open, with a data key (archives
+// are then sealed when written) and limits. It also removes plaintext
+// files that PlaintextFile handed out before a crash.
+func OpenWith(root string, o Options) (*Store, error) {
+	retention := o.Retention
 	if retention < 1 {
 		return nil, fmt.Errorf("store: open %s: retention %d, must be at least 1", root, retention)
 	}
@@ -120,7 +137,13 @@ func Open(root string, retention int) (*Store, error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("store: open: create root: %w", err)
 	}
-	s := &Store{root: abs, retention: retention, locks: map[string]*sync.Mutex{}}
+	s := &Store{
+		root: abs, key: o.Key, limits: o.Limits, node: o.Node,
+		retention: retention, locks: map[string]*sync.Mutex{}, reserved: map[string]int64{},
+	}
+	if err := s.cleanPlainDir(); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
 	des, err := os.ReadDir(abs)
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -142,6 +165,12 @@ func Open(root string, retention int) (*Store, error) {
 	}
 	return s, nil
 }
+
+// Limits returns the limits the store enforces.
+func (s *Store) Limits() Limits { return s.limits }
+
+// Sealing reports whether the store encrypts the archives it writes.
+func (s *Store) Sealing() bool { return s.key != nil }
 
 // SetRetention sets how many entries per workload to keep (at least 1). It
 // takes effect at the next Commit or Import of each workload.
@@ -369,17 +398,24 @@ func (s *Store) MarkBad(w Workload, seq uint64, reason string) (err error) {
 
 // Verify recomputes the sha256 of e's archive and compares it with the
 // recorded one.
+// For a sealed archive it hashes the plaintext, which also authenticates
+// every chunk.
 func (s *Store) Verify(e Entry) error {
-	p := e.Path
-	if p == "" {
-		p = filepath.Join(s.dir(e.Workload), seqName(e.Seq, ".tar"))
-	}
-	sum, _, err := hashFile(p, false)
+	a, err := s.OpenArchive(e)
 	if err != nil {
-		return fmt.Errorf("store: verify %s seq %d: %w", e.Workload, e.Seq, err)
+		return fmt.Errorf("store: verify: %w", err)
 	}
-	if sum != e.SHA256 {
-		return fmt.Errorf("store: verify %s: sha256 mismatch: recorded %s, file has %s", p, e.SHA256, sum)
+	defer a.Close()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, a, make([]byte, 1<<20))
+	if err != nil {
+		return fmt.Errorf("store: verify %s seq %d: read archive %s: %w", e.Workload, e.Seq, s.archivePath(e), err)
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); sum != e.SHA256 {
+		return fmt.Errorf("store: verify %s seq %d (%s): sha256 mismatch: recorded %s, archive has %s", e.Workload, e.Seq, s.archivePath(e), e.SHA256, sum)
+	}
+	if e.Size != 0 && n != e.Size {
+		return fmt.Errorf("store: verify %s seq %d (%s): size mismatch: recorded %d bytes, archive has %d", e.Workload, e.Seq, s.archivePath(e), e.Size, n)
 	}
 	return nil
 }
