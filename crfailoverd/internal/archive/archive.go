@@ -100,8 +100,12 @@ type Namespace struct {
 	Path string `json:"path,omitempty"`
 }
 
-// Read parses the checkpoint archive at path. See ReadFrom.
-func Read(path string) (*Info, error) {
+// Read parses the checkpoint archive at path with the default Options.
+// See ReadFrom.
+func Read(path string) (*Info, error) { return ReadWith(path, Options{}) }
+
+// ReadWith is Read with Options (limits and a context).
+func ReadWith(path string, opts Options) (*Info, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
@@ -111,7 +115,7 @@ func Read(path string) (*Info, error) {
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
 		size = st.Size()
 	}
-	return ReadFrom(f, size, path)
+	return ReadFromWith(f, size, path, opts)
 }
 
 // ReadFrom parses a checkpoint archive (plain or gzip-compressed tar) from r,
@@ -124,8 +128,16 @@ func Read(path string) (*Info, error) {
 // end-of-archive marker, or if config.dump, spec.dump or stats-dump cannot be
 // parsed. Errors name the archive and the offending member; truncation
 // errors wrap io.ErrUnexpectedEOF.
+//
+// It reads with the default Options; ReadFromWith takes others.
 func ReadFrom(r io.Reader, size int64, name string) (*Info, error) {
-	info, err := read(r)
+	return ReadFromWith(r, size, name, Options{})
+}
+
+// ReadFromWith is ReadFrom with Options: size limits, and a context that
+// ends the read.
+func ReadFromWith(r io.Reader, size int64, name string, opts Options) (*Info, error) {
+	info, err := read(r, opts)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", name, err)
 	}
@@ -133,8 +145,8 @@ func ReadFrom(r io.Reader, size int64, name string) (*Info, error) {
 	return info, nil
 }
 
-func read(r io.Reader) (*Info, error) {
-	w, err := NewWalker(r, Options{})
+func read(r io.Reader, opts Options) (*Info, error) {
+	w, err := NewWalker(r, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +208,8 @@ func read(r io.Reader) (*Info, error) {
 // readMember reads the data of m into memory.
 func readMember(m *Member) ([]byte, error) {
 	if m.Size > MaxMetadataSize {
-		return nil, fmt.Errorf("%s: too large (%d bytes, limit %d)", m.Name, m.Size, MaxMetadataSize)
+		return nil, &MemberError{Name: m.Header.Name, Err: ErrTooLarge, Size: m.Size, Limit: MaxMetadataSize,
+			Detail: fmt.Sprintf("%d bytes, above the limit of %d bytes for a metadata file read into memory", m.Size, MaxMetadataSize)}
 	}
 	// Grow the buffer as data arrives rather than trusting the header's size.
 	b, err := io.ReadAll(io.LimitReader(m, m.Size))

@@ -460,7 +460,7 @@ func TestReadRejectsStreams(t *testing.T) {
 	}{
 		{"empty", nil, "not a tar archive"},
 		{"text", []byte(strings.Repeat("this is not a tar archive\n", 40)), "not a tar archive"},
-		{"oversized config.dump", huge, "config.dump: too large"},
+		{"oversized config.dump", huge, `member "config.dump": too large: 16777217 bytes, above the limit of 16777216`},
 		{"trailing junk", junk, "unexpected data after the end of the tar archive"},
 		{"odd padding", append(slices.Clone(data), 0, 0, 0), "truncated padding"},
 		{"gzip junk", []byte{0x1f, 0x8b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, "gzip: "},

@@ -3,6 +3,7 @@ package archive
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/checkpoint-restore/go-criu/v8/stats"
@@ -17,14 +18,24 @@ var errFound = errors.New("found")
 // to stats-dump are checked as Read checks them, but the archive as a whole
 // is not (Read does). It returns nil, nil when the archive has no
 // stats-dump.
-func ReadStats(path string) (*DumpStats, error) {
+func ReadStats(path string) (*DumpStats, error) { return ReadStatsWith(path, Options{}) }
+
+// ReadStatsWith is ReadStats with Options (limits and a context).
+func ReadStatsWith(path string, opts Options) (*DumpStats, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
 	defer f.Close()
+	return ReadStatsFrom(f, path, opts)
+}
+
+// ReadStatsFrom is ReadStats of the archive read from r (an io.Seeker, such
+// as the store's decrypting reader, lets the walk skip the members it does
+// not read); name is used in error messages.
+func ReadStatsFrom(r io.Reader, name string, opts Options) (*DumpStats, error) {
 	var s *DumpStats
-	err = Walk(f, func(m *Member) error {
+	err := WalkWith(r, opts, func(m *Member) error {
 		if m.Dir || m.Name != stats.StatsDump {
 			return nil
 		}
@@ -38,7 +49,7 @@ func ReadStats(path string) (*DumpStats, error) {
 		return errFound
 	})
 	if err != nil && err != errFound {
-		return nil, fmt.Errorf("archive %s: %w", path, err)
+		return nil, fmt.Errorf("archive %s: %w", name, err)
 	}
 	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,13 +30,20 @@ var (
 	// member, or an earlier member is a regular file where this member
 	// needs a directory (or the other way round).
 	ErrDuplicate = errors.New("duplicate member")
+	// ErrTooLarge: the member, or the archive up to and including it, is
+	// larger than the Walker's limit (Options.MaxMemberBytes,
+	// Options.MaxTotalBytes), or has more members than Options.MaxMembers.
+	ErrTooLarge = errors.New("too large")
 )
 
 // MemberError is a member refused by a Walker.
 type MemberError struct {
 	Name   string // the member's name as stored in the archive
-	Err    error  // ErrUnsafeName, ErrMemberType, ErrSparse or ErrDuplicate
+	Err    error  // ErrUnsafeName, ErrMemberType, ErrSparse, ErrDuplicate or ErrTooLarge
 	Detail string // what exactly was wrong
+	// Size and Limit are, for ErrTooLarge, the size found (of the member,
+	// the members so far, or the stream read) and the limit it passed.
+	Size, Limit int64
 }
 
 func (e *MemberError) Error() string {
@@ -47,12 +55,6 @@ func (e *MemberError) Unwrap() error { return e.Err }
 func refuse(name string, kind error, format string, args ...any) error {
 	return &MemberError{Name: name, Err: kind, Detail: fmt.Sprintf(format, args...)}
 }
-
-// Options tunes a Walker. The zero value is the strict default that every
-// reader of untrusted archives uses. Limits on what an archive may hold
-// (member count, member and total size) belong here; the Walker's admit
-// method is where they are enforced.
-type Options struct{}
 
 // Member is one member of an archive, as a Walker delivers it: a regular
 // file or a directory with a safe name. Read reads a regular file's data;
@@ -85,6 +87,10 @@ func (m *Member) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if m.w.err != nil {
+		return 0, m.w.err
+	}
+	if err := m.w.ctx.Err(); err != nil {
+		m.w.err = fmt.Errorf("reading %s: walk stopped: %w", m.Name, err)
 		return 0, m.w.err
 	}
 	n, err := m.w.tr.Read(p)
@@ -123,12 +129,15 @@ const (
 // an io.Seeker (an *os.File, a *bytes.Reader), so walking a plain archive
 // on disk costs little more than reading its headers.
 type Walker struct {
-	opts       Options
+	opts       Options // with the defaults filled in
+	ctx        context.Context
 	cnt        *counter
 	tr         *tar.Reader
 	compressed bool
 
 	seen     map[string]kind
+	members  int   // members admitted
+	total    int64 // sum of the sizes of the members admitted
 	cur      *Member
 	last     string // name of the last entry read, for error messages
 	entryEnd int64  // stream offset after the last entry's data
@@ -139,13 +148,17 @@ type Walker struct {
 // first bytes of r to tell a gzip stream from a plain tar, and for gzip the
 // gzip header.
 func NewWalker(r io.Reader, opts Options) (*Walker, error) {
-	w := &Walker{opts: opts, seen: map[string]kind{}}
+	opts = opts.withDefaults()
+	w := &Walker{opts: opts, ctx: opts.Context, seen: map[string]kind{}}
+	if err := w.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("walk not started: %w", err)
+	}
 	src, compressed, err := decompress(r)
 	if err != nil {
 		return nil, err
 	}
 	w.compressed = compressed
-	w.cnt = &counter{r: src}
+	w.cnt = &counter{r: src, w: w}
 	var tarSrc io.Reader = w.cnt
 	if s, ok := src.(io.Seeker); ok {
 		if base, err := s.Seek(0, io.SeekCurrent); err == nil {
@@ -160,7 +173,12 @@ func NewWalker(r io.Reader, opts Options) (*Walker, error) {
 // for each member in archive order. It stops at the first error: fn's,
 // returned as is, or the Walker's.
 func Walk(r io.Reader, fn func(*Member) error) error {
-	w, err := NewWalker(r, Options{})
+	return WalkWith(r, Options{}, fn)
+}
+
+// WalkWith is Walk with Options (limits and a context).
+func WalkWith(r io.Reader, opts Options, fn func(*Member) error) error {
+	w, err := NewWalker(r, opts)
 	if err != nil {
 		return err
 	}
@@ -204,6 +222,9 @@ func (w *Walker) Next() (*Member, error) {
 
 func (w *Walker) next() (*Member, error) {
 	for {
+		if err := w.ctx.Err(); err != nil {
+			return nil, fmt.Errorf("walk stopped %s: %w", after(w.last), err)
+		}
 		hdr, err := w.tr.Next()
 		if errors.Is(err, tar.ErrInsecurePath) && hdr != nil {
 			err = nil // with GODEBUG tarinsecurepath=0; the name is checked below
@@ -262,6 +283,8 @@ func (w *Walker) check(hdr *tar.Header) (*Member, error) {
 		return nil, refuse(raw, ErrUnsafeName, "empty name")
 	case strings.HasPrefix(raw, "/"):
 		return nil, refuse(raw, ErrUnsafeName, "absolute name (must be a relative path)")
+	case len(raw) > MaxNameBytes:
+		return nil, refuse(raw[:256]+"...", ErrUnsafeName, "name of %d bytes, above the limit of %d", len(raw), MaxNameBytes)
 	}
 	for part := range strings.SplitSeq(raw, "/") {
 		if part == ".." {
@@ -304,10 +327,6 @@ func (w *Walker) check(hdr *tar.Header) (*Member, error) {
 	return m, nil
 }
 
-// admit applies the Options' limits to a member that passed check. There
-// are none yet.
-func (w *Walker) admit(*Member) error { return nil }
-
 // describeType names the type of a member that is not a regular file or
 // directory.
 func describeType(hdr *tar.Header) string {
@@ -330,7 +349,12 @@ func describeType(hdr *tar.Header) string {
 
 // headerError describes a failure of tar.Reader.Next.
 func (w *Walker) headerError(err error) error {
+	var me *MemberError
 	switch {
+	case errors.As(err, &me):
+		return me // the stream limit, which names the member itself
+	case isContextError(err):
+		return fmt.Errorf("walk stopped reading the header %s: %w", after(w.last), err)
 	case errors.Is(err, io.ErrUnexpectedEOF) && w.cnt.n < w.entryEnd:
 		// The data of the last member was cut short while it was skipped.
 		return memberError(w.last, err)
@@ -371,6 +395,13 @@ func after(last string) string {
 
 // memberError describes a failure to read the data of member name.
 func memberError(name string, err error) error {
+	var me *MemberError
+	if errors.As(err, &me) {
+		return me
+	}
+	if isContextError(err) {
+		return fmt.Errorf("reading %s: walk stopped: %w", name, err)
+	}
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		return fmt.Errorf("truncated inside %s: %w", name, err)
 	}
@@ -417,15 +448,31 @@ func decompress(r io.Reader) (io.Reader, bool, error) {
 	return zr, true, nil
 }
 
-// counter counts the bytes read through it.
+// counter counts the bytes read through it, and fails a read once they
+// pass the Walker's total limit or its context is done.
 type counter struct {
 	r io.Reader
 	n int64
+	w *Walker
 }
 
 func (c *counter) Read(p []byte) (int, error) {
+	if err := c.w.ctx.Err(); err != nil {
+		return 0, err
+	}
+	// Read at most one byte past the limit: enough to know it is passed.
+	room := c.w.opts.MaxTotalBytes - c.n + 1
+	if room <= 0 {
+		return 0, c.w.streamTooLarge(c.n)
+	}
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if c.n > c.w.opts.MaxTotalBytes {
+		return n, c.w.streamTooLarge(c.n)
+	}
 	return n, err
 }
 
@@ -464,6 +511,10 @@ func checkTrailer(r io.Reader) error {
 			break
 		}
 		if err != nil {
+			var me *MemberError
+			if errors.As(err, &me) {
+				return me // the stream limit
+			}
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return fmt.Errorf("truncated after the end-of-archive marker: %w", err)
 			}
