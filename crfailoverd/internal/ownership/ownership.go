@@ -31,6 +31,27 @@ type Entry struct {
 	Epoch  uint64
 	Status string // the cluster state's status ("running", "restoring", "app-failed", "failed")
 	Why    string // the reason of the last placement or the last error
+	// Checkpoints are the workload's checkpoints the cluster records,
+	// newest first: an archive is restored only when it matches one.
+	Checkpoints []Record
+}
+
+// Record is the cluster's record of one checkpoint: what its archive must
+// be (the plaintext archive's sha256 and size).
+type Record struct {
+	Seq    uint64
+	SHA256 string
+	Size   int64
+}
+
+// Checkpoint returns the record of checkpoint seq, if the cluster has one.
+func (e Entry) Checkpoint(seq uint64) (Record, bool) {
+	for _, r := range e.Checkpoints {
+		if r.Seq == seq {
+			return r, true
+		}
+	}
+	return Record{}, false
 }
 
 // Failed reports whether the cluster has given the workload up.
@@ -176,6 +197,10 @@ const (
 	// AppFailed: the application failed and the agent removed the failed
 	// copy: the cluster restores it (elsewhere when it can).
 	AppFailed
+	// BadCopy: this node's copy of checkpoint Record did not match the
+	// record or was refused before a restore, and is marked bad in the
+	// store: the cluster drops this node from its holders.
+	BadCopy
 )
 
 func (k ReportKind) String() string {
@@ -186,6 +211,8 @@ func (k ReportKind) String() string {
 		return "checkpointed"
 	case AppFailed:
 		return "app-failed"
+	case BadCopy:
+		return "bad-copy"
 	}
 	return "unknown"
 }
@@ -195,16 +222,18 @@ type Report struct {
 	Kind      ReportKind
 	Workload  discovery.Workload
 	CopyEpoch uint64      // the copy's epoch as the View gave it when the report was made
-	Entry     store.Entry // Checkpointed: the committed checkpoint
-	Reason    string      // AppFailed: why
+	Entry     store.Entry // Checkpointed: the committed checkpoint; BadCopy: the refused one
+	Reason    string      // AppFailed, BadCopy: why
+	Record    Record      // BadCopy: the cluster's record the copy was judged against
 }
 
 // Placement asks a node to restore a workload that the cluster placed on
-// it: checkpoint Entry (in the local store, verified against the store's
-// checksum) with the restore configuration Config (as the agent recorded
-// it), as a copy of epoch Epoch.
+// it: checkpoint Entry (in the local store), which must match the
+// cluster's Record of it, with the restore configuration Config (the
+// registration's), as a copy of epoch Epoch.
 type Placement struct {
 	Entry  store.Entry
+	Record Record
 	Config []byte
 	Epoch  uint64
 	Reason string

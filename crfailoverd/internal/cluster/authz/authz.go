@@ -60,7 +60,8 @@ var Table = []Rule{
 	{"Apply RegisterWorkload", "the node it names", "a workload nobody else owns; a recorded restore configuration is never changed in its security-relevant fields (image, privileged, capabilities, host namespaces, users, profiles, sysctls, mounts, devices, CDI)"},
 	{"Apply CommitCheckpoint", "the node it names, the workload's owner", "its own copy's checkpoint"},
 	{"Apply AppFailed, RestoreDone", "the node it names", "its own copy or restore (epochs are checked by the state)"},
-	{"Apply AddHolder", "the workload's owner", "a checkpoint the state records, held by a known node"},
+	{"Apply AddHolder", "the workload's owner", "a checkpoint the state records, held by a known node, with the recorded sha256 and size"},
+	{"Apply DropHolder", "the node it names", "its own holder record of a checkpoint (its copy did not match the record, or was refused before a restore)"},
 	{"Apply Place", "the workload's owner (a migration)", "its own running workload, to a known node that holds the checkpoint, at the next epoch"},
 	{"Apply GiveUp, UpsertNode, RemoveNode", "nobody: the leader's own loop only", "never forwarded"},
 	{"Push", "the workload's owner", "a checkpoint the state records for that workload with the same sha256 and size"},
@@ -115,10 +116,19 @@ func Forwarded(s *state.State, caller string, cmd state.Command) error {
 		if s.Nodes[c.Node] == nil {
 			return deny(caller, what, "holder %q is not a node of the cluster", c.Node)
 		}
-		if s.Workloads[c.ID].Checkpoint(c.Seq) == nil {
+		cp := s.Workloads[c.ID].Checkpoint(c.Seq)
+		switch {
+		case cp == nil:
 			return notYet(caller, what, "workload %s has no checkpoint #%d", c.ID, c.Seq)
+		case c.SHA256 != cp.SHA256 || c.Size != cp.Size:
+			return deny(caller, what, "it names sha256 %.12s and %d bytes for checkpoint #%d of %s, the state records %.12s and %d bytes",
+				c.SHA256, c.Size, c.Seq, c.ID, cp.SHA256, cp.Size)
 		}
 		return nil
+	case *state.DropHolder:
+		// A node drops only its own record; a dead node's records go with
+		// RemoveNode, from the leader's own loop.
+		return node(c.Node)
 	case *state.Place:
 		w, ok := s.Workloads[c.ID]
 		if !ok || w.Owner != caller {

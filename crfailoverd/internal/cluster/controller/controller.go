@@ -275,7 +275,11 @@ func (c *Controller) publish(st *state.State, v fenceVerdict) {
 		if w.Status == state.StatusFailed {
 			why = w.LastError
 		}
-		view.Workloads[id] = ownership.Entry{Owner: w.Owner, Epoch: w.Epoch, Status: string(w.Status), Why: why}
+		e := ownership.Entry{Owner: w.Owner, Epoch: w.Epoch, Status: string(w.Status), Why: why}
+		for _, cp := range w.Checkpoints {
+			e.Checkpoints = append(e.Checkpoints, ownership.Record{Seq: cp.Seq, SHA256: cp.SHA256, Size: cp.Size})
+		}
+		view.Workloads[id] = e
 	}
 	c.mu.Lock()
 	view.Adopted = make(map[string]uint64, len(c.adopted))
@@ -342,6 +346,11 @@ func (c *Controller) reports(ctx context.Context) {
 				// places the workload from the newest one.
 				c.o.Replication.InOrder("report application failure", &state.AppFailed{At: time.Now(), ID: r.Workload.ID.String(),
 					Node: c.o.Node, Epoch: r.CopyEpoch, Reason: r.Reason})
+			case ownership.BadCopy:
+				c.log.Warn("dropping this node's holder record of a refused copy", "workload", r.Workload.ID.String(), "seq", r.Record.Seq,
+					"recorded_sha256", r.Record.SHA256, "why", r.Reason)
+				c.o.Replication.InOrder("drop a refused copy's holder record", &state.DropHolder{At: time.Now(), ID: r.Workload.ID.String(),
+					Seq: r.Record.Seq, SHA256: r.Record.SHA256, Node: c.o.Node, Reason: r.Reason})
 			}
 		}
 	}
@@ -496,5 +505,9 @@ func (c *Controller) restoreFrom(ctx context.Context, w state.Workload) (time.Du
 	if f, why := c.Fenced(); f {
 		return 0, fmt.Errorf("this node is fenced (%s)", why)
 	}
-	return c.o.Local.Restore(ctx, ownership.Placement{Entry: e, Config: w.Config, Epoch: w.Epoch, Reason: w.Reason})
+	p := ownership.Placement{Entry: e, Config: w.Config, Epoch: w.Epoch, Reason: w.Reason}
+	if cp := w.Checkpoint(w.Seq); cp != nil {
+		p.Record = ownership.Record{Seq: cp.Seq, SHA256: cp.SHA256, Size: cp.Size}
+	}
+	return c.o.Local.Restore(ctx, p)
 }

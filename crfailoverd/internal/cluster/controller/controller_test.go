@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -249,7 +250,7 @@ func baseState(t *testing.T, change func(at time.Time) []state.Command) *state.S
 		&state.UpsertNode{At: at, Name: "n3", RPCAddr: "10.0.0.3:1"},
 		&state.RegisterWorkload{At: at, ID: wid.String(), Node: "n1", Interval: time.Second, Config: []byte(`{"sandbox":{}}`)},
 		&state.CommitCheckpoint{At: at, ID: wid.String(), Node: "n1", Epoch: 1, Checkpoint: state.Checkpoint{Seq: 3, SHA256: "s3", Size: 1, Created: at, Holders: []string{"n1"}}},
-		&state.AddHolder{At: at, ID: wid.String(), Seq: 3, Node: "n3"},
+		&state.AddHolder{At: at, ID: wid.String(), Seq: 3, SHA256: "s3", Size: 1, Node: "n3"},
 	}
 	if change != nil {
 		cmds = append(cmds, change(at)...)
@@ -538,5 +539,56 @@ func TestMigrateWaitsForTheTarget(t *testing.T) {
 	w, _ := r.st.Workload(wid.String())
 	if w.Owner != "n3" || w.Epoch != 3 || w.Status != state.StatusRunning {
 		t.Fatalf("after the migration: %+v", w)
+	}
+}
+
+// TestControllerThreadsTheRecord: the view and the placement carry the
+// cluster's record of each checkpoint (sha256 and size), for the agent to
+// check the archive against before it restores.
+func TestControllerThreadsTheRecord(t *testing.T) {
+	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
+		return []state.Command{&state.Place{At: at, ID: wid.String(), Owner: "n2", Epoch: 2, Seq: 3, Reason: "node n1 dead"}}
+	}), fakeStore{3: true})
+	r.run(t)
+	poll.True(t, 5*time.Second, "a restore", func() bool { r.node.mu.Lock(); defer r.node.mu.Unlock(); return len(r.node.restored) == 1 })
+	r.node.mu.Lock()
+	p := r.node.restored[0]
+	r.node.mu.Unlock()
+	if want := (ownership.Record{Seq: 3, SHA256: "s3", Size: 1}); p.Record != want {
+		t.Fatalf("placement carries record %+v, want %+v", p.Record, want)
+	}
+	e := r.board.View().Workloads[wid.String()]
+	if rec, ok := e.Checkpoint(3); !ok || rec.SHA256 != "s3" || rec.Size != 1 {
+		t.Fatalf("view's records %+v lack #3 with sha256 s3 and 1 byte", e.Checkpoints)
+	}
+}
+
+// TestControllerDropsARefusedCopy: a bad-copy report of the agent becomes
+// DropHolder for this node (n2), of the record the copy was judged
+// against; the state then no longer lists n2 as a holder.
+func TestControllerDropsARefusedCopy(t *testing.T) {
+	r := newRig(t, baseState(t, func(at time.Time) []state.Command {
+		return []state.Command{&state.AddHolder{At: at, ID: wid.String(), Seq: 3, SHA256: "s3", Size: 1, Node: "n2"}}
+	}), fakeStore{})
+	r.run(t)
+	r.node.reports <- ownership.Report{Kind: ownership.BadCopy, Workload: discovery.Workload{ID: wid}, Entry: store.Entry{Workload: wid, Seq: 3, SHA256: "planted"},
+		Record: ownership.Record{Seq: 3, SHA256: "s3", Size: 1}, Reason: "sha256 planted, the cluster records s3"}
+	poll.True(t, 5*time.Second, "n2 dropped from the holders of #3", func() bool {
+		w, _ := r.st.Workload(wid.String())
+		cp := w.Checkpoint(3)
+		return cp != nil && !slices.Contains(cp.Holders, "n2")
+	})
+	var drop *state.DropHolder
+	for _, c := range r.prop.sent() {
+		if d, ok := c.(*state.DropHolder); ok {
+			drop = d
+		}
+	}
+	if drop == nil || drop.Node != "n2" || drop.Seq != 3 || drop.SHA256 != "s3" || !strings.Contains(drop.Reason, "planted") {
+		t.Fatalf("proposed %+v, want a DropHolder of n2's #3 (s3) naming the reason", drop)
+	}
+	w, _ := r.st.Workload(wid.String())
+	if cp := w.Checkpoint(3); !slices.Equal(cp.Holders, []string{"n1", "n3"}) {
+		t.Fatalf("holders %v, want n1 and n3 kept", cp.Holders)
 	}
 }

@@ -58,7 +58,7 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	if err := c.o.Replication.Push(ctx, to, e); err != nil {
 		return 0, 0, err
 	}
-	if err := c.o.Proposer.Apply(ctx, &state.AddHolder{At: time.Now(), ID: workload, Seq: e.Seq, Node: to}); err != nil {
+	if err := c.o.Proposer.Apply(ctx, &state.AddHolder{At: time.Now(), ID: workload, Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Node: to}); err != nil {
 		return 0, 0, fmt.Errorf("record the copy on %s: %w", to, err)
 	}
 	stopped := time.Now()

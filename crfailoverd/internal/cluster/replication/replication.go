@@ -152,7 +152,7 @@ func (r *Replication) Targets(workload string) []string {
 // order; it does not block the peer's transfers).
 func (r *Replication) Replicated(e store.Entry, to string, took time.Duration, bytes int64) {
 	r.o.Events(event.Event{Kind: event.Replicated, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Took: took, Bytes: bytes})
-	r.queueRecord(record{what: "record replica on " + to, cmd: &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, Node: to}})
+	r.queueRecord(record{what: "record replica on " + to, cmd: &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Node: to}})
 }
 
 // ReplicateFailed records that e could not be sent to peer to.

@@ -147,14 +147,14 @@ func TestReplicatedRecordsTheHolder(t *testing.T) {
 	var evs []event.Event
 	r, _ := newRepl(fakeMembers{}, nil, p, &evs)
 	runFor(t, r)
-	r.Replicated(store.Entry{Workload: wid, Seq: 4}, "n2", time.Second, 99)
+	r.Replicated(store.Entry{Workload: wid, Seq: 4, SHA256: "sha-4", Size: 400}, "n2", time.Second, 99)
 	r.ReplicateFailed(store.Entry{Workload: wid, Seq: 5}, "n3", errors.New("peer n3: connection refused"))
 	poll.True(t, 5*time.Second, "the holder recorded", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.cmds) == 1 })
 	time.Sleep(20 * time.Millisecond) // nothing else may follow
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if h, ok := p.cmds[0].(*state.AddHolder); !ok || h.Node != "n2" || h.Seq != 4 || h.ID != wid.String() {
-		t.Fatalf("proposed %+v, want AddHolder n2 #4", p.cmds[0])
+	if h, ok := p.cmds[0].(*state.AddHolder); !ok || h.Node != "n2" || h.Seq != 4 || h.ID != wid.String() || h.SHA256 != "sha-4" || h.Size != 400 {
+		t.Fatalf("proposed %+v, want AddHolder n2 #4 with sha256 sha-4 and 400 bytes", p.cmds[0])
 	}
 	if len(p.cmds) != 1 {
 		t.Fatalf("a failed replica was recorded: %+v", p.cmds)

@@ -96,7 +96,27 @@ func (s *State) addHolder(c *AddHolder) error {
 	if c.SHA256 != "" && c.SHA256 != cp.SHA256 {
 		return fmt.Errorf("%s: %w: the cluster's #%d has sha256 %s, the copy %s", what, ErrStale, c.Seq, cp.SHA256, c.SHA256)
 	}
+	if c.Size != 0 && c.Size != cp.Size {
+		return fmt.Errorf("%s: %w: the cluster's #%d has %d bytes, the copy %d", what, ErrStale, c.Seq, cp.Size, c.Size)
+	}
 	cp.Holders = addSorted(cp.Holders, c.Node)
+	return nil
+}
+
+func (s *State) dropHolder(c *DropHolder) error {
+	what := fmt.Sprintf("drop holder %s of checkpoint #%d (sha256 %.12s) of workload %q", c.Node, c.Seq, c.SHA256, c.ID)
+	if c.ID == "" || c.Node == "" || c.Seq == 0 || c.SHA256 == "" {
+		return fmt.Errorf("%s: id, node, seq and sha256 are required: %w", what, ErrInvalid)
+	}
+	w, err := s.workload(what, c.ID)
+	if err != nil {
+		return err
+	}
+	cp := w.Checkpoint(c.Seq)
+	if cp == nil || cp.SHA256 != c.SHA256 {
+		return nil // trimmed away or replaced: the judged record is gone
+	}
+	cp.Holders = slices.DeleteFunc(cp.Holders, func(h string) bool { return h == c.Node })
 	return nil
 }
 

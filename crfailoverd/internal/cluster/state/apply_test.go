@@ -120,6 +120,22 @@ func TestApplyRules(t *testing.T) {
 		{"add a holder of a replaced checkpoint", &AddHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-old", Node: "n3"}, ErrStale, nil},
 		{"add a holder to an unknown workload", &AddHolder{At: at, ID: "x/y/z", Seq: 4, Node: "n3"}, ErrUnknownWorkload, nil},
 		{"add a holder without node", &AddHolder{At: at, ID: wRun, Seq: 4}, ErrInvalid, nil},
+		{"add a holder with matching sha256 and size", &AddHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-4", Size: 400, Node: "n3"}, nil,
+			func(s *State) { s.Workloads[wRun].Checkpoints[0].Holders = []string{"n1", "n2", "n3"} }},
+		{"add a holder whose copy has another size", &AddHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-4", Size: 401, Node: "n3"}, ErrStale, nil},
+		{"add a holder whose copy has another sha256", &AddHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-planted", Size: 400, Node: "n3"}, ErrStale, nil},
+
+		// DropHolder
+		{"drop a holder", &DropHolder{At: at, ID: wRest, Seq: 7, SHA256: "sha-7", Node: "n2", Reason: "sha256 mismatch"}, nil,
+			func(s *State) { s.Workloads[wRest].Checkpoints[0].Holders = []string{"n1", "n3"} }},
+		{"drop the last holder", &DropHolder{At: at, ID: wFailed, Seq: 9, SHA256: "sha-9", Node: "n3"}, nil,
+			func(s *State) { s.Workloads[wFailed].Checkpoints[0].Holders = []string{} }},
+		{"drop a node that holds no copy", &DropHolder{At: at, ID: wRun, Seq: 3, SHA256: "sha-3", Node: "n2"}, nil, nil},
+		{"drop a holder of a replaced checkpoint", &DropHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-old", Node: "n2"}, nil, nil},
+		{"drop a holder of a trimmed checkpoint", &DropHolder{At: at, ID: wRun, Seq: 1, SHA256: "sha-1", Node: "n2"}, nil, nil},
+		{"drop a holder of an unknown workload", &DropHolder{At: at, ID: "x/y/z", Seq: 4, SHA256: "sha-4", Node: "n2"}, ErrUnknownWorkload, nil},
+		{"drop a holder without sha256", &DropHolder{At: at, ID: wRun, Seq: 4, Node: "n2"}, ErrInvalid, nil},
+		{"drop a holder without node", &DropHolder{At: at, ID: wRun, Seq: 4, SHA256: "sha-4"}, ErrInvalid, nil},
 
 		// Place
 		{"place at epoch+1", &Place{At: at, ID: wRun, Owner: "n2", Epoch: 3, Seq: 4, Reason: "node n1 dead"}, nil,
@@ -350,6 +366,7 @@ func TestApplyRandom(t *testing.T) {
 				&RegisterWorkload{At: at, ID: id, Node: n, CopyEpoch: e},
 				&CommitCheckpoint{At: at, ID: id, Node: n, Epoch: e, Checkpoint: withSHA(cp(seq+1), pick([]string{"x", "y"}))},
 				&AddHolder{At: at, ID: id, Seq: seq, Node: pick(nodes)},
+				&DropHolder{At: at, ID: id, Seq: seq, SHA256: pick([]string{"x", "y"}), Node: pick(nodes)},
 				&Place{At: at, ID: id, Owner: n, Epoch: e, Seq: max(seq, 1)},
 				&RestoreDone{At: at, ID: id, Node: n, Epoch: e, Seq: seq, OK: rng.IntN(2) == 0},
 				&AppFailed{At: at, ID: id, Node: n, Epoch: e},

@@ -30,6 +30,7 @@ const (
 	TypeRemoveWorkload   CommandType = 8
 	TypeUpsertNode       CommandType = 9
 	TypeRemoveNode       CommandType = 10
+	TypeDropHolder       CommandType = 11
 )
 
 // String returns the command type's name, or "type-N" for one this
@@ -91,16 +92,35 @@ type CommitCheckpoint struct {
 }
 
 // AddHolder records that Node holds a verified copy of checkpoint Seq of
-// workload ID. A checkpoint no longer recorded (trimmed away) is no error
-// and no change. When SHA256 is set it must match the recorded
-// checkpoint's (ErrStale otherwise: the copy is of a checkpoint of the same
-// number that the cluster replaced).
+// workload ID, whose sha256 and size are SHA256 and Size. A checkpoint no
+// longer recorded (trimmed away) is no error and no change. SHA256 and
+// Size must match the recorded checkpoint's (ErrStale otherwise: the copy
+// is of another archive, or of a checkpoint of the same number that the
+// cluster replaced). Every proposer sets both; entries of older versions
+// in the log, without them, are applied unchecked (an empty SHA256, a Size
+// of 0).
 type AddHolder struct {
 	At     time.Time `json:"at"`
 	ID     string    `json:"id"`
 	Seq    uint64    `json:"seq"`
 	SHA256 string    `json:"sha256,omitempty"`
+	Size   int64     `json:"size,omitempty"`
 	Node   string    `json:"node"`
+}
+
+// DropHolder removes Node from the holders of checkpoint Seq of workload
+// ID: its copy did not match the record, or was refused before a restore,
+// and is marked bad in its store. SHA256 is the recorded checkpoint's that
+// the node judged: when the checkpoint of that number is now another one
+// (another SHA256), or is no longer recorded, or Node does not hold it,
+// the command is no error and no change. Reason says why, for the logs.
+type DropHolder struct {
+	At     time.Time `json:"at"`
+	ID     string    `json:"id"`
+	Seq    uint64    `json:"seq"`
+	SHA256 string    `json:"sha256"`
+	Node   string    `json:"node"`
+	Reason string    `json:"reason"`
 }
 
 // Place tells Owner to restore workload ID from checkpoint Seq, at Epoch.
@@ -194,6 +214,7 @@ func (*GiveUp) Type() CommandType           { return TypeGiveUp }
 func (*RemoveWorkload) Type() CommandType   { return TypeRemoveWorkload }
 func (*UpsertNode) Type() CommandType       { return TypeUpsertNode }
 func (*RemoveNode) Type() CommandType       { return TypeRemoveNode }
+func (*DropHolder) Type() CommandType       { return TypeDropHolder }
 func (u *Unknown) Type() CommandType {
 	if u == nil {
 		return 0
@@ -220,6 +241,7 @@ var commands = map[CommandType]commandInfo{
 	TypeRemoveWorkload:   entry("remove-workload", (*State).removeWorkload),
 	TypeUpsertNode:       entry("upsert-node", (*State).upsertNode),
 	TypeRemoveNode:       entry("remove-node", (*State).removeNode),
+	TypeDropHolder:       entry("drop-holder", (*State).dropHolder),
 }
 
 // entry builds a dispatch table row for command struct T, applied by

@@ -16,7 +16,8 @@ func allCommands() []Command {
 	return []Command{
 		&RegisterWorkload{At: t0, ID: "ns/p/c", Node: "n1", Interval: 10 * time.Second, Config: []byte(`{"x":1}`), CopyEpoch: 3},
 		&CommitCheckpoint{At: t0, ID: "ns/p/c", Node: "n1", Epoch: 3, Checkpoint: cp},
-		&AddHolder{At: t0, ID: "ns/p/c", Seq: 7, SHA256: "abc", Node: "n2"},
+		&AddHolder{At: t0, ID: "ns/p/c", Seq: 7, SHA256: "abc", Size: 1234, Node: "n2"},
+		&DropHolder{At: t0, ID: "ns/p/c", Seq: 7, SHA256: "abc", Node: "n2", Reason: "sha256 mismatch"},
 		&Place{At: t0, ID: "ns/p/c", Owner: "n2", Epoch: 4, Seq: 7, Reason: "node n1 dead"},
 		&RestoreDone{At: t0, ID: "ns/p/c", Node: "n2", Epoch: 4, Seq: 7, OK: false, Error: "criu: boom"},
 		&AppFailed{At: t0, ID: "ns/p/c", Node: "n2", Epoch: 4, Reason: "probe failed"},
