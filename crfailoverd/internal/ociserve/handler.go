@@ -27,7 +27,10 @@ const (
 	codeUnknown         = "UNKNOWN" // a failure of the server itself
 )
 
-// Handler returns the registry's HTTP handler: GET and HEAD of
+// Handler returns the registry's HTTP handler. Every request must carry
+// the server's Credentials (HTTP basic); any other is answered 401 with
+// the challenge WWW-Authenticate: Basic realm="crfailoverd". Then GET and
+// HEAD of
 //
 //	/v2/                                    200 {}
 //	/v2/_catalog                            the repositories (workloads with checkpoints)
@@ -50,6 +53,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	w = rec
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !s.authorize(w, r) {
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		writeError(w, http.StatusMethodNotAllowed, codeUnsupported, "this registry is read-only: only GET and HEAD are served", nil)
@@ -193,7 +199,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, name, ref str
 		serveBytes(w, r, "application/octet-stream", ref, im.Config)
 		return
 	}
-	f, err := os.Open(im.LayerPath)
+	l, err := s.openLayer(im)
 	if errors.Is(err, os.ErrNotExist) { // pruned meanwhile
 		writeError(w, http.StatusNotFound, codeBlobUnknown, "blob unknown to registry", map[string]string{"name": name, "digest": ref})
 		return
@@ -201,14 +207,15 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, name, ref str
 		s.serverError(w, err, codeBlobUnknown)
 		return
 	}
-	defer f.Close()
+	defer l.Close()
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", ref)
 	h.Set("ETag", `"`+ref+`"`)
 	h.Set("Cache-Control", "max-age=31536000")
 	// ServeContent answers HEAD and range requests and sets Content-Length.
-	http.ServeContent(w, r, "", time.Time{}, f)
+	// A sealed layer is decrypted as it is sent.
+	http.ServeContent(w, r, "", time.Time{}, l)
 }
 
 // findByDigest returns the image of one of the entries es for which match

@@ -45,6 +45,7 @@ const (
 // cacheVersion changes whenever the bytes of an image built from the same
 // checkpoint would change (layout, compression, config or manifest
 // contents); cached images of another version are rebuilt.
+// (A sidecar without "sealed" is of a plaintext layer, as before.)
 const cacheVersion = 1
 
 const tmpPrefix = ".tmp-"
@@ -63,7 +64,9 @@ type Image struct {
 	LayerDigest    string // of the gzip stream
 	LayerSize      int64
 	DiffID         string // of the uncompressed tar stream
-	LayerPath      string // the cached layer
+	LayerPath      string // the cached layer (sealed if the server has a CacheKey)
+
+	sealed bool // the cached layer is encrypted
 }
 
 // Size is the number of bytes a client pulls: manifest, configuration and
@@ -106,6 +109,7 @@ type cacheMeta struct {
 	DiffID        string         `json:"diff_id"`
 	Config        []byte         `json:"config"`   // exact bytes
 	Manifest      []byte         `json:"manifest"` // exact bytes
+	Sealed        bool           `json:"sealed"`   // the layer file is encrypted (age, the server's CacheKey)
 }
 
 func seqName(seq uint64, ext string) string { return fmt.Sprintf("%020d%s", seq, ext) }
@@ -139,50 +143,105 @@ func parseCacheName(name, ext string) (uint64, bool) {
 
 // loadCached returns the cached image of entry e, or false when there is
 // none that matches e (missing, incomplete, of another archive or another
-// cache version). A layer not yet verified by this process is hashed
-// first.
+// cache version, sealed when the server keeps plaintext or the other way
+// round, or sealed with another key). A layer not yet verified by this
+// process is hashed first (its plaintext, decrypted).
 func (s *Server) loadCached(root string, e store.Entry, verify bool) (*Image, bool) {
 	dir := filepath.Join(root, wlDirName(e.Workload))
-	b, err := os.ReadFile(filepath.Join(dir, seqName(e.Seq, metaExt)))
-	if err != nil {
-		return nil, false
-	}
-	var m cacheMeta
-	if json.Unmarshal(b, &m) != nil || m.Version != cacheVersion || m.Workload != e.Workload || m.Seq != e.Seq ||
-		!strings.EqualFold(m.ArchiveSHA256, e.SHA256) {
+	m, ok := s.readMeta(dir, e.Seq)
+	if !ok || m.Workload != e.Workload || !strings.EqualFold(m.ArchiveSHA256, e.SHA256) {
 		return nil, false
 	}
 	lp := filepath.Join(dir, seqName(e.Seq, layerExt))
-	st, err := os.Stat(lp)
-	if err != nil || st.Size() != m.LayerSize {
-		return nil, false
-	}
-	if verify {
-		f, err := os.Open(lp)
-		if err != nil {
-			return nil, false
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err != nil || digestOf(h) != m.LayerDigest {
-			s.log.Warn("cached checkpoint image layer is damaged; rebuilding it", "workload", e.Workload.String(), "seq", e.Seq, "layer", lp)
-			return nil, false
-		}
-	}
-	return &Image{
+	im := &Image{
 		Workload: e.Workload, Seq: e.Seq, ArchiveSHA256: m.ArchiveSHA256, Container: m.Container,
 		Manifest: m.Manifest, ManifestDigest: sha256Digest(m.Manifest),
 		Config: m.Config, ConfigDigest: sha256Digest(m.Config),
-		LayerDigest: m.LayerDigest, LayerSize: m.LayerSize, DiffID: m.DiffID, LayerPath: lp,
-	}, true
+		LayerDigest: m.LayerDigest, LayerSize: m.LayerSize, DiffID: m.DiffID, LayerPath: lp, sealed: m.Sealed,
+	}
+	l, err := s.openLayer(im)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("cached checkpoint image layer is unreadable; rebuilding it", "workload", e.Workload.String(), "seq", e.Seq, "layer", lp, "err", err)
+		}
+		return nil, false
+	}
+	defer l.Close()
+	if l.Size() != m.LayerSize {
+		return nil, false
+	}
+	if verify {
+		h := sha256.New()
+		if _, err := io.Copy(h, l); err != nil || digestOf(h) != m.LayerDigest {
+			s.log.Warn("cached checkpoint image layer is damaged; rebuilding it", "workload", e.Workload.String(), "seq", e.Seq, "layer", lp, "err", err)
+			return nil, false
+		}
+	}
+	return im, true
 }
 
-// build makes the checkpoint image of entry e and caches it under root.
-// The caller holds the workload's cache lock.
+// readMeta returns the sidecar of the cached image seq in dir if it is of
+// this cache version and sealed as this server keeps layers.
+func (s *Server) readMeta(dir string, seq uint64) (cacheMeta, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, seqName(seq, metaExt)))
+	if err != nil {
+		return cacheMeta{}, false
+	}
+	var m cacheMeta
+	if json.Unmarshal(b, &m) != nil || m.Version != cacheVersion || m.Seq != seq || m.Sealed != (s.CacheKey != nil) {
+		return cacheMeta{}, false
+	}
+	return m, true
+}
+
+// layer is an open cached layer, read as its plaintext.
+type layer struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (l *layer) Close() error { return l.f.Close() }
+
+// openLayer opens im's cached layer for reading (decrypting a sealed one;
+// seekable either way).
+func (s *Server) openLayer(im *Image) (*layer, error) {
+	f, err := os.Open(im.LayerPath)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !im.sealed {
+		return &layer{SectionReader: io.NewSectionReader(f, 0, st.Size()), f: f}, nil
+	}
+	if s.CacheKey == nil {
+		f.Close()
+		return nil, fmt.Errorf("cached layer %s is sealed, but the server has no key", im.LayerPath)
+	}
+	sr, err := s.CacheKey.DecryptAt(f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cached layer %s: %w", im.LayerPath, err)
+	}
+	return &layer{SectionReader: sr, f: f}, nil
+}
+
+// build makes the checkpoint image of entry e and caches it under root,
+// reading the archive through the store (decrypted as it is read) and
+// sealing the layer with CacheKey if set. The caller holds the workload's
+// cache lock.
 func (s *Server) build(ctx context.Context, root string, e store.Entry) (_ *Image, err error) {
 	start := time.Now()
-	info, err := archive.Read(e.Path)
+	a, err := s.st.OpenArchive(e)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	src := fmt.Sprintf("%s #%d", e.Workload, e.Seq)
+	info, err := archive.ReadFrom(io.NewSectionReader(a, 0, a.Size()), a.Size(), src)
 	if err != nil {
 		return nil, err
 	}
@@ -205,9 +264,22 @@ func (s *Server) build(ctx context.Context, root string, e store.Entry) (_ *Imag
 			os.Remove(tmp.Name())
 		}
 	}()
-	lr, err := writeLayer(ctx, e.Path, dir, tmp)
+	var out io.Writer = tmp
+	var sealer io.WriteCloser
+	if s.CacheKey != nil {
+		if sealer, err = s.CacheKey.Encrypt(tmp); err != nil {
+			return nil, err
+		}
+		out = sealer
+	}
+	lr, err := writeLayer(ctx, a, dir, out, s.CacheKey != nil)
 	if err != nil {
-		return nil, fmt.Errorf("build layer from %s: %w", e.Path, err)
+		return nil, fmt.Errorf("build layer from %s: %w", src, err)
+	}
+	if sealer != nil {
+		if err := sealer.Close(); err != nil {
+			return nil, fmt.Errorf("seal layer: %w", err)
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		return nil, err
@@ -225,7 +297,7 @@ func (s *Server) build(ctx context.Context, root string, e store.Entry) (_ *Imag
 	}
 	m := cacheMeta{
 		Version: cacheVersion, Workload: e.Workload, Seq: e.Seq, ArchiveSHA256: strings.ToLower(e.SHA256), Container: name,
-		LayerDigest: lr.digest, LayerSize: lr.size, DiffID: lr.diffID, Config: cfg, Manifest: manifest,
+		LayerDigest: lr.digest, LayerSize: lr.size, DiffID: lr.diffID, Config: cfg, Manifest: manifest, Sealed: sealer != nil,
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -235,11 +307,11 @@ func (s *Server) build(ctx context.Context, root string, e store.Entry) (_ *Imag
 		return nil, fmt.Errorf("write image cache: %w", err)
 	}
 	s.log.Info("built checkpoint image", "workload", e.Workload.String(), "seq", e.Seq, "layer_bytes", lr.size,
-		"archive_bytes", e.Size, "digest", sha256Digest(manifest), "took_ms", time.Since(start).Milliseconds())
+		"archive_bytes", e.Size, "sealed", m.Sealed, "digest", sha256Digest(manifest), "took_ms", time.Since(start).Milliseconds())
 	return &Image{
 		Workload: e.Workload, Seq: e.Seq, ArchiveSHA256: m.ArchiveSHA256, Container: name,
 		Manifest: manifest, ManifestDigest: sha256Digest(manifest), Config: cfg, ConfigDigest: sha256Digest(cfg),
-		LayerDigest: lr.digest, LayerSize: lr.size, DiffID: lr.diffID, LayerPath: lp,
+		LayerDigest: lr.digest, LayerSize: lr.size, DiffID: lr.diffID, LayerPath: lp, sealed: m.Sealed,
 	}, nil
 }
 

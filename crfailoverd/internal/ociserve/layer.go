@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 // layerMtime is the modification time of every member of a layer: a fixed
@@ -45,27 +46,29 @@ type layerResult struct {
 	diffID string // sha256 of the uncompressed tar stream, "sha256:<hex>"
 }
 
-// writeLayer writes the gzip-compressed tar layer holding the files of the
-// checkpoint archive at archivePath to out. The layer is deterministic: its
-// members are the archive's regular files and directories at the archive's
-// paths, sorted by name, with the archive's permission bits, owner 0:0, a
-// fixed modification time and no user or group names; the gzip header has
-// no name and no time, and the level is fixed. The archive is read with
-// archive.Walker, as untrusted input. spoolDir is where a temporary copy of
-// the members' data goes when the archive cannot be read in place (it is
-// compressed).
-func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer) (layerResult, error) {
-	f, err := os.Open(archivePath)
-	if err != nil {
-		return layerResult{}, err
-	}
-	defer f.Close()
+// sizedReaderAt is an archive's plaintext: a store.Archive.
+type sizedReaderAt interface {
+	io.ReaderAt
+	Size() int64
+}
 
-	w, err := archive.NewWalker(f, archive.Options{})
+// writeLayer writes the gzip-compressed tar layer holding the files of the
+// checkpoint archive read from archive (its plaintext) to out. The layer is
+// deterministic: its members are the archive's regular files and
+// directories at the archive's paths, sorted by name, with the archive's
+// permission bits, owner 0:0, a fixed modification time and no user or
+// group names; the gzip header has no name and no time, and the level is
+// fixed. The archive is read with archive.Walker, as untrusted input.
+// spoolDir is where a temporary copy of the members' data goes when the
+// archive cannot be read in place (it is compressed); with sealSpool that
+// copy is encrypted with a key of this call only, which never leaves
+// memory.
+func writeLayer(ctx context.Context, arch sizedReaderAt, spoolDir string, out io.Writer, sealSpool bool) (layerResult, error) {
+	w, err := archive.NewWalker(io.NewSectionReader(arch, 0, arch.Size()), archive.Options{})
 	if err != nil {
 		return layerResult{}, fmt.Errorf("read archive: %w", err)
 	}
-	src := io.ReaderAt(f)
+	src := io.ReaderAt(arch)
 	var members []member
 	if w.Compressed() {
 		spool, err := os.CreateTemp(spoolDir, tmpPrefix+"spool-")
@@ -76,10 +79,9 @@ func writeLayer(ctx context.Context, archivePath, spoolDir string, out io.Writer
 			spool.Close()
 			os.Remove(spool.Name())
 		}()
-		if members, err = indexSpooled(ctx, w, spool); err != nil {
+		if src, members, err = spoolMembers(ctx, w, spool, sealSpool); err != nil {
 			return layerResult{}, err
 		}
-		src = spool
 	} else if members, err = indexInPlace(ctx, w); err != nil {
 		return layerResult{}, err
 	}
@@ -154,9 +156,48 @@ func indexInPlace(ctx context.Context, w *archive.Walker) ([]member, error) {
 	return ms, nil
 }
 
+// spoolMembers copies the members' data from the Walker to spool
+// (encrypted with a new key of its own if sealed) and returns where to
+// read it back and the members with their offsets there.
+func spoolMembers(ctx context.Context, w *archive.Walker, spool *os.File, sealed bool) (io.ReaderAt, []member, error) {
+	if !sealed {
+		ms, err := indexSpooled(ctx, w, spool)
+		return spool, ms, err
+	}
+	id, err := seal.Generate()
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool key: %w", err)
+	}
+	key, err := seal.Parse(id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool key: %w", err)
+	}
+	enc, err := key.Encrypt(spool)
+	if err != nil {
+		return nil, nil, err
+	}
+	ms, err := indexSpooled(ctx, w, enc)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, nil, fmt.Errorf("write spool file: %w", err)
+	}
+	st, err := spool.Stat()
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool file: %w", err)
+	}
+	r, err := key.DecryptAt(spool, st.Size())
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool file: %w", err)
+	}
+	return r, ms, nil
+}
+
 // indexSpooled reads the archive from the Walker and copies the members'
-// data to spool, returning the members with their offsets in spool.
-func indexSpooled(ctx context.Context, w *archive.Walker, spool *os.File) ([]member, error) {
+// data to spool, returning the members with their offsets in what was
+// written to spool.
+func indexSpooled(ctx context.Context, w *archive.Walker, spool io.Writer) ([]member, error) {
 	bw := bufio.NewWriterSize(spool, 1<<20)
 	var (
 		ms  []member

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -131,6 +132,12 @@ func reordered(t testing.TB, plain []byte) []byte {
 	return buf.Bytes()
 }
 
+// testCreds are the credentials of the test servers; get and testAuth
+// send them.
+var testCreds = Credentials{Username: Username, Password: "0123456789abcdef-test-secret"}
+
+var testAuth = remote.WithAuth(&authn.Basic{Username: testCreds.Username, Password: testCreds.Password})
+
 type bed struct {
 	dataDir string
 	st      *store.Store
@@ -166,6 +173,7 @@ func newBed(t *testing.T, retention int) *bed {
 	}
 	b := &bed{dataDir: dir, st: st, logs: &logBuffer{}}
 	b.srv = NewServer(st, slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	b.srv.Credentials = testCreds
 	b.http = httptest.NewServer(b.srv.Handler())
 	t.Cleanup(b.http.Close)
 	b.host = strings.TrimPrefix(b.http.URL, "http://")
@@ -215,7 +223,7 @@ func TestPull(t *testing.T) {
 	wantFiles, wantDirs := archiveFiles(t, gz)
 
 	for _, tag := range []string{"1", "2", "latest"} {
-		img, err := remote.Image(b.ref(t, "crfailoverd/default/counter/counter:"+tag))
+		img, err := remote.Image(b.ref(t, "crfailoverd/default/counter/counter:"+tag), testAuth)
 		if err != nil {
 			t.Fatalf("pull :%s: %v", tag, err)
 		}
@@ -298,14 +306,14 @@ func TestPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := remote.Image(d)
+	img, err := remote.Image(d, testAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := verifyImage(t, img); err != nil {
 		t.Fatal(err)
 	}
-	desc, err := remote.Head(b.ref(t, "crfailoverd/default/counter/counter:latest"))
+	desc, err := remote.Head(b.ref(t, "crfailoverd/default/counter/counter:latest"), testAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +321,7 @@ func TestPull(t *testing.T) {
 		t.Errorf("HEAD :latest = %+v, want %s (%d bytes)", desc, im2.ManifestDigest, len(im2.Manifest))
 	}
 
-	tags, err := remote.List(b.ref(t, "crfailoverd/default/counter/counter").Context())
+	tags, err := remote.List(b.ref(t, "crfailoverd/default/counter/counter").Context(), testAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +329,7 @@ func TestPull(t *testing.T) {
 		t.Errorf("tags %v", tags)
 	}
 	reg, _ := name.NewRegistry(b.host, name.Insecure)
-	repos, err := remote.Catalog(context.Background(), reg)
+	repos, err := remote.Catalog(context.Background(), reg, testAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,12 +410,9 @@ func TestDeterministic(t *testing.T) {
 func TestWriteLayer(t *testing.T) {
 	gz, plain := fixtureBytes(t)
 	dir := t.TempDir()
+	sealSpool := false
 	layer := func(data []byte) (layerResult, error) {
-		p := filepath.Join(dir, "a.tar")
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return writeLayer(context.Background(), p, dir, io.Discard)
+		return writeLayer(context.Background(), bytes.NewReader(data), dir, io.Discard, sealSpool)
 	}
 	fromPlain, err := layer(plain)
 	if err != nil {
@@ -420,7 +425,12 @@ func TestWriteLayer(t *testing.T) {
 	if fromPlain != fromGzip {
 		t.Errorf("plain archive gave %+v, gzip %+v", fromPlain, fromGzip)
 	}
-	if got := dirNames(t, dir); !slices.Equal(got, []string{"a.tar"}) {
+	sealSpool = true // the gzip archive's data spooled encrypted
+	if fromSealedSpool, err := layer(gz); err != nil || fromSealedSpool != fromPlain {
+		t.Errorf("gzip archive through a sealed spool gave %+v, %v; want %+v", fromSealedSpool, err, fromPlain)
+	}
+	sealSpool = false
+	if got := dirNames(t, dir); len(got) != 0 {
 		t.Errorf("spool file left behind: %v", got)
 	}
 
@@ -468,6 +478,9 @@ func get(t *testing.T, method, url string, hdr ...string) (*http.Response, []byt
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	if req.Header.Get("Authorization") == "" {
+		req.SetBasicAuth(testCreds.Username, testCreds.Password)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -611,12 +624,12 @@ func TestConformance(t *testing.T) {
 	}
 
 	// The client sees the registry's error codes.
-	_, err = remote.Image(b.ref(t, "crfailoverd/default/counter/counter:9"))
+	_, err = remote.Image(b.ref(t, "crfailoverd/default/counter/counter:9"), testAuth)
 	var te *transport.Error
 	if !errors.As(err, &te) || te.StatusCode != 404 || len(te.Errors) != 1 || te.Errors[0].Code != transport.ManifestUnknownErrorCode {
 		t.Errorf("pull of an unknown tag: %v", err)
 	}
-	_, err = remote.Image(b.ref(t, "crfailoverd/default/x/counter:1"))
+	_, err = remote.Image(b.ref(t, "crfailoverd/default/x/counter:1"), testAuth)
 	if !errors.As(err, &te) || te.StatusCode != 404 || len(te.Errors) != 1 || te.Errors[0].Code != transport.NameUnknownErrorCode {
 		t.Errorf("pull of an unknown repository: %v", err)
 	}
@@ -662,7 +675,7 @@ func TestLatestSkipsBad(t *testing.T) {
 		t.Fatal(err)
 	}
 	im1, _ := b.srv.Prepare(context.Background(), wl, 1)
-	desc, err := remote.Head(b.ref(t, "crfailoverd/default/counter/counter:latest"))
+	desc, err := remote.Head(b.ref(t, "crfailoverd/default/counter/counter:latest"), testAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -810,7 +823,7 @@ func TestConcurrentPulls(t *testing.T) {
 	errs := make([]error, 8)
 	for i := range digests {
 		wg.Go(func() {
-			img, err := remote.Image(b.ref(t, "crfailoverd/default/counter/counter:latest"))
+			img, err := remote.Image(b.ref(t, "crfailoverd/default/counter/counter:latest"), testAuth)
 			if err == nil {
 				err = verifyImage(t, img)
 			}
@@ -849,7 +862,7 @@ func TestServeListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := remote.Image(r)
+	img, err := remote.Image(r, testAuth)
 	if err == nil {
 		err = verifyImage(t, img)
 	}

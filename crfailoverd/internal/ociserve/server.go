@@ -56,6 +56,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -72,6 +73,14 @@ type Server struct {
 	// architecture crfailoverd runs on, which is that of the node and of
 	// its checkpoints).
 	Architecture string
+	// Credentials are what every request must carry (HTTP basic); a
+	// server without them refuses every request, and Serve and
+	// ServeListener refuse to start.
+	Credentials Credentials
+	// CacheKey seals the cached layers (and the spool of a compressed
+	// archive) at rest; normally the store's data key. nil keeps them in
+	// plaintext, as a store without a data key keeps its archives.
+	CacheKey *seal.Key
 
 	st  *store.Store
 	log *slog.Logger
@@ -105,6 +114,9 @@ func imageKey(w store.Workload, seq uint64) string {
 // loopback address) and serves until ctx is done, then shuts down and
 // returns nil.
 func (s *Server) Serve(ctx context.Context, addr string) error {
+	if !s.Credentials.valid() {
+		return fmt.Errorf("checkpoint image endpoint on %s: refusing to serve without credentials (the endpoint serves process memory)", addr)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("checkpoint image endpoint: listen on %s: %w", addr, err)
@@ -116,6 +128,10 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 // returns nil. It closes ln. While it serves, it prunes the cache every
 // PruneInterval.
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	if !s.Credentials.valid() {
+		ln.Close()
+		return fmt.Errorf("checkpoint image endpoint on %s: refusing to serve without credentials (the endpoint serves process memory)", ln.Addr())
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -373,7 +389,15 @@ func (s *Server) pruneWorkloadLocked(root string, w store.Workload) error {
 		if !ok {
 			continue
 		}
-		if _, in := live[seq]; !in && !slices.Contains(stale, seq) {
+		if slices.Contains(stale, seq) {
+			continue
+		}
+		if _, in := live[seq]; !in {
+			stale = append(stale, seq)
+		} else if _, ok := s.readMeta(dir, seq); !ok && name != seqName(seq, layerExt) {
+			// Of another cache version, or sealed otherwise than this
+			// server keeps layers (a plaintext layer left from before
+			// the data key was set): not served, so not kept.
 			stale = append(stale, seq)
 		}
 	}
