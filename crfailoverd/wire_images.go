@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pullsecret"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
+)
+
+// newImageServer sets up the checkpoint image endpoint of the [images]
+// configuration (listen_addr must be set): the server of st's checkpoints,
+// which serves only with this node's credentials (user "crfailoverd", the
+// secret in <data_dir>/images/secret, made once and kept across restarts)
+// and keeps its layer cache in <data_dir>/images, sealed with key (the
+// store's data key; nil keeps it in plaintext, like the store). It writes
+// the credentials into every images.pull_secret_files file, for the
+// endpoint's hosts as image references name them, and fails naming the
+// file it could not write: without them, the node's pulls of checkpoint
+// images are refused.
+func newImageServer(c config.Config, st *store.Store, key *seal.Key, log *slog.Logger) (*ociserve.Server, error) {
+	dir := filepath.Join(c.Node.DataDir, "images")
+	creds, err := ociserve.NodeCredentials(filepath.Join(dir, "secret"))
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := imageEndpointHosts(c.Images.ListenAddr)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range c.Images.PullSecretFiles {
+		if err := pullsecret.Write(f, hosts, pullsecret.Auth{Username: creds.Username, Password: creds.Password}); err != nil {
+			return nil, fmt.Errorf("images.pull_secret_files: %w", err)
+		}
+		log.Info("image endpoint credentials written", "file", f, "hosts", hosts)
+	}
+	srv := ociserve.NewServer(st, log)
+	srv.CacheDir = dir
+	srv.Credentials = creds
+	srv.CacheKey = key
+	return srv, nil
+}
+
+// imageEndpointHosts returns the registry hosts under which the node's
+// pulls may name the endpoint at listenAddr: localhost and 127.0.0.1 with
+// its port (static pods name localhost:PORT), and the listen address
+// itself unless it is a wildcard.
+func imageEndpointHosts(listenAddr string) ([]string, error) {
+	host, port, err := net.SplitHostPort(listenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("images.listen_addr %q: %w", listenAddr, err)
+	}
+	hosts := []string{net.JoinHostPort("localhost", port), net.JoinHostPort("127.0.0.1", port)}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		if own := net.JoinHostPort(host, port); !slices.Contains(hosts, own) {
+			hosts = append(hosts, own)
+		}
+	}
+	return hosts, nil
+}
