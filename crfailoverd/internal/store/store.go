@@ -7,8 +7,19 @@
 //	<root>/<namespace>_<pod>_<container>/   one directory per workload (0700)
 //	    seq                                 high-water mark: largest sequence number ever assigned
 //	    00000000000000000007.json           metadata sidecar of entry 7 (an Entry as JSON)
-//	    00000000000000000007.tar            archive of entry 7
+//	    00000000000000000007.tar            archive of entry 7 (sealed with the data key, or plaintext)
 //	    .tmp-<random>                       temporary files (archives being written, metadata being replaced)
+//	<root>/.plain/                          decrypted copies handed to the runtime (0700; files 0600)
+//
+// # Encryption at rest
+//
+// A store opened with a data key ([Options].Key) seals every archive it
+// writes (age, see package seal): the sidecar records "sealed": true, while
+// its sha256 and size stay those of the plaintext, which is what Raft
+// records and peers announce. Entries written in plaintext (before the key,
+// or with store.plaintext) stay readable. Every reader goes through
+// [Store.OpenArchive], which decrypts as it reads; the runtime, which needs
+// a file, gets one from [Store.PlaintextFile], removed right after.
 //
 // # Commit protocol
 //
@@ -16,7 +27,11 @@
 // to <seq>.tar is the single commit point. Before it, in order:
 //
 //  1. the archive is complete in a .tmp- file in the workload's directory,
-//     hashed and fsynced;
+//     hashed (its plaintext) and fsynced; with a data key the file is the
+//     sealed archive, written by encrypting the stream (an import) or the
+//     runtime's file (a commit: the runtime's plaintext file is moved into
+//     the workload's directory as a .tmp- file first, sealed into another
+//     .tmp- file, then removed);
 //  2. seq is raised to the entry's sequence number (temp file, fsync,
 //     rename), so the number is never handed out again, whatever happens
 //     to the entry;
@@ -30,7 +45,16 @@
 //
 // A crash can therefore leave only .tmp- files and sidecars without an
 // archive; [Open] removes both (and, defensively, any archive without a
-// sidecar, which this package never produces), then applies retention.
+// sidecar, which this package never produces), empties .plain, then
+// applies retention.
+//
+// # Limits
+//
+// An archive larger than [Limits].MaxArchiveBytes is refused by Commit and
+// Import. Imports (replicas from peers) are also bounded by the replica
+// quotas and by min_free: before anything is written, and again while the
+// stream is read; see [Store.Import]. Sequence numbers are at most [MaxSeq],
+// and a workload whose highest number is MaxSeq gets no next one.
 //
 // A Store assumes it is the only user of its root directory.
 package store
@@ -51,7 +75,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
@@ -101,7 +124,8 @@ type Store struct {
 	mu        sync.Mutex
 	retention int
 	locks     map[string]*sync.Mutex // by workload directory name
-	reserved  map[string]int64       // bytes reserved by imports in progress, by workload directory name
+	replicas  map[string]int64       // bytes of committed replicas, by workload directory name (see recount)
+	pending   map[*reservation]bool  // imports in progress
 }
 
 // crashHook, when set by tests, is called at each step of a write, with the
@@ -139,7 +163,8 @@ func OpenWith(root string, o Options) (*Store, error) {
 	}
 	s := &Store{
 		root: abs, key: o.Key, limits: o.Limits, node: o.Node,
-		retention: retention, locks: map[string]*sync.Mutex{}, reserved: map[string]int64{},
+		retention: retention, locks: map[string]*sync.Mutex{},
+		replicas: map[string]int64{}, pending: map[*reservation]bool{},
 	}
 	if err := s.cleanPlainDir(); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
@@ -158,6 +183,7 @@ func OpenWith(root string, o Options) (*Store, error) {
 		}
 		unlock := s.lock(w)
 		_, err := s.prune(w)
+		s.recount(w)
 		unlock()
 		if err != nil {
 			return nil, fmt.Errorf("store: open: apply retention to %s: %w", w, err)
@@ -204,7 +230,10 @@ func (s *Store) TempPath(w Workload) (string, error) {
 // is on another file system). The store computes sha256 and size (if
 // meta.SHA256 is set it must match), fsyncs the archive, assigns the next
 // Seq, makes the entry visible atomically and applies retention; meta
-// supplies Created (default now), Method, Duration and Source.
+// supplies Created (default now), Method, Duration and Source. With a data
+// key the archive is sealed and tmp (the runtime's plaintext) removed. An
+// archive over max_archive_bytes is refused; the replica quotas and
+// min_free do not apply to local checkpoints.
 //
 // On error nothing new is visible, older entries are intact and tmp is
 // removed (unless it is a file of the store other than a temporary one,
@@ -230,7 +259,7 @@ func (s *Store) Commit(w Workload, tmp string, meta Entry) (_ Entry, err error) 
 	if err != nil {
 		return Entry{}, err
 	}
-	staged, sum, size, err := stage(dir, tmp)
+	staged, sum, size, err := s.stage(dir, tmp, w)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -239,6 +268,7 @@ func (s *Store) Commit(w Workload, tmp string, meta Entry) (_ Entry, err error) 
 		return Entry{}, err
 	}
 	e := newEntry(w, 0, sum, size, meta)
+	e.Sealed = s.key != nil
 	unlock := s.lock(w)
 	defer unlock()
 	return s.install(dir, staged, e)
@@ -252,15 +282,39 @@ func (s *Store) Commit(w Workload, tmp string, meta Entry) (_ Entry, err error) 
 // already has it with the same sha256, Import returns the existing entry
 // (without reading r when meta.SHA256 is given); with a different sha256
 // it fails. An imported entry that retention would delete at once is
-// rejected with ErrPruned.
+// rejected with ErrPruned. meta.Seq above MaxSeq is refused (ErrSeq).
+//
+// meta.Size, if not 0, is the size the sender announced: the stream must
+// have exactly that many bytes (a longer one is cut after one byte more).
+// The import is refused with a *QuotaError (ErrQuota), before anything is
+// written when the announced size already exceeds a limit, else as soon as
+// the bytes read do: max_archive_bytes; workload_quota (the workload's
+// replicas, entries whose Source is another node or whose Method is
+// "replica", plus the imports of it in progress); node_quota (all replicas
+// plus all imports in progress); min_free (the file system's free space,
+// less what imports in progress will still write, checked at the start and
+// every 16 MiB). Imports in progress hold their announced size (or what
+// they have read) so that two of them cannot both pass a limit only one
+// fits. Every import counts against the quotas while it runs, whatever its
+// Source.
 //
 // On error nothing new is visible and older entries are intact.
 func (s *Store) Import(ctx context.Context, w Workload, r io.Reader, meta Entry) (_ Entry, err error) {
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("store: import %s: %w", w, err)
+			if meta.Seq != 0 {
+				err = fmt.Errorf("store: import %s seq %d: %w", w, meta.Seq, err)
+			} else {
+				err = fmt.Errorf("store: import %s: %w", w, err)
+			}
 		}
 	}()
+	if meta.Seq > MaxSeq {
+		return Entry{}, fmt.Errorf("seq %d is above the largest the store accepts, %d: %w", meta.Seq, uint64(MaxSeq), ErrSeq)
+	}
+	if meta.Size < 0 {
+		return Entry{}, fmt.Errorf("announced size %d is negative", meta.Size)
+	}
 	dir, err := s.ensureDir(w)
 	if err != nil {
 		return Entry{}, err
@@ -273,7 +327,13 @@ func (s *Store) Import(ctx context.Context, w Workload, r io.Reader, meta Entry)
 			return e, err
 		}
 	}
-	tmp, sum, size, err := writeTemp(ctx, dir, r)
+	res, err := s.reserve(w, meta.Seq, meta.Size)
+	if err != nil {
+		return Entry{}, err
+	}
+	defer res.release()
+	lr := &limitReader{r: ctxReader{ctx, r}, res: res, announced: meta.Size}
+	tmp, sum, size, err := s.writeTemp(dir, lr)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -284,6 +344,9 @@ func (s *Store) Import(ctx context.Context, w Workload, r io.Reader, meta Entry)
 			os.Remove(tmp)
 		}
 	}()
+	if meta.Size > 0 && size != meta.Size {
+		return Entry{}, fmt.Errorf("the stream ended after %d bytes, %d were announced", size, meta.Size)
+	}
 	if err := checkDigest(meta.SHA256, sum); err != nil {
 		return Entry{}, err
 	}
@@ -297,7 +360,9 @@ func (s *Store) Import(ctx context.Context, w Workload, r io.Reader, meta Entry)
 			return e, err
 		}
 	}
-	e, err := s.install(dir, tmp, newEntry(w, meta.Seq, sum, size, meta))
+	e := newEntry(w, meta.Seq, sum, size, meta)
+	e.Sealed = s.key != nil
+	e, err = s.install(dir, tmp, e)
 	committed = err == nil
 	return e, err
 }
@@ -450,6 +515,7 @@ func (s *Store) Remove(w Workload) (err error) {
 			return err
 		}
 	}
+	s.recount(w)
 	return syncDir(dir)
 }
 
@@ -476,7 +542,13 @@ func (s *Store) install(dir, tmp string, e Entry) (_ Entry, err error) {
 		return Entry{}, err
 	}
 	if e.Seq == 0 {
-		e.Seq = max(hwm, lastOf(tars), lastOf(jsons)) + 1
+		last := max(hwm, lastOf(tars), lastOf(jsons))
+		if last >= MaxSeq {
+			return Entry{}, fmt.Errorf("no next sequence number: the workload's highest is %d, the largest the store assigns is %d: %w", last, uint64(MaxSeq), ErrSeq)
+		}
+		e.Seq = last + 1
+	} else if e.Seq > MaxSeq {
+		return Entry{}, fmt.Errorf("seq %d is above the largest the store accepts, %d: %w", e.Seq, uint64(MaxSeq), ErrSeq)
 	} else if slices.Contains(tars, e.Seq) || slices.Contains(jsons, e.Seq) {
 		return Entry{}, fmt.Errorf("seq %d already exists", e.Seq)
 	}
@@ -509,6 +581,7 @@ func (s *Store) install(dir, tmp string, e Entry) (_ Entry, err error) {
 	// Retention failures leave extra entries behind, which the next Commit,
 	// Import or Open deletes; the new entry is committed regardless.
 	pruned, _ := s.prune(e.Workload)
+	s.recount(e.Workload)
 	if slices.Contains(pruned, e.Seq) {
 		return Entry{}, fmt.Errorf("seq %d: %w", e.Seq, ErrPruned)
 	}
@@ -693,70 +766,6 @@ func checkDigest(want, got string) error {
 		return fmt.Errorf("sha256 mismatch: expected %s, got %s", want, got)
 	}
 	return nil
-}
-
-// stage brings the archive at src into dir as a temporary file (a rename,
-// or a copy across file systems), then hashes and fsyncs it.
-func stage(dir, src string) (path, sum string, size int64, err error) {
-	if filepath.Dir(src) == dir && strings.HasPrefix(filepath.Base(src), tmpPrefix) {
-		sum, size, err = hashFile(src, true)
-		return src, sum, size, err
-	}
-	path = tempName(dir)
-	err = os.Rename(src, path)
-	if errors.Is(err, syscall.EXDEV) {
-		return copyIn(dir, src)
-	} else if err != nil {
-		return "", "", 0, fmt.Errorf("move archive into store: %w", err)
-	}
-	sum, size, err = hashFile(path, true)
-	return path, sum, size, err
-}
-
-// copyIn copies src into a temporary file in dir, then removes src.
-func copyIn(dir, src string) (path, sum string, size int64, err error) {
-	f, err := os.Open(src)
-	if err != nil {
-		return "", "", 0, fmt.Errorf("copy archive into store: %w", err)
-	}
-	defer f.Close()
-	path, sum, size, err = writeTemp(context.Background(), dir, f)
-	if err != nil {
-		return "", "", 0, fmt.Errorf("copy archive into store: %w", err)
-	}
-	os.Remove(src)
-	return path, sum, size, nil
-}
-
-// writeTemp streams r into a new temporary file in dir, hashing it, and
-// fsyncs it. On error the file is removed.
-func writeTemp(ctx context.Context, dir string, r io.Reader) (path, sum string, size int64, err error) {
-	f, err := createTemp(dir)
-	if err != nil {
-		return "", "", 0, err
-	}
-	path = f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	h := sha256.New()
-	size, err = io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, r}, make([]byte, 1<<20))
-	var pe *fs.PathError
-	if errors.As(err, &pe) && pe.Path == path {
-		return "", "", 0, fmt.Errorf("write archive %s: %w", path, pe.Err)
-	} else if err != nil {
-		return "", "", 0, fmt.Errorf("stream archive into %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return "", "", 0, fmt.Errorf("fsync archive %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", "", 0, fmt.Errorf("close archive %s: %w", path, err)
-	}
-	return path, hex.EncodeToString(h.Sum(nil)), size, nil
 }
 
 // ctxReader fails reads once ctx is done.

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 var testWL = Workload{Namespace: "default", Pod: "counter-0", Container: "app"}
@@ -31,6 +33,54 @@ func openStore(t *testing.T, root string, k int) *Store {
 		t.Fatalf("Open(%s, %d): %v", root, k, err)
 	}
 	return s
+}
+
+func openWith(t *testing.T, root string, o Options) *Store {
+	t.Helper()
+	s, err := OpenWith(root, o)
+	if err != nil {
+		t.Fatalf("OpenWith(%s): %v", root, err)
+	}
+	return s
+}
+
+type testMode struct {
+	name string
+	key  *seal.Key
+}
+
+// testModes are the store's two ways of keeping archives: plaintext, and
+// sealed with a fresh data key.
+func testModes(t testing.TB) []testMode {
+	return []testMode{{"plaintext", nil}, {"sealed", newKey(t)}}
+}
+
+func newKey(t testing.TB) *seal.Key {
+	t.Helper()
+	id, err := seal.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := seal.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// readArchive returns e's plaintext, read through OpenArchive.
+func readArchive(t testing.TB, s *Store, e Entry) []byte {
+	t.Helper()
+	a, err := s.OpenArchive(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := io.ReadAll(a)
+	if err != nil {
+		t.Fatalf("read archive of %s seq %d: %v", e.Workload, e.Seq, err)
+	}
+	return b
 }
 
 func sum(b []byte) string {
@@ -539,11 +589,12 @@ func copyTree(t *testing.T, src, dst string) {
 // snapshot and checks it is consistent: older entries intact, the new entry
 // either fully there or absent, no leftovers, and the next sequence number
 // not reused.
+type state struct {
+	seqs []uint64
+	next uint64 // sequence number the next Commit gets
+}
+
 func TestCrashAtEachStep(t *testing.T) {
-	type state struct {
-		seqs []uint64
-		next uint64 // sequence number the next Commit gets
-	}
 	before, after := state{[]uint64{2, 1}, 3}, state{[]uint64{3, 2}, 4}
 	burnt := state{[]uint64{2, 1}, 4} // number recorded, entry not visible
 	newData := []byte("the new checkpoint")
@@ -587,54 +638,62 @@ func TestCrashAtEachStep(t *testing.T) {
 			want: map[string]state{"markbad-temp": before},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			root := filepath.Join(t.TempDir(), "store")
-			s := openStore(t, root, 2)
-			commitBytes(t, s, testWL, []byte("one"))
-			commitBytes(t, s, testWL, []byte("two"))
+	for _, mode := range testModes(t) {
+		for _, tt := range tests {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				crashSteps(t, mode.key, tt.do, tt.want, newData)
+			})
+		}
+	}
+}
 
-			snaps := t.TempDir()
-			var steps []string
-			crashHook = func(step string) {
-				steps = append(steps, step)
-				copyTree(t, root, filepath.Join(snaps, step))
+// crashSteps runs do on a store with two entries, snapshotting it at every
+// crash point, and checks each snapshot as TestCrashAtEachStep describes.
+func crashSteps(t *testing.T, key *seal.Key, do func(*testing.T, *Store) error, want map[string]state, newData []byte) {
+	root := filepath.Join(t.TempDir(), "store")
+	s := openWith(t, root, Options{Retention: 2, Key: key})
+	commitBytes(t, s, testWL, []byte("one"))
+	commitBytes(t, s, testWL, []byte("two"))
+
+	snaps := t.TempDir()
+	var steps []string
+	crashHook = func(step string) {
+		steps = append(steps, step)
+		copyTree(t, root, filepath.Join(snaps, step))
+	}
+	err := do(t, s)
+	crashHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	for step := range want {
+		if !slices.Contains(steps, step) {
+			t.Errorf("step %q never reached; steps: %v", step, steps)
+		}
+	}
+	for _, step := range steps {
+		want, ok := want[step]
+		if !ok {
+			t.Errorf("step %q not covered by the test table", step)
+			continue
+		}
+		t.Run(step, func(t *testing.T) {
+			snap := filepath.Join(snaps, step)
+			s := openWith(t, snap, Options{Retention: 2, Key: key})
+			checkConsistent(t, s, snap)
+			if got := seqsOf(t, s, testWL); !slices.Equal(got, want.seqs) {
+				t.Errorf("entries = %v, want %v", got, want.seqs)
 			}
-			err := tt.do(t, s)
-			crashHook = nil
-			if err != nil {
-				t.Fatal(err)
+			if e, err := s.Get(testWL, 2); err != nil || e.Bad {
+				t.Errorf("entry 2 = %+v, %v; want intact and not bad", e, err)
 			}
-			for step := range tt.want {
-				if !slices.Contains(steps, step) {
-					t.Errorf("step %q never reached; steps: %v", step, steps)
+			if e, err := s.Get(testWL, 3); err == nil {
+				if b := readArchive(t, s, e); !bytes.Equal(b, newData) || e.Method != "cri" || e.Sealed != (key != nil) {
+					t.Errorf("entry 3 visible but wrong: %+v", e)
 				}
 			}
-			for _, step := range steps {
-				want, ok := tt.want[step]
-				if !ok {
-					t.Errorf("step %q not covered by the test table", step)
-					continue
-				}
-				t.Run(step, func(t *testing.T) {
-					snap := filepath.Join(snaps, step)
-					s := openStore(t, snap, 2)
-					checkConsistent(t, s, snap)
-					if got := seqsOf(t, s, testWL); !slices.Equal(got, want.seqs) {
-						t.Errorf("entries = %v, want %v", got, want.seqs)
-					}
-					if e, err := s.Get(testWL, 2); err != nil || e.Bad {
-						t.Errorf("entry 2 = %+v, %v; want intact and not bad", e, err)
-					}
-					if e, err := s.Get(testWL, 3); err == nil {
-						if b, _ := os.ReadFile(e.Path); !bytes.Equal(b, newData) || e.Method != "cri" {
-							t.Errorf("entry 3 visible but wrong: %+v", e)
-						}
-					}
-					if e := commitBytes(t, s, testWL, []byte("next")); e.Seq != want.next {
-						t.Errorf("next Commit got seq %d, want %d", e.Seq, want.next)
-					}
-				})
+			if e := commitBytes(t, s, testWL, []byte("next")); e.Seq != want.next {
+				t.Errorf("next Commit got seq %d, want %d", e.Seq, want.next)
 			}
 		})
 	}
