@@ -157,7 +157,7 @@ func (h header) entry() (store.Workload, store.Entry, error) {
 		return w, store.Entry{}, invalid("header: sha256 %q is not 64 hex digits", h.SHA256)
 	}
 	return w, store.Entry{
-		Seq: h.Seq, SHA256: h.SHA256, Created: h.Created,
+		Seq: h.Seq, SHA256: h.SHA256, Size: h.Size, Created: h.Created,
 		Method: h.Method, Source: h.Source, Duration: h.Duration,
 	}, nil
 }

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -182,11 +183,36 @@ func openStore(t *testing.T) (*store.Store, string) {
 	return st, root
 }
 
-// addEntry imports size random bytes into st as a new entry of workload w.
+// tarOf returns a valid archive of about size bytes (at least 2 KiB): a
+// checkpoint/ directory and one file of random data.
+func tarOf(t *testing.T, size int) []byte {
+	t.Helper()
+	data := make([]byte, max(size-4*512, 1))
+	rand.Read(data)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "checkpoint/", Typeflag: tar.TypeDir, Mode: 0o700},
+		{Name: "checkpoint/pages-1.img", Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(data))},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// addEntry imports a valid archive of about size bytes (tarOf) into st as
+// a new entry of workload w.
 func addEntry(t *testing.T, st *store.Store, w string, size int) store.Entry {
 	t.Helper()
-	data := make([]byte, size)
-	rand.Read(data)
+	data := tarOf(t, size)
 	e, err := st.Import(context.Background(), mustWorkload(t, w), bytes.NewReader(data), store.Entry{Method: "cri", Source: "origin", Duration: 1500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package peer
 import (
 	"context"
 	"net"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
 // Network is the network a Mux listens on and a node dials its peers
@@ -30,7 +32,8 @@ func (hostNetwork) DialContext(ctx context.Context, network, addr string) (net.C
 type Option func(*options)
 
 type options struct {
-	network Network // nil: the host's
+	network  Network       // nil: the host's
+	archives ArchiveOpener // nil: plaintext entries only, by path
 }
 
 func buildOptions(opts []Option) options {
@@ -46,4 +49,18 @@ func buildOptions(opts []Option) options {
 // host's network, as without the option.
 func WithNetwork(n Network) Option {
 	return func(o *options) { o.network = n }
+}
+
+// ArchiveOpener opens the plaintext of a stored entry's archive
+// (*store.Store: decrypting a sealed one as it reads).
+type ArchiveOpener interface {
+	OpenArchive(e store.Entry) (*store.Archive, error)
+}
+
+// WithArchives makes the client that Dial returns read the archives it
+// pushes through o, the node's store, so that sealed archives are sent as
+// their plaintext. Without it, a client pushes only entries kept in
+// plaintext. Listen ignores it.
+func WithArchives(o ArchiveOpener) Option {
+	return func(opts *options) { opts.archives = o }
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -111,6 +112,9 @@ type Handlers struct {
 	// StreamIdle is how long a push may send nothing before the stream is
 	// abandoned (its temporary file removed); 0: DefaultStreamIdle.
 	StreamIdle time.Duration
+	// MaxPushesPerPeer bounds the pushes one calling node may have in
+	// progress (0: DefaultMaxPushesPerPeer).
+	MaxPushesPerPeer int
 }
 
 // DefaultStreamIdle is how long a push may stall: a peer that sends a
@@ -120,7 +124,10 @@ type Handlers struct {
 const DefaultStreamIdle = 30 * time.Second
 
 // server implements peerService.
-type server struct{ h Handlers }
+type server struct {
+	h      Handlers
+	pushes pushSlots
+}
 
 // NewServer returns a gRPC server for the Peer service, to Serve on
 // Mux.GRPCListener. It logs failed calls (keys method, peer, code, err)
@@ -133,9 +140,13 @@ func newServer(h Handlers, opts ...grpc.ServerOption) *grpc.Server {
 	if h.Log == nil {
 		h.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{h: h}
+	if h.MaxPushesPerPeer <= 0 {
+		h.MaxPushesPerPeer = DefaultMaxPushesPerPeer
+	}
+	s := &server{h: h, pushes: pushSlots{max: h.MaxPushesPerPeer, n: map[string]int{}}}
 	g := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(muxCreds{}),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}, opts...)...)
@@ -198,7 +209,9 @@ func toStatus(err error) *status.Status {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case isBadRequest(err):
+	case errors.Is(err, archive.ErrTooLarge), errors.Is(err, store.ErrQuota):
+		code = codes.ResourceExhausted
+	case isBadRequest(err), errors.As(err, new(*archive.MemberError)), errors.Is(err, store.ErrSeq):
 		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
@@ -226,9 +239,11 @@ func PeerName(ctx context.Context) string {
 	return ""
 }
 
-// push receives an archive into the store. The store verifies the digest,
-// fsyncs and renames before the reply is sent; on any error nothing new is
-// visible.
+// push receives an archive into the store. The header's size is checked
+// against the store's max_archive_bytes before any chunk is read; the
+// archive is walked (archive.Walker) while it streams, and the store
+// verifies the digest, fsyncs and renames only after the walk has accepted
+// it, before the reply is sent. On any error nothing new is visible.
 func (s *server) push(ss grpc.ServerStream) error {
 	if s.h.Store == nil {
 		return status.Error(codes.Unimplemented, "push: this node has no store")
@@ -245,10 +260,22 @@ func (s *server) push(ss grpc.ServerStream) error {
 	if err != nil {
 		return fmt.Errorf("push %s seq %d: %w", h.Workload, h.Seq, err)
 	}
-	if c := Caller(ss.Context()); c != "" {
+	caller := Caller(ss.Context())
+	if caller != "" {
 		// The checkpoint's source is the authenticated caller, whatever the
 		// header says.
-		meta.Source = c
+		meta.Source = caller
+	} else {
+		caller = PeerName(ss.Context())
+	}
+	from := fmt.Sprintf("push %s seq %d from %s", w, h.Seq, caller)
+	limit := maxArchiveBytes(s.h.Store)
+	if err := checkAnnounced(h, limit); err != nil {
+		return fmt.Errorf("%s: %w", from, err)
+	}
+	release, err := s.pushes.acquire(caller)
+	if err != nil {
+		return fmt.Errorf("%s: %w", from, err)
 	}
 	r := &chunkReader{stream: ss, size: h.Size}
 	r.touch()
@@ -258,7 +285,12 @@ func (s *server) push(ss grpc.ServerStream) error {
 	}
 	done := make(chan result, 1)
 	go func() {
-		e, err := s.h.Store.Import(ss.Context(), w, r, meta)
+		// The slot is the import's: it may outlive the handler by a
+		// receive when the stream is abandoned.
+		defer release()
+		walked := newWalkingReader(r, archive.Options{Context: ss.Context(), MaxTotalBytes: limit})
+		defer walked.Close()
+		e, err := s.h.Store.Import(ss.Context(), w, walked, meta)
 		done <- result{e, err}
 	}()
 	idle := s.h.StreamIdle
@@ -271,15 +303,15 @@ func (s *server) push(ss grpc.ServerStream) error {
 		select {
 		case res := <-done:
 			if res.err != nil {
-				return fmt.Errorf("push %s seq %d from %s: %w", w, h.Seq, PeerName(ss.Context()), res.err)
+				return fmt.Errorf("%s: %w", from, res.err)
 			}
 			return ss.SendMsg(&pushReply{Seq: res.e.Seq, SHA256: res.e.SHA256, Size: res.e.Size})
 		case <-tick.C:
 			if quiet := r.quiet(); quiet >= idle {
 				// Returning ends the stream: the import's next receive
 				// fails, and the store removes its temporary file.
-				return status.Errorf(codes.DeadlineExceeded, "push %s seq %d from %s: no data for %s after %d of %d bytes: stream abandoned",
-					w, h.Seq, PeerName(ss.Context()), quiet.Round(time.Millisecond), r.got(), h.Size)
+				return status.Errorf(codes.DeadlineExceeded, "%s: no data for %s after %d of %d bytes: stream abandoned",
+					from, quiet.Round(time.Millisecond), r.got(), h.Size)
 			}
 		}
 	}
@@ -304,7 +336,7 @@ func (s *server) fetch(ss grpc.ServerStream) error {
 	if err != nil {
 		return fmt.Errorf("fetch %s seq %d: %w", w, req.Seq, err)
 	}
-	f, err := os.Open(e.Path)
+	f, err := s.h.Store.OpenArchive(e)
 	if errors.Is(err, fs.ErrNotExist) { // deleted by retention since lookup
 		return fmt.Errorf("fetch %s seq %d: %w", w, e.Seq, store.ErrNotFound)
 	} else if err != nil {
@@ -386,14 +418,14 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		received := r.received.Load()
 		if errors.Is(err, io.EOF) {
 			if received < r.size {
-				return 0, invalid("stream ended after %d of %d bytes", received, r.size)
+				return 0, badRequest{fmt.Errorf("truncated: stream ended after %d of the %d bytes announced: %w", received, r.size, io.ErrUnexpectedEOF)}
 			}
 			return 0, io.EOF
 		} else if err != nil {
 			return 0, fmt.Errorf("receive chunk after %d of %d bytes: %w", received, r.size, err)
 		}
 		if int64(len(r.buf.Data)) > r.size-received {
-			return 0, invalid("stream carries more than the announced %d bytes", r.size)
+			return 0, invalid("stream carries more than the announced %d bytes: %d bytes with this chunk: cut off", r.size, received+int64(len(r.buf.Data)))
 		}
 		r.received.Add(int64(len(r.buf.Data)))
 		r.touch()
@@ -431,8 +463,9 @@ func sendChunks(s interface{ SendMsg(any) error }, r io.Reader, progress func(in
 // Client calls the Peer service of one peer. It connects on first use,
 // reconnects as needed and is safe for concurrent use.
 type Client struct {
-	name string
-	conn *grpc.ClientConn
+	name     string
+	conn     *grpc.ClientConn
+	archives ArchiveOpener // nil: plaintext entries only
 }
 
 // RemoteError is an error the peer's handler returned (as opposed to a
@@ -456,7 +489,8 @@ func Dial(nodeName, addr string, t *TLS, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(t.ClientConfig(nodeName, alpnGRPC))),
 		grpc.WithDefaultCallOptions(grpc.CallContentSubtype(codecName)),
 	}
-	if nw := buildOptions(opts).network; nw != nil {
+	o := buildOptions(opts)
+	if nw := o.network; nw != nil {
 		dopts = append(dopts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return nw.DialContext(ctx, "tcp", addr)
 		}))
@@ -465,7 +499,7 @@ func Dial(nodeName, addr string, t *TLS, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer: dial %s at %s: %w", nodeName, addr, err)
 	}
-	return &Client{name: nodeName, conn: conn}, nil
+	return &Client{name: nodeName, conn: conn, archives: o.archives}, nil
 }
 
 // Name returns the peer's node name.
@@ -477,8 +511,11 @@ func (c *Client) Close() error { return c.conn.Close() }
 // Push sends the archive of e to the peer, which stores it under e's
 // workload and sequence number once its sha256 checks out. progress (if
 // not nil) is called with the bytes sent so far after each chunk.
+//
+// The archive is read through the store given to Dial (WithArchives), as
+// its plaintext; without one only an entry kept in plaintext can be sent.
 func (c *Client) Push(ctx context.Context, e store.Entry, progress func(sent int64)) error {
-	f, err := os.Open(e.Path)
+	f, err := c.openArchive(e)
 	if err != nil {
 		return fmt.Errorf("peer %s: push %s seq %d: %w", c.name, e.Workload, e.Seq, err)
 	}
@@ -487,6 +524,17 @@ func (c *Client) Push(ctx context.Context, e store.Entry, progress func(sent int
 		return fmt.Errorf("peer %s: push %s seq %d: %w", c.name, e.Workload, e.Seq, err)
 	}
 	return nil
+}
+
+// openArchive opens the plaintext of e's archive for sending.
+func (c *Client) openArchive(e store.Entry) (io.ReadCloser, error) {
+	if c.archives != nil {
+		return c.archives.OpenArchive(e)
+	}
+	if e.Sealed {
+		return nil, errors.New("the archive is sealed and this client has no store to decrypt it with (peer.WithArchives)")
+	}
+	return os.Open(e.Path)
 }
 
 // push sends h and then h.Size bytes of r.
@@ -604,5 +652,13 @@ func (c *Client) fetch(ctx context.Context, st *store.Store, w store.Workload, s
 	if hw != w || (seq != 0 && h.Seq != seq) {
 		return store.Entry{}, fmt.Errorf("peer sent %s seq %d", hw, h.Seq)
 	}
-	return st.Import(ctx, w, &chunkReader{stream: stream, size: h.Size}, meta)
+	limit := maxArchiveBytes(st)
+	if err := checkAnnounced(h, limit); err != nil {
+		return store.Entry{}, err
+	}
+	// Walked as it streams, as a push is: nothing is committed before the
+	// walk has accepted the whole archive.
+	walked := newWalkingReader(&chunkReader{stream: stream, size: h.Size}, archive.Options{Context: ctx, MaxTotalBytes: limit})
+	defer walked.Close()
+	return st.Import(ctx, w, walked, meta)
 }

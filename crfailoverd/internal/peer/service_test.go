@@ -1,7 +1,6 @@
 package peer
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -87,7 +86,7 @@ func TestPushRefused(t *testing.T) {
 	c := b.client(t, a)
 	w := mustWorkload(t, "ns/pod/ctr")
 
-	data := bytes.Repeat([]byte("checkpoint "), 100_000)
+	data := tarOf(t, 1_100_000)
 	sum := sha256.Sum256(data)
 	other := sha256.Sum256([]byte("something else"))
 	hdr := func(digest [32]byte, size int) *header {
@@ -289,7 +288,7 @@ func TestStalledPushIsAbandoned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.SendMsg(&header{Workload: w.String(), Seq: 3, SHA256: hex.EncodeToString(sum[:]), Size: 1 << 40, Created: time.Now()}); err != nil {
+	if err := stream.SendMsg(&header{Workload: w.String(), Seq: 3, SHA256: hex.EncodeToString(sum[:]), Size: 1 << 30, Created: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := stream.SendMsg(&chunk{[]byte("a little")}); err != nil {
@@ -297,7 +296,7 @@ func TestStalledPushIsAbandoned(t *testing.T) {
 	}
 	start := time.Now()
 	err = recvTimeout(t, done, "the server to end the stalled push")
-	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "no data for") || !strings.Contains(st.Message(), "after 8 of 1099511627776 bytes") {
+	if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "no data for") || !strings.Contains(st.Message(), "after 8 of 1073741824 bytes") {
 		t.Fatalf("server ended the push with %v", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
