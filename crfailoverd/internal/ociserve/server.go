@@ -409,7 +409,7 @@ func (s *Server) pruneWorkloadLocked(root string, w store.Workload) error {
 	}
 	s.mu.Lock()
 	for k, im := range s.memo {
-		if sha, in := live[im.Seq]; im.Workload == w && (!in || !strings.EqualFold(sha, im.ArchiveSHA256)) {
+		if sha, in := live[im.Seq]; im.Workload == w && (!in || !strings.EqualFold(sha, im.ArchiveSHA256) || slices.Contains(stale, im.Seq)) {
 			delete(s.memo, k)
 		}
 	}
