@@ -26,7 +26,28 @@ const plainDir = ".plain"
 // *io.SectionReader over the plaintext. Close it when done.
 type Archive struct {
 	*io.SectionReader
-	f *os.File
+	f    *os.File
+	name string // "W seq N", for errors
+}
+
+// Read reads plaintext; an error (such as a chunk that fails
+// authentication) names the entry.
+func (a *Archive) Read(p []byte) (int, error) {
+	n, err := a.SectionReader.Read(p)
+	return n, a.wrap(err)
+}
+
+// ReadAt reads plaintext at off; errors name the entry.
+func (a *Archive) ReadAt(p []byte, off int64) (int, error) {
+	n, err := a.SectionReader.ReadAt(p, off)
+	return n, a.wrap(err)
+}
+
+func (a *Archive) wrap(err error) error {
+	if err == nil || errors.Is(err, io.EOF) {
+		return err // io.EOF unwrapped, as readers must return it
+	}
+	return fmt.Errorf("read archive of %s (%s): %w", a.name, a.f.Name(), err)
 }
 
 // Close closes the archive's file.
@@ -68,7 +89,7 @@ func (s *Store) OpenArchive(e Entry) (_ *Archive, err error) {
 	case !e.Sealed:
 		// Written in plaintext (before encryption, or with
 		// store.plaintext): read as is, whatever its first bytes are.
-		return &Archive{SectionReader: io.NewSectionReader(f, 0, fi.Size()), f: f}, nil
+		return &Archive{SectionReader: io.NewSectionReader(f, 0, fi.Size()), f: f, name: fmt.Sprintf("%s seq %d", e.Workload, e.Seq)}, nil
 	case s.key == nil:
 		return nil, errors.New("the archive is sealed, but this store has no data key (store.plaintext is set, or store.data_key_file is empty)")
 	}
@@ -76,7 +97,7 @@ func (s *Store) OpenArchive(e Entry) (_ *Archive, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Archive{SectionReader: sr, f: f}, nil
+	return &Archive{SectionReader: sr, f: f, name: fmt.Sprintf("%s seq %d", e.Workload, e.Seq)}, nil
 }
 
 // PlaintextFile decrypts e's archive into a new 0600 file in a 0700
