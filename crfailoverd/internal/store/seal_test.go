@@ -309,4 +309,3 @@ func assertEmptyDir(t *testing.T, dir string) {
 		t.Errorf("left in %s: %s", dir, de.Name())
 	}
 }
-
