@@ -62,7 +62,7 @@ func (a *Agent) restorePod(ctx context.Context, sb *runtimeapi.PodSandboxConfig,
 		return "", "", err
 	}
 	defer os.RemoveAll(scratch)
-	if err := untar(archivePath, scratch); err != nil {
+	if err := untar(ctx, archivePath, scratch); err != nil {
 		return "", "", fmt.Errorf("unpack pod checkpoint %s: %w", archivePath, err)
 	}
 	sbID, ids, err := a.rt.RestorePod(ctx, scratch, sb, []*runtimeapi.ContainerConfig{ctr})
@@ -125,15 +125,18 @@ func tarDir(dir, dst string) error {
 }
 
 // untar unpacks a tar made by tarDir into dir. The tar is untrusted input,
-// read with archive.Walk: only regular files and directories with relative,
-// unique names without ".." are unpacked, and anything else fails.
-func untar(archivePath, dir string) error {
+// read with an archive.Walker under the default limits (store.max_member_bytes,
+// store.max_archive_bytes) and ctx: only regular files and directories with
+// relative, unique names without ".." are unpacked, no more than the limits
+// allow, and anything else fails (what was unpacked stays in dir, which the
+// caller removes).
+func untar(ctx context.Context, archivePath, dir string) error {
 	f, err := os.Open(archivePath)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return archive.Walk(f, func(m *archive.Member) error {
+	return archive.WalkWith(f, archive.Options{Context: ctx}, func(m *archive.Member) error {
 		p := filepath.Join(dir, filepath.FromSlash(m.Name))
 		if m.Dir {
 			return os.MkdirAll(p, 0o700)
