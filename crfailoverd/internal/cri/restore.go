@@ -117,7 +117,9 @@ type restoreMetadata struct {
 var errStop = errors.New("stop")
 
 // readRestoreMetadata reads config.dump and spec.dump from the archive,
-// through the archive package's checks, and stops reading once it has
+// through the archive package's checks and under its default limits
+// (store.max_member_bytes, store.max_archive_bytes: a header announcing
+// more is refused before its data is read), and stops reading once it has
 // both (the memory images are not read).
 func readRestoreMetadata(path string) (restoreMetadata, error) {
 	var md restoreMetadata
@@ -127,12 +129,13 @@ func readRestoreMetadata(path string) (restoreMetadata, error) {
 	}
 	defer f.Close()
 	var cfg, spec bool
-	err = archive.Walk(f, func(m *archive.Member) error {
+	err = archive.WalkWith(f, archive.Options{}, func(m *archive.Member) error {
 		if m.Dir || (m.Name != metadata.ConfigDumpFile && m.Name != metadata.SpecDumpFile) {
 			return nil
 		}
 		if m.Size > archive.MaxMetadataSize {
-			return fmt.Errorf("%s: too large (%d bytes)", m.Name, m.Size)
+			return &archive.MemberError{Name: m.Header.Name, Err: archive.ErrTooLarge, Size: m.Size, Limit: archive.MaxMetadataSize,
+				Detail: fmt.Sprintf("%d bytes, above the limit of %d bytes for a metadata file read into memory", m.Size, archive.MaxMetadataSize)}
 		}
 		dec := json.NewDecoder(m)
 		if m.Name == metadata.ConfigDumpFile {
