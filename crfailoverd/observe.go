@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -16,8 +17,15 @@ import (
 // observer turns the agent's reports into metrics records. Reading the
 // CRIU statistics out of an archive happens off the checkpoint loop.
 type observer struct {
-	rec  *metrics.Recorder
-	node string
+	rec      *metrics.Recorder
+	node     string
+	archives archiveOpener // nil: no CRIU statistics in the records
+}
+
+// archiveOpener opens a stored archive's plaintext (the store: archives
+// may be sealed, so never read e.Path directly).
+type archiveOpener interface {
+	OpenArchive(e store.Entry) (*store.Archive, error)
 }
 
 func (o observer) Checkpointed(w discovery.Workload, e store.Entry, method string, start time.Time, took time.Duration, err error) {
@@ -30,11 +38,27 @@ func (o observer) Checkpointed(w discovery.Workload, e store.Entry, method strin
 	}
 	r.Duration = e.Duration // the kubelet or CRI call alone
 	go func() {
-		if s, serr := archive.ReadStats(e.Path); serr == nil {
-			r.Stats = s
-		}
+		r.Stats = o.stats(e)
 		o.rec.Checkpoint(r)
 	}()
+}
+
+// stats reads the CRIU statistics of e's archive, nil if they cannot be
+// read (the record goes out without them).
+func (o observer) stats(e store.Entry) *archive.DumpStats {
+	if o.archives == nil {
+		return nil
+	}
+	a, err := o.archives.OpenArchive(e)
+	if err != nil {
+		return nil
+	}
+	defer a.Close()
+	s, err := archive.ReadStatsFrom(a, fmt.Sprintf("%s seq %d", e.Workload, e.Seq), archive.Options{})
+	if err != nil {
+		return nil
+	}
+	return s
 }
 
 func (o observer) Restored(id store.Workload, seq uint64, start time.Time, took, age time.Duration, reason string, err error) {

@@ -79,7 +79,14 @@ func (a *Agent) restoreCopy(ctx context.Context, sb *runtimeapi.PodSandboxConfig
 	if e.Method == MethodCRIPod {
 		restore = a.restorePod
 	}
-	return restore(ctx, sb, ctr, e.Path)
+	// The runtime restores from a file: the archive decrypted into a 0600
+	// file, deleted as soon as the runtime call returns.
+	path, remove, err := a.store.PlaintextFile(ctx, e)
+	if err != nil {
+		return "", "", err
+	}
+	defer remove()
+	return restore(ctx, sb, ctr, path)
 }
 
 // baseImages is implemented by runtimes (the CRI client) that need the
@@ -89,12 +96,18 @@ type baseImages interface {
 }
 
 func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, e store.Entry, epoch uint64) (string, error) {
-	info, err := archive.Read(e.Path)
+	info, err := a.archiveInfo(e)
 	if err != nil {
 		return "", err
 	}
 	if bi, ok := a.rt.(baseImages); ok {
-		if err := bi.EnsureBaseImage(ctx, sb, e.Path); err != nil {
+		path, remove, err := a.store.PlaintextFile(ctx, e)
+		if err != nil {
+			return "", err
+		}
+		err = bi.EnsureBaseImage(ctx, sb, path)
+		remove()
+		if err != nil {
 			return "", err
 		}
 	}
@@ -124,6 +137,17 @@ func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxCon
 		a.mu.Unlock()
 	}
 	return path, err
+}
+
+// archiveInfo reads what e's archive says of itself, through the store
+// (the archive may be sealed).
+func (a *Agent) archiveInfo(e store.Entry) (*archive.Info, error) {
+	ar, err := a.store.OpenArchive(e)
+	if err != nil {
+		return nil, err
+	}
+	defer ar.Close()
+	return archive.ReadFrom(ar, ar.Size(), fmt.Sprintf("of %s seq %d", e.Workload, e.Seq))
 }
 
 // awaitingKubelet reports whether discovery should pass over the pod w

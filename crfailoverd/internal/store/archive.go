@@ -180,7 +180,8 @@ func (s *Store) cleanPlainDir() error {
 		return fmt.Errorf("clean plaintext directory: %w", err)
 	}
 	for _, de := range des { // everything in it is a leftover: the directory is the store's
-		if err := removeFile(filepath.Join(dir, de.Name())); err != nil {
+		// RemoveAll: a pod-level restore unpacks into a directory here.
+		if err := os.RemoveAll(filepath.Join(dir, de.Name())); err != nil {
 			return fmt.Errorf("clean plaintext directory: %w", err)
 		}
 	}

@@ -291,8 +291,15 @@ func TestOpenRemovesPlaintextLeftovers(t *testing.T) {
 	if err := os.WriteFile(stray, []byte(marker), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	unpacked := filepath.Join(root, plainDir, ".restore-1", "checkpoint")
+	if err := os.MkdirAll(unpacked, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(unpacked, "pages-1.img"), []byte(marker), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	openWith(t, root, Options{Retention: 3, Key: key})
-	for _, f := range []string{p, stray} {
+	for _, f := range []string{p, stray, filepath.Dir(unpacked)} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("Open left the plaintext file %s: %v", f, err)
 		}
