@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
@@ -108,6 +109,8 @@ func TestE2EImageRestore(t *testing.T) {
 		port = 5002
 	}
 	srv := ociserve.NewServer(st, slog.New(slog.NewTextHandler(testbed.TestWriter{T: t}, nil)))
+	creds := ociserve.Credentials{Username: ociserve.Username, Password: newUID()}
+	srv.Credentials = creds
 	nodeLn, err := testbed.ListenInNetns(n2.Netns, "127.0.0.1:"+strconv.Itoa(port))
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +135,12 @@ func TestE2EImageRestore(t *testing.T) {
 	}()
 
 	// The static pod manifest, written and read back as kubelet reads it.
-	info, err := archive.Read(e.Path)
+	ar, err := st.OpenArchive(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := archive.ReadFrom(ar, ar.Size(), e.Path)
+	ar.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +177,8 @@ func TestE2EImageRestore(t *testing.T) {
 	// can be told from a fresh one.
 	time.Sleep(time.Until(checkpointedAt.Add(1500 * time.Millisecond)))
 	pullStart := time.Now()
-	pulled, err := n2cri.Image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ctr.Image}, SandboxConfig: sc})
+	pulled, err := n2cri.Image.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ctr.Image}, SandboxConfig: sc,
+		Auth: &runtimeapi.AuthConfig{Username: creds.Username, Password: creds.Password}})
 	if err != nil {
 		t.Fatalf("n2: pull %s: %v", ctr.Image, err)
 	}
@@ -221,7 +230,7 @@ func TestE2EImageRestore(t *testing.T) {
 	}
 
 	// The image as a registry client sees it, every digest verified.
-	imageBytes := verifyPulled(t, hostLn.Addr().String(), wl, e.Seq)
+	imageBytes := verifyPulled(t, hostLn.Addr().String(), creds, wl, e.Seq)
 	t.Logf("archive %d bytes; pull %s (includes building the layer), sandbox %s, create+start %s",
 		e.Size, pullTime.Round(time.Millisecond), sandboxTime.Round(time.Millisecond), (restoreTime - sandboxTime).Round(time.Millisecond))
 
@@ -356,13 +365,16 @@ func kubeletContainer(n testbed.Node, pod *corev1.Pod, c corev1.Container, uid, 
 // client from the endpoint at hostport, reading every part so that the
 // client verifies each digest and size, and returns the bytes pulled
 // (manifest, configuration and layer).
-func verifyPulled(t *testing.T, hostport string, wl store.Workload, seq uint64) int64 {
+func verifyPulled(t *testing.T, hostport string, creds ociserve.Credentials, wl store.Workload, seq uint64) int64 {
 	t.Helper()
 	ref, err := name.ParseReference(ociserve.Ref(hostport, wl, seq), name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	desc, err := remote.Get(ref)
+	if _, err := remote.Get(ref); err == nil {
+		t.Fatal("client pull without credentials succeeded, want 401")
+	}
+	desc, err := remote.Get(ref, remote.WithAuth(&authn.Basic{Username: creds.Username, Password: creds.Password}))
 	if err != nil {
 		t.Fatalf("client pull: %v", err)
 	}
