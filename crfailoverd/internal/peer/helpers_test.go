@@ -185,7 +185,7 @@ func openStore(t *testing.T) (*store.Store, string) {
 
 // tarOf returns a valid archive of about size bytes (at least 2 KiB): a
 // checkpoint/ directory and one file of random data.
-func tarOf(t *testing.T, size int) []byte {
+func tarOf(t testing.TB, size int) []byte {
 	t.Helper()
 	data := make([]byte, max(size-4*512, 1))
 	rand.Read(data)

@@ -62,5 +62,8 @@ type ArchiveOpener interface {
 // their plaintext. Without it, a client pushes only entries kept in
 // plaintext. Listen ignores it.
 func WithArchives(o ArchiveOpener) Option {
+	if st, ok := o.(*store.Store); ok && st == nil {
+		o = nil // a node without a store: as without the option
+	}
 	return func(opts *options) { opts.archives = o }
 }

@@ -451,3 +451,61 @@ func TestWalkingReader(t *testing.T) {
 	go func() { v.Close(); close(closed) }()
 	recvTimeout(t, closed, "Close of an unfinished walk")
 }
+
+// A client without a store cannot send a sealed archive (it would send
+// the ciphertext, which the receiver's sha256 check refuses at the end);
+// it says so before opening a stream. A nil store is no store.
+func TestPushSealedNeedsStore(t *testing.T) {
+	for _, opts := range [][]Option{nil, {WithArchives((*store.Store)(nil))}} {
+		c, err := Dial("node-b", "127.0.0.1:1", newCA(t, "ca").nodeTLS(t, "node-a"), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		e := store.Entry{Workload: mustWorkload(t, "ns/pod/ctr"), Seq: 3, Sealed: true, Path: "/nonexistent"}
+		if err := c.Push(context.Background(), e, nil); err == nil || !strings.Contains(err.Error(), "sealed and this client has no store") {
+			t.Errorf("Push of a sealed entry without a store: %v", err)
+		}
+	}
+}
+
+// BenchmarkWalkingReader measures what walking a received archive while
+// it streams costs, against passing it through unwalked.
+func BenchmarkWalkingReader(b *testing.B) {
+	data := tarOf(b, 64<<20)
+	for _, walk := range []bool{false, true} {
+		b.Run(fmt.Sprintf("walk=%v", walk), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			buf := make([]byte, 1<<20)
+			for b.Loop() {
+				var r io.Reader = &chunkedReader{data: data, n: chunkSize}
+				var v *walkingReader
+				if walk {
+					v = newWalkingReader(r, archive.Options{})
+					r = v
+				}
+				if _, err := io.CopyBuffer(io.Discard, r, buf); err != nil {
+					b.Fatal(err)
+				}
+				if v != nil {
+					v.Close()
+				}
+			}
+		})
+	}
+}
+
+// chunkedReader yields data n bytes at a time, as chunkReader does.
+type chunkedReader struct {
+	data []byte
+	n    int
+}
+
+func (c *chunkedReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), c.n)], c.data)
+	c.data = c.data[k:]
+	return k, nil
+}
