@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 // socketFlags adds --socket and --config to a client command; the socket
@@ -148,16 +150,18 @@ func cmdCheckpoints(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("inspect", "inspect [--json] ARCHIVE",
-		"Shows what a checkpoint archive holds (container, image, runtime, created and checkpointed times,\nsizes) and CRIU's dump statistics. Corrupt or truncated archives are rejected.", stderr)
+	fs := newFlags("inspect", "inspect [--json] [--data-key FILE | --config FILE] ARCHIVE",
+		"Shows what a checkpoint archive holds (container, image, runtime, created and checkpointed times,\nsizes) and CRIU's dump statistics. Corrupt or truncated archives are rejected. An archive of the\nstore sealed with the data key is decrypted as it is read: the key is --data-key, else the\nconfiguration's store.data_key_file.", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
+	keyPath := fs.String("data-key", "", "data key that sealed the archive (default: store.data_key_file of --config)")
+	cfgPath := fs.String("config", config.DefaultPath, "configuration file, for store.data_key_file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: inspect takes one ARCHIVE", errUsage)
 	}
-	info, err := archive.Read(fs.Arg(0))
+	info, err := inspectArchive(fs.Arg(0), *keyPath, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -170,6 +174,44 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return info.Write(stdout)
+}
+
+// inspectArchive reads the archive at path, decrypting it if it is sealed
+// (with the key at keyPath, else the configuration's data key).
+func inspectArchive(path, keyPath, cfgPath string) (*archive.Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
+	}
+	prefix := make([]byte, seal.HeaderLen)
+	n, _ := f.ReadAt(prefix, 0)
+	if !seal.Encrypted(prefix[:n]) {
+		return archive.ReadFrom(f, fi.Size(), path)
+	}
+	if keyPath == "" {
+		c, err := config.Load(cfgPath)
+		if err != nil {
+			return nil, fmt.Errorf("archive %s is sealed with a data key: give --data-key FILE (the configuration %s, for store.data_key_file, cannot be read: %w)", path, cfgPath, err)
+		}
+		if c.Store.DataKeyFile == "" {
+			return nil, fmt.Errorf("archive %s is sealed with a data key, and %s names none (store.data_key_file): give --data-key FILE", path, cfgPath)
+		}
+		keyPath = c.Store.DataKeyFile
+	}
+	k, err := seal.Load(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s is sealed: %w", path, err)
+	}
+	sr, err := k.DecryptAt(f, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("archive %s (sealed; data key %s): %w", path, keyPath, err)
+	}
+	return archive.ReadFrom(sr, sr.Size(), path)
 }
 
 func cmdConfig(args []string, stdout, stderr io.Writer) error {

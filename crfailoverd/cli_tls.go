@@ -1,13 +1,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pki"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 // listFlag collects a repeatable flag.
@@ -87,15 +91,26 @@ func cmdTLS(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("keygen", "keygen [--out FILE] [--force]",
-		"Makes a gossip encryption key (32 random bytes, base64) for cluster.gossip_key_file: printed, or written to\nFILE (0600). Every node of a cluster needs the same key.", stderr)
+	fs := newFlags("keygen", "keygen [--out FILE] [--force] | keygen --data-key FILE",
+		"Makes a gossip encryption key (32 random bytes, base64) for cluster.gossip_key_file: printed, or written to\nFILE (0600). Every node of a cluster needs the same key.\n\nWith --data-key, makes the data key that encrypts checkpoint archives at rest (an age X25519\nidentity) for store.data_key_file, written to FILE (0600; an existing file is never replaced:\narchives sealed with it could no longer be read). Every node of a cluster needs the same key.", stderr)
 	out := fs.String("out", "", "write the key to this file instead of printing it")
 	force := fs.Bool("force", false, "replace an existing key file")
+	dataKey := fs.String("data-key", "", "write a new data key (store.data_key_file) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("%w: keygen takes no arguments", errUsage)
+	}
+	if *dataKey != "" {
+		if *out != "" || *force {
+			return fmt.Errorf("%w: --data-key makes a data key; --out and --force are for the gossip key", errUsage)
+		}
+		if err := writeDataKey(*dataKey); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", *dataKey)
+		return nil
 	}
 	if *out != "" {
 		var opts []pki.Option
@@ -113,5 +128,44 @@ func cmdKeygen(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, k)
+	return nil
+}
+
+// writeDataKey writes a new data key to path (0600, fsynced), refusing to
+// replace a file that exists. Its directory is created (0700) if needed.
+func writeDataKey(path string) (err error) {
+	id, err := seal.Generate()
+	if err != nil {
+		return err
+	}
+	b, err := seal.KeyFile(id)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("data key %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("data key %s exists: not replaced (archives sealed with it could no longer be read); remove it first if that is what you want", path)
+	} else if err != nil {
+		return fmt.Errorf("data key %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write data key %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync data key %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write data key %s: %w", path, err)
+	}
 	return nil
 }
