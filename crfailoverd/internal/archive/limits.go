@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 )
 
@@ -100,8 +101,9 @@ func (w *Walker) admit(m *Member) error {
 		return &MemberError{Name: raw, Err: ErrTooLarge, Size: m.Size, Limit: w.opts.MaxMemberBytes,
 			Detail: fmt.Sprintf("%d bytes, above the limit of %d bytes per member (store.max_member_bytes)", m.Size, w.opts.MaxMemberBytes)}
 	}
-	// Both are at most the limit, so the sum cannot overflow.
-	if total := w.total + m.Size; total > w.opts.MaxTotalBytes {
+	// w.total is at most the limit; compared without overflowing.
+	if m.Size > w.opts.MaxTotalBytes-w.total {
+		total := w.total + min(m.Size, math.MaxInt64-w.total)
 		return &MemberError{Name: raw, Err: ErrTooLarge, Size: total, Limit: w.opts.MaxTotalBytes,
 			Detail: fmt.Sprintf("%d bytes, which bring the archive's members to %d bytes, above the limit of %d bytes per archive (store.max_archive_bytes)",
 				m.Size, total, w.opts.MaxTotalBytes)}

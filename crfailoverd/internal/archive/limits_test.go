@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -269,5 +270,19 @@ func TestWalkContextCancelled(t *testing.T) {
 	}
 	if _, err := ReadFromWith(bytes.NewReader(data), -1, "x.tar", Options{Context: ctx}); !errors.Is(err, context.Canceled) {
 		t.Errorf("ReadFromWith with a cancelled context: %v", err)
+	}
+}
+
+// Limits as large as int64 allows do not overflow into refusals.
+func TestWalkHugeLimits(t *testing.T) {
+	data := buildTar(t, synthetic())
+	opts := Options{MaxMemberBytes: math.MaxInt64, MaxTotalBytes: math.MaxInt64}
+	if _, err := ReadFromWith(bytes.NewReader(data), -1, "x", opts); err != nil {
+		t.Errorf("with limits of MaxInt64: %v", err)
+	}
+	hdr := headerOnly(t, "big", math.MaxInt64/2+1)
+	err := WalkWith(bytes.NewReader(hdr), Options{MaxMemberBytes: math.MaxInt64, MaxTotalBytes: math.MaxInt64 / 2}, func(*Member) error { return nil })
+	if !errors.Is(err, ErrTooLarge) {
+		t.Errorf("member above a total of MaxInt64/2: %v", err)
 	}
 }

@@ -461,12 +461,12 @@ func (c *counter) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	// Read at most one byte past the limit: enough to know it is passed.
-	room := c.w.opts.MaxTotalBytes - c.n + 1
-	if room <= 0 {
+	room := c.w.opts.MaxTotalBytes - c.n // never overflows: c.n >= 0
+	if room < 0 {
 		return 0, c.w.streamTooLarge(c.n)
 	}
-	if int64(len(p)) > room {
-		p = p[:room]
+	if room < int64(len(p)) {
+		p = p[:room+1]
 	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
