@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
@@ -76,6 +77,16 @@ type fakeRuntime struct {
 	podLevel     bool // implements CheckpointPod/RestorePod
 	podCalls     int
 	removeErr    error // RemovePod fails with it
+	// spec makes the spec.dump of checkpoint n (nil: testSpec, what an
+	// unprivileged container's looks like).
+	spec func(n int) *specs.Spec
+}
+
+func (f *fakeRuntime) specOf(n int) *specs.Spec {
+	if f.spec != nil {
+		return f.spec(n)
+	}
+	return testSpec()
 }
 
 func (f *fakeRuntime) CheckpointPod(_ context.Context, sandboxID string, ids []string, outDir string, _ time.Duration) error {
@@ -89,6 +100,9 @@ func (f *fakeRuntime) CheckpointPod(_ context.Context, sandboxID string, ids []s
 		return fmt.Errorf("wrong pod checkpoint request %s %v", sandboxID, ids)
 	}
 	if err := os.MkdirAll(outDir+"/checkpoint", 0o700); err != nil {
+		return err
+	}
+	if err := writeTestMetadata(outDir, f.specOf(f.podCalls)); err != nil {
 		return err
 	}
 	return os.WriteFile(outDir+"/checkpoint/pages-1.img", []byte("pages"), 0o600)
@@ -128,12 +142,13 @@ func (f *fakeRuntime) CheckpointContainer(_ context.Context, id, location string
 	f.active[id] = time.Now()
 	f.checkpoints++
 	n := f.checkpoints
+	spec := f.specOf(n)
 	f.mu.Unlock()
 	time.Sleep(5 * time.Millisecond)
 	f.mu.Lock()
 	delete(f.active, id)
 	f.mu.Unlock()
-	return os.WriteFile(location, []byte(fmt.Sprintf("checkpoint %d", n)), 0o600)
+	return writeTestArchive(location, spec, fmt.Sprintf("checkpoint %d", n))
 }
 func (f *fakeRuntime) RestoreContainer(_ context.Context, sb *runtimeapi.PodSandboxConfig, _ *runtimeapi.ContainerConfig, archive string) (string, string, error) {
 	f.mu.Lock()

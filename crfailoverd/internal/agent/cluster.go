@@ -124,9 +124,9 @@ func (a *Agent) WorkloadConfig(id store.Workload) ([]byte, error) {
 }
 
 // Restore restores a workload the cluster placed on this node, at
-// p.Epoch, from p.Entry (in the local store) with the restore
-// configuration p.Config (as WorkloadConfig returns it), after removing
-// any older local copy. It makes one attempt: the cluster counts attempts
+// p.Epoch, from p.Entry (in the local store, which must match the
+// cluster's p.Record) with the restore configuration p.Config (the
+// registration's), after removing any older local copy. It makes one attempt: the cluster counts attempts
 // and places the next one. It returns how long the runtime's restore took.
 func (a *Agent) Restore(ctx context.Context, p ownership.Placement) (time.Duration, error) {
 	id := p.Entry.Workload
@@ -140,7 +140,8 @@ func (a *Agent) Restore(ctx context.Context, p ownership.Placement) (time.Durati
 	if err != nil {
 		return 0, err
 	}
-	res := a.restoreWorkload(ctx, restoreRequest{id: id, reason: p.Reason, candidates: []store.Entry{p.Entry}, cfg: wc, epoch: p.Epoch,
+	rec := p.Record
+	res := a.restoreWorkload(ctx, restoreRequest{id: id, reason: p.Reason, candidates: []store.Entry{p.Entry}, placed: &rec, cfg: wc, epoch: p.Epoch,
 		policy:      RestorePolicy{MaxAttempts: 1},
 		removeFirst: func(ctx context.Context) error { _, err := a.RemoveCopies(ctx, id); return err }})
 	return res.took, res.err

@@ -103,8 +103,8 @@ func TestAgentHandsAnApplicationFailureToTheCluster(t *testing.T) {
 
 func TestAgentRestoresLocallyUnderPolicyLocal(t *testing.T) {
 	rt := newFake()
-	a, _ := startAgentWith(t, rt, 3, boardWith("n1", 1, true))
-	nextReport(t, a, ownership.Checkpointed)
+	a, _, rec := startRecorded(t, rt) // in a cluster only recorded checkpoints are restored
+	eventually(t, "a recorded checkpoint", func() bool { return rec.recorded() >= 1 })
 	rt.exit()
 	eventually(t, "a local restore", func() bool { s := a.Status(); return len(s.Workloads) == 1 && s.Workloads[0].Restores == 1 })
 }

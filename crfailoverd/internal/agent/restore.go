@@ -9,8 +9,14 @@ import (
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
+
+// recordWait is how long a restore in a cluster waits for the ownership
+// view to record a candidate it does not record yet (a checkpoint this
+// node committed a moment ago) before it passes over it.
+const recordWait = 5 * time.Second
 
 // restoreRequest is one restore of a workload, from a local application
 // failure or a cluster placement (failover or migration): the one routine
@@ -19,7 +25,10 @@ type restoreRequest struct {
 	id         store.Workload
 	reason     string
 	candidates []store.Entry // usable checkpoints, newest first
-	cfg        workloadConfig
+	// placed is the cluster's record of a placement's checkpoint (nil: a
+	// local restore, whose candidates' records are in the ownership view).
+	placed *ownership.Record
+	cfg    workloadConfig
 	// epoch is the cluster epoch of the new copy, written into its sandbox
 	// annotations and attempt number; 0 keeps the recorded sandbox's (a
 	// local restore of the same copy).
@@ -45,10 +54,12 @@ type restoreResult struct {
 }
 
 // restoreWorkload runs a restore: removes the old copies, then, attempt by
-// attempt as the policy says, verifies a checkpoint against the store's
-// checksum (marking a corrupt one bad), and restores it through the
-// runtime or kubelet. It logs each attempt and records it with the
-// observer, here and nowhere else.
+// attempt as the policy says, admits a checkpoint (see admit: it matches
+// the cluster's record and the store's checksum, and asks for no more than
+// the registration) and restores it through the runtime or kubelet with
+// the registration's configuration (req.cfg, never the archive's). It
+// logs each attempt and records it with the observer, here and nowhere
+// else.
 func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restoreResult {
 	log := a.log.With("workload", req.id.String())
 	detected := a.now()
@@ -64,13 +75,19 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 		}
 	}
 	var lastErr error = errors.New("no checkpoint to restore from")
+	refused := map[uint64]error{}
+	runtimeFailed := false // the backoff is for the runtime: a refused candidate's successor goes at once
 	for attempt := 0; ; attempt++ {
 		e, wait, giveUp := req.policy.Next(attempt, req.candidates)
 		if giveUp {
 			res.info.Attempts, res.info.Error, res.err = attempt, lastErr.Error(), lastErr
 			return res
 		}
-		if wait > 0 {
+		if err, seen := refused[e.Seq]; seen {
+			lastErr = err // refused on an earlier pass over the candidates
+			continue
+		}
+		if wait > 0 && runtimeFailed {
 			log.Info("waiting before the next restore attempt", "wait", wait, "attempt", attempt+1)
 			select {
 			case <-ctx.Done():
@@ -80,10 +97,9 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 			case <-time.After(wait):
 			}
 		}
-		if err := a.store.Verify(e); err != nil {
-			lastErr = fmt.Errorf("checkpoint #%d is corrupt: %w", e.Seq, err)
-			log.Error("checkpoint is corrupt; marking it bad", "seq", e.Seq, "err", err)
-			_ = a.store.MarkBad(req.id, e.Seq, err.Error())
+		if err := a.admit(ctx, req, e); err != nil {
+			lastErr = err
+			refused[e.Seq] = err
 			continue
 		}
 		sb := cloneSandbox(req.cfg.Sandbox)
@@ -113,6 +129,7 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 			a.obs.Restored(req.id, e.Seq, start, took, res.info.Age, req.reason, err)
 		}
 		if err != nil {
+			runtimeFailed = true
 			lastErr = fmt.Errorf("restore %s from #%d: %w", req.id, e.Seq, err)
 			res.info.Error = err.Error()
 			log.Error("restore attempt failed", "seq", e.Seq, "attempt", attempt+1, "epoch", req.epoch, "err", err)
@@ -127,5 +144,76 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 				"sandbox_id", short(sbID), "container_id", short(ctrID))
 		}
 		return res
+	}
+}
+
+// admit checks candidate e before it is restored. In a cluster it must
+// match the cluster's record of it (sha256 and size): a candidate the
+// cluster does not record (not committed yet, or trimmed away) is passed
+// over, not marked bad; without a cluster the store's checksum is the
+// record. Then the archive must match the store's checksum, and its
+// spec.dump and config.dump must ask for no more than the registration. A
+// candidate that fails those is marked bad in the store and, in a cluster,
+// reported so that this node's holder record of it is dropped.
+func (a *Agent) admit(ctx context.Context, req restoreRequest, e store.Entry) error {
+	log := a.log.With("workload", req.id.String(), "seq", e.Seq)
+	var rec ownership.Record
+	if a.own != nil {
+		var ok bool
+		if rec, ok = a.recordOf(ctx, req, e.Seq); !ok {
+			err := fmt.Errorf("checkpoint #%d of %s is not recorded in the cluster state: in a cluster only recorded checkpoints are restored", e.Seq, req.id)
+			log.Warn("passing over a checkpoint the cluster does not record", "err", err)
+			return err
+		}
+	}
+	refuse := func(err error) error {
+		log.Error("REFUSED checkpoint; marking it bad", "err", err, "recorded_sha256", rec.SHA256, "actual_sha256", e.SHA256)
+		if merr := a.store.MarkBad(req.id, e.Seq, err.Error()); merr != nil {
+			log.Error("marking a refused checkpoint bad failed", "err", merr)
+		}
+		if a.own != nil {
+			a.report(ownership.Report{Kind: ownership.BadCopy, Workload: discovery.Workload{ID: req.id}, Entry: e, Record: rec, Reason: err.Error()})
+		}
+		return err
+	}
+	if a.own != nil && (e.SHA256 != rec.SHA256 || e.Size != rec.Size) {
+		return refuse(fmt.Errorf("checkpoint #%d of %s does not match the cluster's record: the archive has sha256 %s and %d bytes, the cluster records sha256 %s and %d bytes",
+			e.Seq, req.id, e.SHA256, e.Size, rec.SHA256, rec.Size))
+	}
+	if err := a.store.Verify(e); err != nil {
+		return refuse(fmt.Errorf("checkpoint #%d of %s is corrupt: %w", e.Seq, req.id, err))
+	}
+	if err := a.checkArchive(ctx, req.cfg, e); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return refuse(err)
+	}
+	return nil
+}
+
+// recordOf returns the cluster's record of checkpoint seq of the request's
+// workload: the placement's, or the ownership view's, waiting up to
+// recordWait for the view to record it.
+func (a *Agent) recordOf(ctx context.Context, req restoreRequest, seq uint64) (ownership.Record, bool) {
+	if req.placed != nil {
+		return *req.placed, req.placed.Seq == seq && req.placed.SHA256 != ""
+	}
+	wait := time.NewTimer(recordWait)
+	defer wait.Stop()
+	for {
+		changed := a.own.Changed()
+		if v := a.own.View(); v != nil {
+			if rec, ok := v.Workloads[req.id.String()].Checkpoint(seq); ok {
+				return rec, true
+			}
+		}
+		select {
+		case <-changed:
+		case <-wait.C:
+			return ownership.Record{}, false
+		case <-ctx.Done():
+			return ownership.Record{}, false
+		}
 	}
 }
