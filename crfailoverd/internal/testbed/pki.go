@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 )
 
 // PKI holds the paths of the bed's certificate authority and of the client
@@ -166,6 +168,16 @@ func writePKI(p PKI, nodes map[string]net.IP) error {
 		return err
 	}
 	files[p.GossipKey()] = []byte(base64.StdEncoding.EncodeToString(key) + "\n")
+	// One data key for the whole bed, as the ansible role gives every node
+	// of a cluster the same one: a replica sealed on one node is read on
+	// another.
+	id, err := seal.Generate()
+	if err != nil {
+		return err
+	}
+	if files[p.DataKey()], err = seal.KeyFile(id); err != nil {
+		return err
+	}
 	// Every file 0600, also one left by an earlier bed (os.WriteFile keeps
 	// the mode of an existing file): crfailoverd refuses keys that group or
 	// others may read.
