@@ -16,6 +16,15 @@ configure) [ -n "$2" ] && upgrade=true ;;
 2) upgrade=true ;;
 esac
 
+# The data key (store.data_key_file) is the cluster's, made once and shared
+# by every node: the package never makes one. Without it the daemon does
+# not start (unless store.plaintext = true), so say so, also on an upgrade
+# from a version that kept archives in plaintext.
+if [ ! -e /etc/crfailoverd/data.key ]; then
+	echo "crfailoverd: no data key at /etc/crfailoverd/data.key, the default store.data_key_file: unless the configuration names another, or sets store.plaintext = true, the daemon does not start." >&2
+	echo "crfailoverd: make the cluster's key once (crfailoverd keygen --data-key FILE) and copy it, 0600, to every node; the ansible role does this." >&2
+fi
+
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || true
 	if $upgrade; then
