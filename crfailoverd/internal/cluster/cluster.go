@@ -388,7 +388,8 @@ func (c *Cluster) client(node string) (*peer.Client, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("no RPC address known for node %s", node)
 	}
-	cl, err := peer.Dial(node, addr, c.o.TLS, peer.WithNetwork(c.o.Network))
+	// The store decrypts this node's sealed archives as they are pushed.
+	cl, err := peer.Dial(node, addr, c.o.TLS, peer.WithNetwork(c.o.Network), peer.WithArchives(c.o.Store))
 	if err != nil {
 		return nil, err
 	}

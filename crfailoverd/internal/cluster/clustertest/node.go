@@ -1,6 +1,8 @@
 package clustertest
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -145,9 +147,19 @@ func (f *FakeNode) writeCheckpoint(id store.Workload, size int) (store.Entry, er
 	if err != nil {
 		return store.Entry{}, err
 	}
+	// A real tar (peers walk replicas before they store them) of random
+	// memory pages.
 	b := make([]byte, size)
 	_, _ = rand.Read(b)
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "checkpoint/", Mode: 0o700})
+	_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "checkpoint/pages-1.img", Mode: 0o600, Size: int64(size)})
+	_, _ = tw.Write(b)
+	if err := tw.Close(); err != nil {
+		return store.Entry{}, err
+	}
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
 		return store.Entry{}, err
 	}
 	return f.store.Commit(id, tmp, store.Entry{Created: time.Now(), Source: f.name, Method: "fake"})
