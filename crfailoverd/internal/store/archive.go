@@ -61,11 +61,31 @@ func (a *Archive) Close() error { return a.f.Close() }
 // was sealed with another key; its header and its last chunk are
 // authenticated here, every other chunk when it is read, so a tampered
 // archive fails a Read with an error naming the entry.
-func (s *Store) OpenArchive(e Entry) (_ *Archive, err error) {
+func (s *Store) OpenArchive(e Entry) (*Archive, error) {
+	f, size, sealed, err := s.openFile(e)
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("%s seq %d", e.Workload, e.Seq)
+	if !sealed {
+		return &Archive{SectionReader: io.NewSectionReader(f, 0, size), f: f, name: name}, nil
+	}
+	sr, err := s.key.DecryptAt(f, size)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: open archive of %s (%s): %w", name, f.Name(), err)
+	}
+	return &Archive{SectionReader: sr, f: f, name: name}, nil
+}
+
+// openFile opens e's archive file and reports its size and whether it is
+// to be decrypted: the sidecar says so, the file must agree, and the store
+// must have a key.
+func (s *Store) openFile(e Entry) (_ *os.File, size int64, sealed bool, err error) {
 	p := s.archivePath(e)
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, fmt.Errorf("store: open archive of %s seq %d: %w", e.Workload, e.Seq, err)
+		return nil, 0, false, fmt.Errorf("store: open archive of %s seq %d: %w", e.Workload, e.Seq, err)
 	}
 	defer func() {
 		if err != nil {
@@ -75,29 +95,25 @@ func (s *Store) OpenArchive(e Entry) (_ *Archive, err error) {
 	}()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, 0, false, err
+	}
+	if !e.Sealed {
+		// Written in plaintext (before encryption, or with
+		// store.plaintext): read as is, whatever its first bytes are.
+		return f, fi.Size(), false, nil
 	}
 	prefix := make([]byte, seal.HeaderLen)
 	n, err := f.ReadAt(prefix, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return nil, 0, false, err
 	}
-	sealed := seal.Encrypted(prefix[:n])
 	switch {
-	case e.Sealed && !sealed:
-		return nil, errors.New("its record says sealed, but the file does not start with an age header")
-	case !e.Sealed:
-		// Written in plaintext (before encryption, or with
-		// store.plaintext): read as is, whatever its first bytes are.
-		return &Archive{SectionReader: io.NewSectionReader(f, 0, fi.Size()), f: f, name: fmt.Sprintf("%s seq %d", e.Workload, e.Seq)}, nil
+	case !seal.Encrypted(prefix[:n]):
+		return nil, 0, false, errors.New("its record says sealed, but the file does not start with an age header")
 	case s.key == nil:
-		return nil, errors.New("the archive is sealed, but this store has no data key (store.plaintext is set, or store.data_key_file is empty)")
+		return nil, 0, false, errors.New("the archive is sealed, but this store has no data key (store.plaintext is set, or store.data_key_file is empty)")
 	}
-	sr, err := s.key.DecryptAt(f, fi.Size())
-	if err != nil {
-		return nil, err
-	}
-	return &Archive{SectionReader: sr, f: f, name: fmt.Sprintf("%s seq %d", e.Workload, e.Seq)}, nil
+	return f, fi.Size(), true, nil
 }
 
 // PlaintextFile decrypts e's archive into a new 0600 file in a 0700
@@ -116,11 +132,17 @@ func (s *Store) PlaintextFile(ctx context.Context, e Entry) (path string, remove
 			err = fmt.Errorf("store: decrypt %s seq %d for the runtime: %w", e.Workload, e.Seq, err)
 		}
 	}()
-	a, err := s.OpenArchive(e)
+	src, _, _, err := s.openFile(e)
 	if err != nil {
 		return "", nil, err
 	}
-	defer a.Close()
+	defer src.Close()
+	// Streaming decryption (each chunk authenticated before it is
+	// written), faster than the seekable reader for one pass.
+	plain, err := s.key.Decrypt(src)
+	if err != nil {
+		return "", nil, fmt.Errorf("open archive %s: %w", src.Name(), err)
+	}
 	dir, err := s.ensurePlainDir()
 	if err != nil {
 		return "", nil, err
@@ -136,16 +158,20 @@ func (s *Store) PlaintextFile(ctx context.Context, e Entry) (path string, remove
 		os.Remove(f.Name())
 		return "", nil, fmt.Errorf("name plaintext file: %w", err)
 	}
-	_, err = io.CopyBuffer(f, ctxReader{ctx, a}, make([]byte, 1<<20))
+	// writerOnly: not f's ReadFrom, which would copy through its own
+	// small buffer.
+	_, err = io.CopyBuffer(writerOnly{f}, ctxReader{ctx, plain}, make([]byte, 1<<20))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		remove()
-		return "", nil, fmt.Errorf("write plaintext file %s: %w", path, err)
+		return "", nil, fmt.Errorf("write plaintext file %s from %s: %w", path, src.Name(), err)
 	}
 	return path, remove, nil
 }
+
+type writerOnly struct{ io.Writer }
 
 // ensurePlainDir creates the plaintext directory (0700) if needed and
 // makes sure it is 0700 and a real directory.
