@@ -25,6 +25,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pki"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -49,6 +50,7 @@ type Cluster struct {
 	o     Options
 	dir   string
 	caDir string
+	key   *seal.Key // the cluster's data key: every node's store seals its archives with it
 	// Nodes is changed only by New and AddNode, on the test's goroutine;
 	// nodesMu guards it against the copy sampler's reads.
 	nodesMu sync.Mutex
@@ -93,6 +95,13 @@ func New(t testing.TB, o Options) *Cluster {
 		o.MaxAttempts = 3
 	}
 	c := &Cluster{t: t, o: o, dir: t.TempDir()}
+	id, err := seal.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.key, err = seal.Parse(id); err != nil {
+		t.Fatal(err)
+	}
 	c.caDir = filepath.Join(c.dir, "ca")
 	if err := os.MkdirAll(c.caDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -140,7 +149,7 @@ func (c *Cluster) newNode(name string) *Node {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	st, err := store.Open(filepath.Join(dir, "checkpoints"), 3)
+	st, err := store.OpenWith(filepath.Join(dir, "checkpoints"), store.Options{Retention: 3, Key: c.key, Node: name})
 	if err != nil {
 		c.t.Fatal(err)
 	}
