@@ -95,12 +95,24 @@ type baseImages interface {
 	EnsureBaseImage(ctx context.Context, sb *runtimeapi.PodSandboxConfig, archivePath string) error
 }
 
+// namedBaseImages is baseImages given the base image's name (read from the
+// archive through the store) instead of an archive file, which would have
+// to be decrypted in full first.
+type namedBaseImages interface {
+	EnsureBaseImageNamed(ctx context.Context, sb *runtimeapi.PodSandboxConfig, image string) error
+}
+
 func (a *Agent) writeStaticPod(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, e store.Entry, epoch uint64) (string, error) {
 	info, err := a.archiveInfo(e)
 	if err != nil {
 		return "", err
 	}
-	if bi, ok := a.rt.(baseImages); ok {
+	if bi, ok := a.rt.(namedBaseImages); ok {
+		// The image is named in the archive's info: no plaintext copy.
+		if err := bi.EnsureBaseImageNamed(ctx, sb, info.Image); err != nil {
+			return "", err
+		}
+	} else if bi, ok := a.rt.(baseImages); ok {
 		path, remove, err := a.store.PlaintextFile(ctx, e)
 		if err != nil {
 			return "", err
