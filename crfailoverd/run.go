@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/membership"
@@ -28,7 +28,6 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/kubelet"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/metrics"
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
@@ -162,7 +161,7 @@ func (d *daemonRun) run(format string) error {
 			"bind_addr", c.Cluster.BindAddr)
 	}
 	if c.Images.ListenAddr != "" && c.Images.AllowRemote {
-		d.log.Warn("INSECURE: images.allow_remote = true: the image endpoint serves every protected container's checkpoint (its memory) without credentials to whoever reaches it",
+		d.log.Warn("INSECURE: images.allow_remote = true: the image endpoint serves every protected container's checkpoint (its memory) over plain HTTP to whoever reaches listen_addr and holds this node's image credentials (data_dir/images/secret, written into images.pull_secret_files); the credentials cross the network in clear text",
 			"listen_addr", c.Images.ListenAddr)
 	}
 	var static *agent.StaticPods
@@ -177,9 +176,11 @@ func (d *daemonRun) run(format string) error {
 		static = &agent.StaticPods{Dir: c.Runtime.StaticPodDir, Endpoint: "localhost:" + port}
 		d.log.Info("restores go through kubelet static pods", "static_pod_dir", c.Runtime.StaticPodDir, "image_endpoint", static.Endpoint)
 	}
-	st, err := store.Open(filepath.Join(c.Node.DataDir, "checkpoints"), c.Checkpoint.Retention)
+	// Every reader of an archive walks it under these limits.
+	archive.SetDefaultLimits(c.Store.MaxMemberBytes, c.Store.MaxArchiveBytes)
+	st, dataKey, err := openStore(c, d.log)
 	if err != nil {
-		return fmt.Errorf("open checkpoint store: %w", err)
+		return err
 	}
 	rt, err := cri.Dial(c.Runtime.SocketPath(), c.Runtime.CallTimeout)
 	if err != nil {
@@ -202,7 +203,7 @@ func (d *daemonRun) run(format string) error {
 		board = ownership.NewBoard(c.Node.Name)
 		own = board
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Ownership: own, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name}, DataDir: c.Node.DataDir,
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Ownership: own, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name, archives: st}, DataDir: c.Node.DataDir,
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	var cl *cluster.Cluster
 	if c.Cluster.Enabled {
@@ -230,7 +231,10 @@ func (d *daemonRun) run(format string) error {
 		d.log.Info("prometheus endpoint listening", "addr", addr)
 	}
 	if addr := c.Images.ListenAddr; addr != "" {
-		img := ociserve.NewServer(st, d.log.With("component", "images"))
+		img, err := newImageServer(c, st, dataKey, d.log.With("component", "images"))
+		if err != nil {
+			return fmt.Errorf("image endpoint: %w", err)
+		}
 		comps = append(comps, component{"image endpoint on " + addr, func(ctx context.Context) error { return img.Serve(ctx, addr) }})
 		d.log.Info("image endpoint listening", "addr", addr)
 	}

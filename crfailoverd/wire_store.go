@@ -12,8 +12,10 @@ import (
 
 // openStore opens the node's checkpoint store as the [store] table says:
 // archives sealed with the data key (unless store.plaintext, which is
-// logged as INSECURE at every start), and the replica limits.
-func openStore(c config.Config, log *slog.Logger) (*store.Store, error) {
+// logged as INSECURE at every start), and the replica limits. It returns
+// the data key too (nil in plaintext mode), for the image endpoint's
+// layer cache.
+func openStore(c config.Config, log *slog.Logger) (*store.Store, *seal.Key, error) {
 	root := filepath.Join(c.Node.DataDir, "checkpoints")
 	var key *seal.Key
 	if c.Store.Plaintext {
@@ -22,7 +24,7 @@ func openStore(c config.Config, log *slog.Logger) (*store.Store, error) {
 	} else {
 		k, err := seal.Load(c.Store.DataKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("open checkpoint store %s: store.data_key_file: %w", root, err)
+			return nil, nil, fmt.Errorf("open checkpoint store %s: store.data_key_file: %w", root, err)
 		}
 		key = k
 	}
@@ -34,7 +36,7 @@ func openStore(c config.Config, log *slog.Logger) (*store.Store, error) {
 	}
 	st, err := store.OpenWith(root, store.Options{Retention: c.Checkpoint.Retention, Key: key, Limits: l, Node: c.Node.Name})
 	if err != nil {
-		return nil, fmt.Errorf("open checkpoint store: %w", err)
+		return nil, nil, fmt.Errorf("open checkpoint store: %w", err)
 	}
 	attrs := []any{"root", root, "sealed", key != nil, "max_archive_bytes", l.MaxArchiveBytes,
 		"workload_quota", l.WorkloadQuota, "node_quota", l.NodeQuota, "min_free", l.MinFree}
@@ -42,5 +44,5 @@ func openStore(c config.Config, log *slog.Logger) (*store.Store, error) {
 		attrs = append(attrs, "data_key_file", c.Store.DataKeyFile, "data_key_recipient", key.Recipient())
 	}
 	log.Info("checkpoint store open", attrs...)
-	return st, nil
+	return st, key, nil
 }

@@ -34,7 +34,7 @@ func TestOpenStore(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 
-	st, err := openStore(c, log)
+	st, _, err := openStore(c, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestOpenStore(t *testing.T) {
 
 	c.Store.Plaintext, c.Store.DataKeyFile = true, ""
 	logs.Reset()
-	st, err = openStore(c, log)
+	st, _, err = openStore(c, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestOpenStore(t *testing.T) {
 	if err := os.Chmod(keyPath, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openStore(c, log); err == nil || !strings.Contains(err.Error(), "0644") || !strings.Contains(err.Error(), keyPath) {
+	if _, _, err := openStore(c, log); err == nil || !strings.Contains(err.Error(), "0644") || !strings.Contains(err.Error(), keyPath) {
 		t.Errorf("data key readable by others: %v; want a refusal naming the file and mode", err)
 	}
 }
