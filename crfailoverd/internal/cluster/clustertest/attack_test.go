@@ -114,6 +114,12 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 		{"a holder record from a node that does not own it", func() error {
 			return apply(other, &state.AddHolder{At: now, ID: counter.String(), Seq: w.Newest.Seq, Node: other})
 		}, "is owned by"},
+		{"a holder drop naming another node", func() error {
+			return apply(other, &state.DropHolder{At: now, ID: counter.String(), Seq: w.Newest.Seq, SHA256: w.Newest.SHA256, Node: holder, Reason: "forged"})
+		}, "a node reports only for itself"},
+		{"a holder record of the owner's with another digest", func() error {
+			return apply(owner, &state.AddHolder{At: now, ID: counter.String(), Seq: w.Newest.Seq, SHA256: strings.Repeat("0", 64), Size: w.Newest.Size, Node: other})
+		}, "sha256"},
 		{"a forged placement", func() error {
 			return apply(other, &state.Place{At: now, ID: counter.String(), Owner: other, Epoch: w.Epoch + 1, Seq: w.Newest.Seq, Reason: "forged"})
 		}, "placement comes from the leader's own loop"},
