@@ -209,6 +209,8 @@ func toStatus(err error) *status.Status {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
+	case errors.Is(err, store.ErrDigest):
+		code = codes.DataLoss
 	case errors.Is(err, archive.ErrTooLarge), errors.Is(err, store.ErrQuota), errors.As(err, new(tooMuch)):
 		code = codes.ResourceExhausted
 	case isBadRequest(err), errors.As(err, new(*archive.MemberError)), errors.Is(err, store.ErrSeq):

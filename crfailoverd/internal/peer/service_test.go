@@ -98,7 +98,7 @@ func TestPushRefused(t *testing.T) {
 		code codes.Code
 		want string
 	}{
-		{"wrong sha256", []any{hdr(other, len(data)), &chunk{data}}, codes.Internal, "sha256 mismatch"},
+		{"wrong sha256", []any{hdr(other, len(data)), &chunk{data}}, codes.DataLoss, "sha256 mismatch"},
 		{"short stream", []any{hdr(sum, len(data)), &chunk{data[:1000]}}, codes.InvalidArgument, "ended after 1000 of"},
 		{"long stream", []any{hdr(sum, len(data)), &chunk{data}, &chunk{[]byte("x")}}, codes.InvalidArgument, "more than the announced"},
 		{"no header", []any{&chunk{data}}, codes.Internal, "tag"},

@@ -84,6 +84,10 @@ import (
 // requested sequence number.
 var ErrNotFound = errors.New("checkpoint not found")
 
+// ErrDigest is returned (wrapped) by Commit and Import when the archive's
+// sha256 is not the one announced: nothing was stored.
+var ErrDigest = errors.New("sha256 mismatch")
+
 // ErrPruned is returned (wrapped) by Import when the imported entry is older
 // than the entries retention keeps, so it was deleted again at once.
 var ErrPruned = errors.New("checkpoint older than the retained ones")
@@ -763,7 +767,7 @@ func newEntry(w Workload, seq uint64, sum string, size int64, meta Entry) Entry 
 // computed one.
 func checkDigest(want, got string) error {
 	if want != "" && !strings.EqualFold(want, got) {
-		return fmt.Errorf("sha256 mismatch: expected %s, got %s", want, got)
+		return fmt.Errorf("%w: expected %s, got %s", ErrDigest, want, got)
 	}
 	return nil
 }
