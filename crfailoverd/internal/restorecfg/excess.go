@@ -110,6 +110,7 @@ func Excess(reg Config, a Archive) []string {
 		}
 		add("CDI annotation %s=%s", k, v)
 	}
+	//lint:ignore SA1019 a hostile archive may still ask for the deprecated prestart hooks, which runc runs
 	if h := s.Hooks; h != nil && len(h.Prestart)+len(h.CreateRuntime)+len(h.CreateContainer)+len(h.StartContainer)+len(h.Poststart)+len(h.Poststop) > 0 {
 		add("OCI hooks (programs the runtime would run on the node)")
 	}
@@ -244,6 +245,7 @@ func seccompOf(sc *runtimeapi.LinuxContainerSecurityContext) string {
 		}
 		return p.GetProfileType().String()
 	}
+	//lint:ignore SA1019 registrations recorded from older kubelets carry the deprecated path
 	if p := sc.GetSeccompProfilePath(); p != "" && p != "unconfined" {
 		return p
 	}

@@ -218,7 +218,7 @@ func TestExcess(t *testing.T) {
 			want: []string{"no_new_privs off", "user 0 (the registration's 1000)", "a writable root file system"}},
 		{name: "a sysctl and a hook", spec: func(s *specs.Spec) {
 			s.Linux.Sysctl = map[string]string{"kernel.core_pattern": "|/tmp/x"}
-			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}}
+			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}} //lint:ignore SA1019 the deprecated hook a hostile archive may use
 		}, want: []string{"sysctl kernel.core_pattern=|/tmp/x", "OCI hooks"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -273,6 +273,9 @@ func TestPlaintextFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer remove()
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("plaintext file %s after the directory was loosened: %v, %v; want mode 0600", p, fi, err)
+	}
 	if di, _ := os.Stat(dir); di.Mode().Perm() != 0o700 {
 		t.Errorf("plaintext directory mode %04o after PlaintextFile, want 0700", di.Mode().Perm())
 	}
