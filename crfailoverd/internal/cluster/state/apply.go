@@ -57,6 +57,9 @@ func (s *State) commitCheckpoint(c *CommitCheckpoint) error {
 	if cp.Seq > MaxNumber || c.Epoch > MaxNumber {
 		return fmt.Errorf("%s: sequence numbers and epochs above %d are refused: %w", what, uint64(MaxNumber), ErrInvalid)
 	}
+	if err := checkNeeds(cp); err != nil {
+		return fmt.Errorf("%s: %w: %w", what, err, ErrInvalid)
+	}
 	w, err := s.workload(what, c.ID)
 	if err != nil {
 		return err
@@ -65,6 +68,9 @@ func (s *State) commitCheckpoint(c *CommitCheckpoint) error {
 		return fmt.Errorf("%s: %w: owner is %q at epoch %d", what, ErrStale, w.Owner, w.Epoch)
 	}
 	cp.Holders = []string{c.Node}
+	if cp.RecordsNeeds() {
+		cp.TakenOn = c.Node // the CPU digest is of the committing node's flags
+	}
 	kept := make([]Checkpoint, 0, MaxCheckpoints)
 	for _, old := range w.Checkpoints {
 		switch {

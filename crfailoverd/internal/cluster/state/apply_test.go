@@ -1,6 +1,8 @@
 package state
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"errors"
 	"fmt"
 	"math"
@@ -373,6 +375,9 @@ func TestApplyRandom(t *testing.T) {
 				&GiveUp{At: at, ID: id, Epoch: e},
 				&UpsertNode{At: at, Name: pick(nodes)},
 				&RemoveNode{At: at, Name: pick(nodes)},
+				&NodeCapabilities{At: at, Node: pick(nodes), Caps: capability.Node{Restore: capability.RestoreCreate,
+					CPUFlags: []string{pick([]string{"avx", "sse"}), pick([]string{"avx", "avx512f"})}}},
+				&Unplaceable{At: at, ID: id, Epoch: e, Reason: "no node can restore it"},
 			}
 			if rng.IntN(50) == 0 {
 				cmds = append(cmds, &RemoveWorkload{At: at, ID: id})

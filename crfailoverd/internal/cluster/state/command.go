@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 )
 
 // CommandType is the first byte of an encoded command.
@@ -31,6 +33,16 @@ const (
 	TypeUpsertNode       CommandType = 9
 	TypeRemoveNode       CommandType = 10
 	TypeDropHolder       CommandType = 11
+	// TypeNodeCapabilities has no IgnoreUnknownFlag: placements, the
+	// authorization of migrations and replication targets read what it
+	// records, so a node that skipped it would decide differently from the
+	// others on the same log. A node that does not know it stops at it
+	// (replicated.ApplyError): upgrade every node before any proposes it.
+	TypeNodeCapabilities CommandType = 12
+	// TypeUnplaceable has the IgnoreUnknownFlag: it only records why the
+	// leader cannot place a workload (LastError), which no decision reads
+	// but the leader's own check that it said so already.
+	TypeUnplaceable = IgnoreUnknownFlag | 13
 )
 
 // String returns the command type's name, or "type-N" for one this
@@ -195,6 +207,30 @@ type RemoveNode struct {
 	Name string    `json:"name"`
 }
 
+// NodeCapabilities records what node Node's runtime can do with
+// checkpoints (capability.Node), as the node found out; the node proposes
+// it for itself at start and whenever it changes. Node must be a known
+// node (ErrUnknownNode: the leader records a node once it proved its
+// name). CPU flags are kept sorted and without duplicates; at most
+// MaxCPUFlags of at most 64 bytes each, and texts of at most 1024 bytes.
+type NodeCapabilities struct {
+	At   time.Time       `json:"at"`
+	Node string          `json:"node"`
+	Caps capability.Node `json:"caps"`
+}
+
+// Unplaceable records, in LastError, why the leader cannot place workload
+// ID at Epoch: no node that could restore it holds or can fetch any of its
+// checkpoints. The workload keeps its owner and status (ErrStale for
+// another epoch, ErrStatus for a failed one), and is placed as soon as a
+// capable node can take it.
+type Unplaceable struct {
+	At     time.Time `json:"at"`
+	ID     string    `json:"id"`
+	Epoch  uint64    `json:"epoch"`
+	Reason string    `json:"reason"`
+}
+
 // Unknown is a decoded command of a type this version does not know but
 // may skip (its type has the IgnoreUnknownFlag). Apply ignores it; Encode
 // writes it back unchanged.
@@ -215,6 +251,8 @@ func (*RemoveWorkload) Type() CommandType   { return TypeRemoveWorkload }
 func (*UpsertNode) Type() CommandType       { return TypeUpsertNode }
 func (*RemoveNode) Type() CommandType       { return TypeRemoveNode }
 func (*DropHolder) Type() CommandType       { return TypeDropHolder }
+func (*NodeCapabilities) Type() CommandType { return TypeNodeCapabilities }
+func (*Unplaceable) Type() CommandType      { return TypeUnplaceable }
 func (u *Unknown) Type() CommandType {
 	if u == nil {
 		return 0
@@ -242,6 +280,8 @@ var commands = map[CommandType]commandInfo{
 	TypeUpsertNode:       entry("upsert-node", (*State).upsertNode),
 	TypeRemoveNode:       entry("remove-node", (*State).removeNode),
 	TypeDropHolder:       entry("drop-holder", (*State).dropHolder),
+	TypeNodeCapabilities: entry("node-capabilities", (*State).nodeCapabilities),
+	TypeUnplaceable:      entry("unplaceable", (*State).unplaceable),
 }
 
 // entry builds a dispatch table row for command struct T, applied by

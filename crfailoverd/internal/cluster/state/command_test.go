@@ -1,6 +1,8 @@
 package state
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"bytes"
 	"errors"
 	"reflect"
@@ -25,6 +27,9 @@ func allCommands() []Command {
 		&RemoveWorkload{At: t0, ID: "ns/p/c"},
 		&UpsertNode{At: t0, Name: "n3", RPCAddr: "10.0.0.3:7947"},
 		&RemoveNode{At: t0, Name: "n3"},
+		&NodeCapabilities{At: t0, Node: "n2", Caps: capability.Node{Runtime: capability.Runtime{Name: "containerd", Version: "2.1.9"},
+			Checkpoint: true, Restore: capability.RestoreCreate, Kernel: "6.12.0", CRIU: "4.2.1", CPUFlags: []string{"avx", "sse4_2"}, Checked: t0}},
+		&Unplaceable{At: t0, ID: "ns/p/c", Epoch: 4, Reason: "no node can restore it: n3: it runs cri-o 1.36.3"},
 	}
 }
 
@@ -52,7 +57,9 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		if !seen[typ] {
 			t.Errorf("command type %d (%s) not covered by allCommands", typ, c.name)
 		}
-		if typ&IgnoreUnknownFlag != 0 {
+		// Only advisory records may be skipped by a node that does not know
+		// them.
+		if typ&IgnoreUnknownFlag != 0 && typ != TypeUnplaceable {
 			t.Errorf("known command type %d has the ignore flag", typ)
 		}
 		cmd, err := c.decode([]byte(`{}`))

@@ -30,6 +30,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 )
 
 // Errors returned (wrapped) by Apply.
@@ -58,6 +60,15 @@ type Checkpoint struct {
 	Size    int64     `json:"size"`
 	Created time.Time `json:"created"`
 	Holders []string  `json:"holders"` // node names holding a verified copy, sorted, no duplicates
+	// What the checkpoint needs of the node that restores it (see
+	// [State.Needs]): the runtime that took it, and the digest
+	// (capability.FlagsDigest) of the CPU flags of TakenOn, the node that
+	// took it, whose Node record holds the flags themselves. All empty for
+	// a checkpoint taken before capabilities were recorded: it needs
+	// nothing.
+	Runtime capability.Runtime `json:"runtime,omitzero"`
+	CPU     string             `json:"cpu,omitempty"`
+	TakenOn string             `json:"taken_on,omitempty"`
 }
 
 // Try is a failed restore attempt: Node could not restore checkpoint Seq.
@@ -122,6 +133,12 @@ type Node struct {
 	Name    string    `json:"name"`
 	RPCAddr string    `json:"rpc_addr"`
 	Joined  time.Time `json:"joined"`
+	// Caps is what the node's runtime can do, as the node last reported
+	// it (NodeCapabilities); nil until it does. CPUDigest is
+	// capability.FlagsDigest(Caps.CPUFlags), CapsAt the report's time.
+	Caps      *capability.Node `json:"caps,omitempty"`
+	CPUDigest string           `json:"cpu_digest,omitempty"`
+	CapsAt    time.Time        `json:"caps_at,omitzero"`
 }
 
 // MaxCheckpoints is how many checkpoints per workload the state keeps.
@@ -149,10 +166,20 @@ func (s *State) Clone() *State {
 		c.Workloads[id] = w.Clone()
 	}
 	for name, n := range s.Nodes {
-		nn := *n
-		c.Nodes[name] = &nn
+		c.Nodes[name] = n.Clone()
 	}
 	return c
+}
+
+// Clone returns a deep copy of n.
+func (n *Node) Clone() *Node {
+	c := *n
+	if n.Caps != nil {
+		caps := *n.Caps
+		caps.CPUFlags = slices.Clone(n.Caps.CPUFlags)
+		c.Caps = &caps
+	}
+	return &c
 }
 
 // Clone returns a deep copy of w.
@@ -176,6 +203,9 @@ func (s *State) Validate() error {
 	for name, n := range s.Nodes {
 		if n == nil || n.Name != name || name == "" {
 			return fmt.Errorf("node %q: record missing or named differently", name)
+		}
+		if err := n.validate(); err != nil {
+			return fmt.Errorf("node %q: %w", name, err)
 		}
 	}
 	for id, w := range s.Workloads {
