@@ -34,6 +34,9 @@ type state struct {
 	Nodes       []*Node  `json:"nodes"`
 	Kubelet     bool     `json:"kubelet"` // the nodes run a real kubelet
 	CRIOPatched bool     `json:"crio_patched"`
+	// ContainerdRestore: built containerd 2.2/2.3 nodes restore through
+	// CreateContainer (EnvContainerdRestore).
+	ContainerdRestore bool `json:"containerd_restore,omitempty"`
 }
 
 func (b *Bed) statePath() string { return filepath.Join(b.cfg.Dir, "state.json") }
@@ -127,8 +130,12 @@ func Up(ctx context.Context, c Config, n int, log io.Writer) (_ *Bed, err error)
 	}
 	b.state.Rootfs, b.state.Versions = rootfs, v
 	b.state.Kubelet, b.state.CRIOPatched = c.Kubelet, c.CRIOPatched
+	b.state.ContainerdRestore = c.Containerd.Restore
 	fmt.Fprintf(log, "testbed: root file system %s: %s\n", rootfs, v)
-	if c.Runtime == RuntimeCRIO {
+	if err := EnsureContainerdFlavors(ctx, c, n, log); err != nil {
+		return nil, err
+	}
+	if c.Runtime == RuntimeCRIO || c.anyNodeRuns(n, RuntimeCRIO) {
 		if err := EnsureCRIO(ctx, c, log); err != nil {
 			return nil, err
 		}
@@ -245,6 +252,7 @@ func Open(c Config) (*Bed, error) {
 	}
 	// The flavor is the running bed's, whatever the environment says now.
 	b.cfg.Kubelet, b.cfg.CRIOPatched = b.state.Kubelet, b.state.CRIOPatched
+	b.cfg.Containerd.Restore = b.state.ContainerdRestore
 	if len(b.state.Nodes) > 0 && b.state.Nodes[0].Runtime != "" {
 		b.cfg.Runtime = b.state.Nodes[0].Runtime
 	}

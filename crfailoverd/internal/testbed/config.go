@@ -51,15 +51,16 @@ const (
 
 // Config says where the bed keeps its files and which addresses it uses.
 type Config struct {
-	CacheDir     string       // cached root file systems
-	Dir          string       // state of the running bed: nodes, PKI, logs
-	Subnet       netip.Prefix // bridge subnet; .1 is the host, .11, .12, ... the nodes
-	RegistryPort int          // registry port on the host's and every node's loopback
-	Suite        string       // Debian suite to bootstrap
-	ModuleDir    string       // root of the crfailoverd module, to build the images
-	Runtime      string       // RuntimeContainerd or RuntimeCRIO
-	Kubelet      bool         // a real kubelet on every node instead of the emulator
-	CRIOPatched  bool         // CRI-O nodes run the build with 0001-customization.patch
+	CacheDir     string           // cached root file systems
+	Dir          string           // state of the running bed: nodes, PKI, logs
+	Subnet       netip.Prefix     // bridge subnet; .1 is the host, .11, .12, ... the nodes
+	RegistryPort int              // registry port on the host's and every node's loopback
+	Suite        string           // Debian suite to bootstrap
+	ModuleDir    string           // root of the crfailoverd module, to build the images
+	Runtime      string           // RuntimeContainerd or RuntimeCRIO
+	Kubelet      bool             // a real kubelet on every node instead of the emulator
+	CRIOPatched  bool             // CRI-O nodes run the build with 0001-customization.patch
+	Containerd   ContainerdFlavor // built containerd versions, per bed or per node (containerd_versions.go)
 }
 
 // ConfigFromEnv reads the bed's configuration from the environment, with
@@ -88,6 +89,10 @@ func ConfigFromEnv() (Config, error) {
 		c.CRIOPatched = true
 	default:
 		return c, fmt.Errorf("%s=%q: want 1 or 0", EnvCRIOPatched, v)
+	}
+	var err error
+	if c.Containerd, err = parseContainerdFlavor(os.Getenv); err != nil {
+		return c, err
 	}
 	subnet := envOr(EnvSubnet, "10.77.0.0/24")
 	p, err := netip.ParsePrefix(subnet)

@@ -19,11 +19,12 @@ type Node struct {
 	Name        string     `json:"name"`
 	Index       int        `json:"index"`
 	Addr        netip.Addr `json:"addr"`
-	Dir         string     `json:"dir"`         // node state on the host, at the same path inside the node's mount namespace
-	Socket      string     `json:"socket"`      // the runtime's CRI socket, reachable from the host
-	KubeletDir  string     `json:"kubelet_dir"` // the kubelet's (or the emulator's) root directory; checkpoints go to its checkpoints/
-	Netns       string     `json:"netns"`       // path of the network namespace
-	Runtime     string     `json:"runtime"`     // RuntimeContainerd or RuntimeCRIO
+	Dir         string     `json:"dir"`                  // node state on the host, at the same path inside the node's mount namespace
+	Socket      string     `json:"socket"`               // the runtime's CRI socket, reachable from the host
+	KubeletDir  string     `json:"kubelet_dir"`          // the kubelet's (or the emulator's) root directory; checkpoints go to its checkpoints/
+	Netns       string     `json:"netns"`                // path of the network namespace
+	Runtime     string     `json:"runtime"`              // RuntimeContainerd or RuntimeCRIO
+	Containerd  string     `json:"containerd,omitempty"` // version of the built containerd the node runs; "" for the root file system's
 	RuntimePID  int        `json:"runtime_pid"`
 	EmulatorPID int        `json:"emulator_pid"`
 	KubeletPID  int        `json:"kubelet_pid"`
@@ -44,8 +45,9 @@ func (n Node) logPath(what string) string { return filepath.Join(n.Dir, what+".l
 func (b *Bed) newNode(i int) Node {
 	name := "n" + strconv.Itoa(i)
 	dir := filepath.Join(b.cfg.Dir, "nodes", name)
+	rt := b.cfg.nodeRuntime(name)
 	sock := "containerd.sock"
-	if b.cfg.Runtime == RuntimeCRIO {
+	if rt.Runtime == RuntimeCRIO {
 		sock = "crio.sock"
 	}
 	return Node{
@@ -56,7 +58,8 @@ func (b *Bed) newNode(i int) Node {
 		Socket:     filepath.Join(dir, sock),
 		KubeletDir: filepath.Join(dir, "kubelet"),
 		Netns:      NetnsPath(name),
-		Runtime:    b.cfg.Runtime,
+		Runtime:    rt.Runtime,
+		Containerd: rt.Containerd,
 	}
 }
 
@@ -64,8 +67,12 @@ func (b *Bed) newNode(i int) Node {
 // state and socket, images from the bed's registry, runc as the runtime.
 func (b *Bed) containerdConfig(n Node) string {
 	extra := ""
-	if CompareVersions(b.state.Versions.Containerd, "2.3.0") >= 0 {
-		// containerd 2.3 turned restore through CreateContainer off by default.
+	version := b.state.Versions.Containerd
+	if n.Containerd != "" {
+		version = n.Containerd
+	}
+	if containerdRestoreViaCreate(version, n.Containerd != "", b.cfg.Containerd.Restore) {
+		// containerd 2.2 and 2.3 turned restore through CreateContainer off by default.
 		extra = "  enable_experimental_restore_via_create = true\n"
 	}
 	return fmt.Sprintf(`version = 3
@@ -143,7 +150,11 @@ func (b *Bed) startContainerd(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(cfgPath, []byte(b.containerdConfig(*n)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write containerd config: %w", n.Name, err)
 	}
-	return b.runRuntime(ctx, n, "containerd", b.state.Rootfs, "containerd", cfgPath)
+	root := b.state.Rootfs
+	if n.Containerd != "" {
+		root = containerdRootfsDir(b.cfg, n.Containerd)
+	}
+	return b.runRuntime(ctx, n, "containerd", root, "containerd", cfgPath)
 }
 
 // runRuntime runs the node's runtime (binary, inside root, with config)
