@@ -62,8 +62,9 @@ var Table = []Rule{
 	{"Apply AppFailed, RestoreDone", "the node it names", "its own copy or restore (epochs are checked by the state)"},
 	{"Apply AddHolder", "the workload's owner", "a checkpoint the state records, held by a known node, with the recorded sha256 and size"},
 	{"Apply DropHolder", "the node it names", "its own holder record of a checkpoint (its copy did not match the record, or was refused before a restore)"},
-	{"Apply Place", "the workload's owner (a migration)", "its own running workload, to a known node that holds the checkpoint, at the next epoch"},
-	{"Apply GiveUp, UpsertNode, RemoveNode", "nobody: the leader's own loop only", "never forwarded"},
+	{"Apply NodeCapabilities", "the node it names", "what its own runtime can do (bounded in size by the state)"},
+	{"Apply Place", "the workload's owner (a migration)", "its own running workload, to a known node that holds the checkpoint and can restore it (state.CanRestore), at the next epoch"},
+	{"Apply GiveUp, Unplaceable, UpsertNode, RemoveNode", "nobody: the leader's own loop only", "never forwarded"},
 	{"Push", "the workload's owner", "a checkpoint the state records for that workload with the same sha256 and size"},
 	{"Fetch", "the node the workload is placed on, or a holder of one of its checkpoints", "that workload"},
 	{"Migrate", "a node the state knows (asked on its admin socket)", "a workload, to another node the state knows (never to the caller itself)"},
@@ -125,6 +126,8 @@ func Forwarded(s *state.State, caller string, cmd state.Command) error {
 				c.SHA256, c.Size, c.Seq, c.ID, cp.SHA256, cp.Size)
 		}
 		return nil
+	case *state.NodeCapabilities:
+		return node(c.Node)
 	case *state.DropHolder:
 		// A node drops only its own record; a dead node's records go with
 		// RemoveNode, from the leader's own loop.
@@ -145,8 +148,11 @@ func Forwarded(s *state.State, caller string, cmd state.Command) error {
 		case cp == nil || !slices.Contains(cp.Holders, c.Owner):
 			return deny(caller, what, "target %s holds no copy of checkpoint #%d", c.Owner, c.Seq)
 		}
+		if ok, why := s.CanRestore(c.Owner, cp); !ok {
+			return deny(caller, what, "target %s cannot restore checkpoint #%d: %s", c.Owner, c.Seq, why)
+		}
 		return nil
-	case *state.GiveUp, *state.UpsertNode, *state.RemoveNode:
+	case *state.GiveUp, *state.Unplaceable, *state.UpsertNode, *state.RemoveNode:
 		return deny(caller, what, "only the leader's own loop makes it; it is never forwarded")
 	}
 	return deny(caller, what, "no rule admits this command")

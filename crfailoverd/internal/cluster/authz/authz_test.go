@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 )
 
@@ -70,6 +71,58 @@ func TestHolderRecords(t *testing.T) {
 // for every command a follower may forward, DropHolder included.
 func TestTableNamesDropHolder(t *testing.T) {
 	for _, req := range []string{"AddHolder", "DropHolder"} {
+		found := false
+		for _, r := range Table {
+			found = found || strings.Contains(r.Request, req)
+		}
+		if !found {
+			t.Errorf("authz.Table has no row for %s", req)
+		}
+	}
+}
+
+// TestCapabilityRecords: a node reports only its own capabilities; the
+// leader alone records a workload as unplaceable; an owner migrates only
+// to a node that can restore the checkpoint.
+func TestCapabilityRecords(t *testing.T) {
+	at := time.Unix(1, 0)
+	s := holderState()
+	s.Workloads["ns/p/c"].Checkpoints[0].Runtime = capability.Runtime{Name: "containerd", Version: "2.1.9"}
+	s.Workloads["ns/p/c"].Checkpoints[0].Holders = []string{"n1", "n2", "n3"}
+	for n, rt := range map[string]string{"n2": "cri-o", "n3": "containerd"} {
+		if err := s.Apply(&state.NodeCapabilities{At: at, Node: n, Caps: capability.Node{Runtime: capability.Runtime{Name: rt}, Restore: capability.RestoreCreate}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	caps := capability.Node{Runtime: capability.Runtime{Name: "containerd"}, Restore: capability.RestoreCreate}
+	for _, tc := range []struct {
+		name   string
+		caller string
+		cmd    state.Command
+		want   string // "" admitted; else a part of the refusal
+	}{
+		{"a node reports its own capabilities", "n2", &state.NodeCapabilities{At: at, Node: "n2", Caps: caps}, ""},
+		{"a node reports another's", "n2", &state.NodeCapabilities{At: at, Node: "n3", Caps: caps}, `it names node "n3": a node reports only for itself`},
+		{"a name that is no member reports", "mallory", &state.NodeCapabilities{At: at, Node: "mallory", Caps: caps}, "not a node of the cluster"},
+		{"a member records a workload unplaceable", "n1", &state.Unplaceable{At: at, ID: "ns/p/c", Epoch: 2, Reason: "x"}, "only the leader's own loop makes it"},
+		{"the owner migrates to a capable holder", "n1", &state.Place{At: at, ID: "ns/p/c", Owner: "n3", Epoch: 3, Seq: 4}, ""},
+		{"the owner migrates to a holder of another runtime", "n1", &state.Place{At: at, ID: "ns/p/c", Owner: "n2", Epoch: 3, Seq: 4},
+			"target n2 cannot restore checkpoint #4: it runs cri-o, the checkpoint was taken by containerd 2.1.9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Forwarded(s, tc.caller, tc.cmd)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrDenied) || !strings.HasPrefix(err.Error(), tc.caller+" may not forward ") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a refusal of %s saying %q", err, tc.caller, tc.want)
+			}
+		})
+	}
+	for _, req := range []string{"NodeCapabilities", "Unplaceable"} {
 		found := false
 		for _, r := range Table {
 			found = found || strings.Contains(r.Request, req)
