@@ -347,3 +347,37 @@ func TestSeqLimits(t *testing.T) {
 		t.Errorf("entries = %v, want [1]", got)
 	}
 }
+
+// TestFailedSealLeavesNoPlaintext: a checkpoint written by the runtime
+// outside the store (kubelet's checkpoints directory) that cannot be sealed
+// for want of space leaves no plaintext copy in the store, nor the
+// runtime's file.
+func TestFailedSealLeavesNoPlaintext(t *testing.T) {
+	fs := mountTmpfs(t, "16m")
+	root := filepath.Join(fs, "store")
+	s := openWith(t, root, Options{Retention: 3, Node: "n1", Key: newKey(t)})
+	src := filepath.Join(fs, "kubelet", "checkpoint.tar")
+	if err := os.MkdirAll(filepath.Dir(src), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, archiveBytes(10*mib), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Commit(testWL, src, Entry{Method: "kubelet"})
+	if err == nil {
+		t.Fatal("sealing 10 MiB next to its 10 MiB plaintext on a 16 MiB tmpfs succeeded")
+	}
+	t.Logf("refused: %v", err)
+	var left []string
+	_ = filepath.WalkDir(fs, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	for _, p := range left {
+		if strings.Contains(filepath.Base(p), tmpPrefix) || p == src {
+			t.Errorf("left after the failed seal: %s", p)
+		}
+	}
+}

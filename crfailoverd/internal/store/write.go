@@ -48,6 +48,15 @@ func (s *Store) stage(dir, src string, w Workload) (path, sum string, size int64
 		sum, size, err = hashFile(plain, true)
 		return plain, sum, size, err
 	}
+	if plain != src {
+		// The moved plaintext never outlives a failed seal (Commit only
+		// knows the runtime's path, which is gone).
+		defer func() {
+			if err != nil {
+				os.Remove(plain)
+			}
+		}()
+	}
 	f, err := os.Open(plain)
 	if err != nil {
 		return "", "", 0, fmt.Errorf("read archive: %w", err)
