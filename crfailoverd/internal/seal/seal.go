@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"filippo.io/age"
@@ -77,6 +78,9 @@ func Load(path string) (*Key, error) {
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("seal: load data key %s: mode %04o lets group or others access it; must be 0600 or stricter", path, perm)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("seal: load data key %s: owned by uid %d, not by this daemon's uid %d, who could replace or read it; fix: chown %d %s", path, st.Uid, os.Geteuid(), os.Geteuid(), path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	if err != nil {

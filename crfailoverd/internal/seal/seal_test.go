@@ -188,3 +188,32 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load of a missing file: %v", err)
 	}
 }
+
+// TestLoadRefusesAnotherOwner: a 0600 key file owned by another user (who
+// could read or replace it) is refused, naming the owner and the fix.
+func TestLoadRefusesAnotherOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := KeyFile(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "data.key")
+	if err := os.WriteFile(p, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); err != nil {
+		t.Fatalf("own key: %v", err)
+	}
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") || !strings.Contains(err.Error(), "chown") {
+		t.Errorf("Load of a key owned by nobody: %v; want a refusal naming the owner and the fix", err)
+	}
+}

@@ -5,6 +5,7 @@ package secfile
 import (
 	"fmt"
 	"os"
+	"syscall"
 )
 
 // CheckPrivate returns nil if path is a regular file that neither its
@@ -24,6 +25,9 @@ func CheckPrivate(path string) error {
 	}
 	if perm := mode.Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("%s has mode %04o: its group or others may access this private key; fix: chmod 600 %s", path, perm, path)
+	}
+	if st, ok := st.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d, not by this daemon's uid %d, who could read or replace this private key; fix: chown %d %s", path, st.Uid, os.Geteuid(), os.Geteuid(), path)
 	}
 	return nil
 }

@@ -101,3 +101,22 @@ func TestCheckPrivateMissing(t *testing.T) {
 		t.Errorf("CheckPrivate of a dangling link = %v, want fs.ErrNotExist", err)
 	}
 }
+
+func TestCheckPrivateRefusesAnotherOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	p := filepath.Join(t.TempDir(), "node.key")
+	if err := os.WriteFile(p, []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPrivate(p); err != nil {
+		t.Fatalf("own key: %v", err)
+	}
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPrivate(p); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Errorf("CheckPrivate of a key owned by nobody: %v; want a refusal naming the owner", err)
+	}
+}
