@@ -241,6 +241,27 @@ func PeerName(ctx context.Context) string {
 	return ""
 }
 
+// recvFirst receives a stream's first message (a push header, a fetch
+// request), giving up after the stream idle time: a peer that opens a
+// stream and sends nothing holds no handler for ever. Returning ends the
+// stream, which ends the receive left behind.
+func (s *server) recvFirst(ss grpc.ServerStream, m any, what string) error {
+	idle := s.h.StreamIdle
+	if idle <= 0 {
+		idle = DefaultStreamIdle
+	}
+	done := make(chan error, 1)
+	go func() { done <- ss.RecvMsg(m) }()
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return status.Errorf(codes.DeadlineExceeded, "%s from %s: nothing received for %s after the stream opened: stream abandoned", what, PeerName(ss.Context()), idle)
+	}
+}
+
 // push receives an archive into the store. The header's size is checked
 // against the store's max_archive_bytes before any chunk is read; the
 // archive is walked (archive.Walker) while it streams, and the store
@@ -251,7 +272,7 @@ func (s *server) push(ss grpc.ServerStream) error {
 		return status.Error(codes.Unimplemented, "push: this node has no store")
 	}
 	var h header
-	if err := ss.RecvMsg(&h); errors.Is(err, io.EOF) {
+	if err := s.recvFirst(ss, &h, "push"); errors.Is(err, io.EOF) {
 		return invalid("push: stream ended before the header")
 	} else if isRefusal(err) {
 		return err
@@ -325,7 +346,7 @@ func (s *server) fetch(ss grpc.ServerStream) error {
 		return status.Error(codes.Unimplemented, "fetch: this node has no store")
 	}
 	var req fetchRequest
-	if err := ss.RecvMsg(&req); isRefusal(err) {
+	if err := s.recvFirst(ss, &req, "fetch"); isRefusal(err) {
 		return err
 	} else if err != nil {
 		return fmt.Errorf("fetch: receive request: %w", err)

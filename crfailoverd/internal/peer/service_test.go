@@ -324,3 +324,28 @@ func TestStalledPushIsAbandoned(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A peer that opens a push or fetch stream and sends nothing is cut off
+// after the idle limit, naming what it did not send.
+func TestSilentStreamIsAbandoned(t *testing.T) {
+	ca := newCA(t, "cluster-ca")
+	a := ca.nodeTLS(t, "node-a")
+	for _, tc := range []struct {
+		name   string
+		stream int
+		method string
+	}{{"push", pushStream, "Push"}, {"fetch", fetchStream, "Fetch"}} {
+		done := make(chan error, 1)
+		b := startPeer(t, ca, "node-b", Handlers{StreamIdle: 200 * time.Millisecond}, streamDone(done))
+		c := b.client(t, a)
+		stream, err := c.conn.NewStream(context.Background(), &serviceDesc.Streams[tc.stream], fullMethod(tc.method))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = recvTimeout(t, done, "the server to end the silent "+tc.name)
+		if st := status.Convert(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), tc.name+" from") || !strings.Contains(st.Message(), "nothing received") {
+			t.Errorf("%s: server ended the silent stream with %v", tc.name, err)
+		}
+		_ = stream.CloseSend()
+	}
+}
