@@ -36,12 +36,24 @@
 //     attempt left no copy, and a restoring owner's copy is gone by the
 //     restore deadline (see the contract).
 //  6. Candidates: checkpoints newest first; for each, its holders that are
-//     alive and known nodes, except (node, checkpoint) pairs already tried
-//     and the failing owner; among them the node owning the fewest
-//     workloads, then the first by name.
+//     alive and known nodes and can restore it (state.CanRestore: the
+//     runtime that took it, a restore path, the CPU features it needs),
+//     except (node, checkpoint) pairs already tried and the failing owner;
+//     among them the node owning the fewest workloads, then the first by
+//     name. When the checkpoint's only alive untried holders cannot
+//     restore it, an alive node that can and does not hold it is a
+//     candidate too (it fetches the archive from a holder), chosen the
+//     same way. A node that cannot restore a checkpoint is never placed
+//     with it, the owner as a last resort included.
 //  7. After MaxAttempts failed attempts, or when no untried (node,
 //     checkpoint) pair is left at all: give up (for a dead owner, only
 //     once rule 2 allows a move).
+//  8. When the only untried pairs left are on nodes that cannot restore
+//     them, the workload is not given up but reported (state.Unplaceable,
+//     once per distinct reason): "no node can restore it: " with every
+//     other node and why. It moves as soon as a node that can restore it
+//     holds or can fetch a checkpoint of it (a node reports new
+//     capabilities, say).
 //
 // A workload whose only untried candidates are on nodes that are not alive
 // is left alone: those nodes may come back (a power cut), and giving up
@@ -204,22 +216,33 @@ func (d *decider) decide(w *state.Workload) state.Command {
 	return nil
 }
 
-// move places w on the best candidate, gives it up, or (when only nodes
-// that are not alive could take it) leaves it for now. ownerLast allows the
-// owner itself when no other node can take it.
+// move places w on the best candidate, gives it up, reports it
+// unplaceable, or (when only nodes that are not alive could take it)
+// leaves it for now. ownerLast allows the owner itself when no other node
+// can take it.
 func (d *decider) move(w *state.Workload, reason string, ownerLast bool) state.Command {
 	if d.p.MaxAttempts > 0 && len(w.Tried) >= d.p.MaxAttempts {
 		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch,
 			Reason: fmt.Sprintf("%s; gave up after %d failed restore attempts: %s", reason, len(w.Tried), tries(w.Tried))}
 	}
-	node, seq, waiting := d.candidate(w, ownerLast)
+	c := d.candidate(w, ownerLast)
 	switch {
-	case node != "":
-		return &state.Place{At: d.v.Now, ID: w.ID, Owner: node, Epoch: w.Epoch + 1, Seq: seq, Reason: reason}
-	case waiting:
+	case c.node != "":
+		return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq, Reason: reason}
+	case c.waiting && !c.incapable:
 		return nil
 	case len(w.Checkpoints) == 0:
 		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: reason + "; no checkpoint of it exists"}
+	case c.incapable:
+		msg := reason + "; " + d.noNodeCanRestore(w)
+		if c.waiting {
+			// Say why it waits: only holders that are not alive can take it.
+			msg = reason + "; waiting for " + strings.Join(c.waitingOn, ", ") + " to come back; " + d.noNodeCanRestore(w)
+		}
+		if w.LastError == msg {
+			return nil // said so already
+		}
+		return &state.Unplaceable{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: msg}
 	}
 	msg := fmt.Sprintf("%s; no untried copy of a checkpoint left (%s)", reason, holders(w.Checkpoints))
 	if len(w.Tried) > 0 {
@@ -228,9 +251,19 @@ func (d *decider) move(w *state.Workload, reason string, ownerLast bool) state.C
 	return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: msg}
 }
 
-// candidate picks where to restore w (rule 6). waiting reports that an
-// untried holder exists but is not alive.
-func (d *decider) candidate(w *state.Workload, ownerLast bool) (node string, seq uint64, waiting bool) {
+// choice is the outcome of candidate.
+type choice struct {
+	node string
+	seq  uint64
+	// waiting: an untried holder that can restore exists but is not
+	// alive. incapable: an untried holder was passed over because it
+	// cannot restore the checkpoint. waitingOn names those holders.
+	waiting, incapable bool
+	waitingOn          []string
+}
+
+// candidate picks where to restore w (rule 6).
+func (d *decider) candidate(w *state.Workload, ownerLast bool) choice {
 	type pair struct {
 		node string
 		seq  uint64
@@ -239,30 +272,106 @@ func (d *decider) candidate(w *state.Workload, ownerLast bool) (node string, seq
 	for _, t := range w.Tried {
 		tried[pair{t.Node, t.Seq}] = true
 	}
+	var out choice
 	var last pair // the owner, as a last resort
-	for _, cp := range w.Checkpoints {
-		best := ""
+	for i := range w.Checkpoints {
+		cp := &w.Checkpoints[i]
+		best, source := "", false // source: an alive holder that cannot restore it can send it
 		for _, h := range cp.Holders {
+			if tried[pair{h, cp.Seq}] || d.s.Nodes[h] == nil {
+				continue
+			}
+			if ok, _ := d.s.CanRestore(h, cp); !ok {
+				out.incapable = true
+				source = source || d.v.Alive[h]
+				continue
+			}
 			switch {
-			case tried[pair{h, cp.Seq}] || d.s.Nodes[h] == nil:
 			case !d.v.Alive[h]:
-				waiting = true
+				out.waiting = true
+				if !slices.Contains(out.waitingOn, h) {
+					out.waitingOn = append(out.waitingOn, h)
+				}
 			case h == w.Owner:
 				if ownerLast && last.node == "" {
 					last = pair{h, cp.Seq}
 				}
-			case best == "" || d.owned[h] < d.owned[best] || (d.owned[h] == d.owned[best] && h < best):
+			case d.less(h, best):
 				best = h
 			}
 		}
+		if best == "" && source {
+			// No holder can restore it: a node that can fetches it.
+			for _, n := range sortedNames(d.s.Nodes) {
+				switch {
+				case n == w.Owner || !d.v.Alive[n] || tried[pair{n, cp.Seq}] || slices.Contains(cp.Holders, n):
+				case d.less(n, best):
+					if ok, _ := d.s.CanRestore(n, cp); ok {
+						best = n
+					}
+				}
+			}
+		}
 		if best != "" {
-			return best, cp.Seq, false
+			out.node, out.seq = best, cp.Seq
+			return out
 		}
 	}
 	if last.node != "" {
-		return last.node, last.seq, false
+		out.node, out.seq = last.node, last.seq
 	}
-	return "", 0, waiting
+	return out
+}
+
+// less reports whether node n is a better choice than best ("" is the
+// worst): fewer workloads owned, then the first by name.
+func (d *decider) less(n, best string) bool {
+	return best == "" || d.owned[n] < d.owned[best] || (d.owned[n] == d.owned[best] && n < best)
+}
+
+// noNodeCanRestore names every node and why it cannot take w now:
+// judged with w's newest checkpoint it holds, or else w's newest. The
+// owner is named only when it is alive (an app-failed owner that cannot
+// restore its own checkpoint).
+func (d *decider) noNodeCanRestore(w *state.Workload) string {
+	var parts []string
+	for _, n := range sortedNames(d.s.Nodes) {
+		if n == w.Owner && !d.v.Alive[n] {
+			continue
+		}
+		cp := &w.Checkpoints[0]
+		for i := range w.Checkpoints {
+			if slices.Contains(w.Checkpoints[i].Holders, n) {
+				cp = &w.Checkpoints[i]
+				break
+			}
+		}
+		why := ""
+		switch ok, reason := d.s.CanRestore(n, cp); {
+		case !ok:
+			why = reason
+		case !d.v.Alive[n]:
+			why = "not alive"
+		case !slices.Contains(cp.Holders, n):
+			why = "holds no checkpoint of it, and no alive holder can send one"
+		default:
+			why = fmt.Sprintf("its restore of #%d was tried", cp.Seq)
+		}
+		parts = append(parts, n+": "+why)
+	}
+	if len(parts) == 0 {
+		return "no node can restore it: no other node"
+	}
+	return "no node can restore it: " + strings.Join(parts, "; ")
+}
+
+func sortedNames(m map[string]*state.Node) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func tries(ts []state.Try) string {

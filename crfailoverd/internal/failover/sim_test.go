@@ -107,6 +107,8 @@ package failover
 //	go test ./crfailoverd/internal/failover -run '^TestSimulation/random$' -sim.seed=N -v
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"errors"
 	"flag"
 	"fmt"
@@ -316,8 +318,9 @@ type sim struct {
 	owners      map[string]map[uint64]string // workload -> epoch -> owner, over the whole log
 	maxEpoch    map[string]uint64
 	flaky       map[string]bool
-	ids         []string // every workload, sorted (none is ever removed)
-	maj         int      // majorityGroup's answer, valid while majValid
+	caps        map[string]*capability.Node // node -> its capabilities in a mixed cluster; nil: none reported
+	ids         []string                    // every workload, sorted (none is ever removed)
+	maj         int                         // majorityGroup's answer, valid while majValid
 	majValid    bool
 	pending     []replication
 	reports     []report
@@ -340,10 +343,41 @@ func newSim(seed uint64, cfg func(*rand.Rand) simConfig, st simStats) *sim {
 		m.nodes = append(m.nodes, n)
 	}
 	c := m.cfg
+	m.mixCapabilities(seed)
 	m.tracef("config: %d nodes, %d workloads, lease %s, detect %s, election gap %s, stale lead %s, join ≤%s, stop ≤%s, report lag ≤%s, restore margin %s, fence delay %s, leader delay %s, restore timeout %s, max attempts %d",
 		c.nodes, c.workloads, ticks(c.lease), ticks(c.detect), ticks(c.electGap), ticks(c.staleLead), ticks(c.joinMax), ticks(c.stopMax),
 		ticks(c.reportLag), ticks(c.restoreMargin), c.policy.FenceDelay, c.policy.LeaderDelay, c.policy.RestoreTimeout, c.policy.MaxAttempts)
 	return m
+}
+
+// mixCapabilities makes half of the runs mixed clusters: each node
+// reports a runtime (containerd or CRI-O), whether it can restore, and
+// its CPU flags (with or without avx512f). It draws from its own
+// generator, so the schedules stay those of the seed.
+func (m *sim) mixCapabilities(seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0xca95))
+	if rng.IntN(2) == 0 {
+		return
+	}
+	m.caps = map[string]*capability.Node{}
+	for _, n := range m.nodes {
+		c := &capability.Node{Runtime: capability.Runtime{Name: "containerd", Version: "2.1.9"}, Checkpoint: true,
+			Restore: capability.RestoreCreate, CPUFlags: []string{"avx", "avx2", "avx512f", "sse4_2"}}
+		switch r := rng.IntN(100); {
+		case r < 15:
+			c.Runtime = capability.Runtime{Name: "cri-o", Version: "1.36.3"}
+		case r < 25:
+			c.Runtime.Version = "2.4.2"
+			c.Restore = capability.RestoreNative
+		}
+		if rng.IntN(100) < 25 {
+			c.Restore, c.RestoreReason = capability.RestoreNone, "enable_experimental_restore_via_create is off"
+		}
+		if rng.IntN(100) < 35 {
+			c.CPUFlags = []string{"avx", "avx2", "sse4_2"}
+		}
+		m.caps[n.name] = c
+	}
 }
 
 func (m *sim) at(t int) time.Time { return simBase.Add(ticks(t)) }
@@ -383,6 +417,13 @@ func (m *sim) setup() {
 	m.observe()
 	for _, n := range m.nodes {
 		m.propose(m.leader, &state.UpsertNode{At: m.now(), Name: n.name, RPCAddr: n.name + ":7947"})
+		if c := m.caps[n.name]; c != nil {
+			if err := m.propose(n, &state.NodeCapabilities{At: m.now(), Node: n.name, Caps: *c}); err != nil {
+				m.fail("capabilities of %s: %v", n.name, err)
+				return
+			}
+			m.tracef("%s: %s, restore %s, %d CPU flags", n.name, c.Runtime, c.Restore, len(c.CPUFlags))
+		}
 	}
 	for i := range m.cfg.workloads {
 		id := fmt.Sprintf("ns/w%d/c", i)
@@ -860,6 +901,9 @@ func (m *sim) checkpoint(n *simNode, id string) {
 	epoch := n.copies[id]
 	sha := fmt.Sprintf("%s#%d@%s/e%d", id, seq, n.name, epoch)
 	cp := state.Checkpoint{Seq: seq, SHA256: sha, Size: 1 << 20, Created: m.now()}
+	if c := m.caps[n.name]; c != nil {
+		cp.Runtime, cp.CPU = c.Runtime, capability.FlagsDigest(c.CPUFlags)
+	}
 	if m.propose(n, &state.CommitCheckpoint{At: m.now(), ID: id, Node: n.name, Epoch: epoch, Checkpoint: cp}) != nil {
 		return
 	}
@@ -915,6 +959,9 @@ func (m *sim) lead() {
 		if g, ok := cmd.(*state.GiveUp); ok {
 			m.checkGiveUp(m.committed.Workloads[g.ID])
 		}
+		if p, ok := cmd.(*state.Place); ok {
+			m.checkCapable(p)
+		}
 		if err := m.propose(m.leader, cmd); err != nil {
 			m.fail("the leader's %s was refused: %v", describe(cmd), err)
 		}
@@ -938,6 +985,31 @@ func (m *sim) lead() {
 			m.checkTimeout(c)
 		case *state.GiveUp:
 			m.st["gaveUp"]++
+		case *state.Unplaceable:
+			m.st["unplaceable"]++
+			if !strings.Contains(c.Reason, "no node can restore it: ") {
+				m.fail("unplaceable without saying why: %q", c.Reason)
+			}
+		}
+	}
+}
+
+// checkCapable: a placement goes only to a node that can restore its
+// checkpoint (placements_on_incapable = 0).
+func (m *sim) checkCapable(p *state.Place) {
+	w := m.committed.Workloads[p.ID]
+	cp := w.Checkpoint(p.Seq)
+	if cp == nil {
+		m.fail("placed %s from #%d, which the state does not record", p.ID, p.Seq)
+		return
+	}
+	if ok, why := m.committed.CanRestore(p.Owner, cp); !ok {
+		m.fail("placed %s #%d on %s, which cannot restore it: %s", p.ID, p.Seq, p.Owner, why)
+	}
+	if m.caps != nil {
+		m.st["placedMixed"]++
+		if !slices.Contains(cp.Holders, p.Owner) {
+			m.st["placedByFetch"]++
 		}
 	}
 }
@@ -973,10 +1045,37 @@ func (m *sim) untriedHolders(w *state.Workload) []*simNode {
 		tried[fmt.Sprint(t.Node, "#", t.Seq)] = true
 	}
 	var out []*simNode
-	for _, cp := range w.Checkpoints {
+	for i := range w.Checkpoints {
+		cp := &w.Checkpoints[i]
 		for _, h := range cp.Holders {
-			if !tried[fmt.Sprint(h, "#", cp.Seq)] && m.committed.Nodes[h] != nil {
+			if ok, _ := m.committed.CanRestore(h, cp); ok && !tried[fmt.Sprint(h, "#", cp.Seq)] && m.committed.Nodes[h] != nil {
 				out = append(out, m.node(h))
+			}
+		}
+	}
+	return out
+}
+
+// fetchers lists the up nodes but w's owner that can restore a checkpoint
+// of w that an up node holds but cannot restore, and have not tried it.
+func (m *sim) fetchers(w *state.Workload) []*simNode {
+	tried := map[string]bool{}
+	for _, t := range w.Tried {
+		tried[fmt.Sprint(t.Node, "#", t.Seq)] = true
+	}
+	var out []*simNode
+	for i := range w.Checkpoints {
+		cp := &w.Checkpoints[i]
+		source := slices.ContainsFunc(cp.Holders, func(h string) bool {
+			ok, _ := m.committed.CanRestore(h, cp)
+			return !ok && m.committed.Nodes[h] != nil && m.node(h).up
+		})
+		if !source {
+			continue
+		}
+		for _, n := range m.nodes {
+			if ok, _ := m.committed.CanRestore(n.name, cp); ok && n.up && n.name != w.Owner && !tried[fmt.Sprint(n.name, "#", cp.Seq)] && !slices.Contains(cp.Holders, n.name) {
+				out = append(out, n)
 			}
 		}
 	}
@@ -1206,6 +1305,12 @@ func (m *sim) checkLiveness(v View) {
 			if len(live) > 0 || slices.ContainsFunc(m.untriedHolders(w), func(n *simNode) bool { return n.up }) {
 				m.fail("%s stays %s on %s with copies %v and a live untried holder", id, w.Status, w.Owner, live)
 			}
+			if f := m.fetchers(w); len(f) > 0 && (m.cfg.policy.MaxAttempts == 0 || len(w.Tried) < m.cfg.policy.MaxAttempts) {
+				m.fail("%s stays %s on %s although %s could fetch and restore a checkpoint", id, w.Status, w.Owner, f[0].name)
+			}
+			if strings.Contains(w.LastError, "no node can restore it") {
+				m.st["endUnplaceable"]++
+			}
 			m.st["endWaiting"]++
 		}
 		for _, t := range w.Tried {
@@ -1243,6 +1348,8 @@ func describe(cmd state.Command) string {
 		return fmt.Sprintf("give up %s at epoch %d (%s)", c.ID, c.Epoch, c.Reason)
 	case *state.UpsertNode:
 		return "upsert node " + c.Name
+	case *state.Unplaceable:
+		return fmt.Sprintf("unplaceable %s at epoch %d (%s)", c.ID, c.Epoch, c.Reason)
 	}
 	return fmt.Sprintf("%T", cmd)
 }
@@ -1322,7 +1429,8 @@ func TestSimulation(t *testing.T) {
 			// The schedule must exercise what the invariants are about.
 			want := []string{"placedDead", "placedApp", "placedRestore", "timeouts", "gaveUp", "fenced",
 				"minorityRestores", "refused", "endRunning", "endFailed", "endWaiting", "endWaitingUnseen",
-				"placedDeadEarlyInTerm", "repartitions", "leaderChanges"}
+				"placedDeadEarlyInTerm", "repartitions", "leaderChanges",
+				"placedMixed", "placedByFetch", "unplaceable", "endUnplaceable"}
 			if tc.name == "stress" {
 				want = append(want, "deadlineStops")
 			}
