@@ -404,6 +404,13 @@ func (l *Leader) Decide(ctx context.Context) {
 			}
 			l.o.Log.Warn("failover: workload placed", "workload", p.ID, "from", from, "to", p.Owner, "epoch", p.Epoch, "seq", p.Seq, "reason", p.Reason)
 			l.o.Events(event.Event{Kind: event.Placed, Workload: p.ID, From: from, To: p.Owner, Seq: p.Seq, Epoch: p.Epoch, Reason: p.Reason})
+		} else if u, ok := cmd.(*state.Unplaceable); ok {
+			from := ""
+			if w, ok := st.Workloads[u.ID]; ok {
+				from = w.Owner
+			}
+			l.o.Log.Error("failover: no node can restore the workload", "workload", u.ID, "owner", from, "epoch", u.Epoch, "reason", u.Reason)
+			l.o.Events(event.Event{Kind: Unplaceable, Workload: u.ID, From: from, Epoch: u.Epoch, Reason: u.Reason})
 		} else {
 			l.o.Log.Warn("failover decision", "cmd", describe(cmd))
 		}
@@ -418,9 +425,16 @@ func describe(cmd state.Command) string {
 		return "give up " + x.ID + ": " + x.Reason
 	case *state.RestoreDone:
 		return "restore of " + x.ID + " on " + x.Node + " failed: " + x.Error
+	case *state.Unplaceable:
+		return "no node can restore " + x.ID + ": " + x.Reason
 	}
 	return "command"
 }
+
+// Unplaceable is the event kind of a workload no node can restore (From:
+// its owner, Reason: each node and why). It belongs in package event's
+// kinds; until it is there, it is declared here.
+const Unplaceable event.Kind = "unplaceable"
 
 // MinDetect is the least time between a node losing the network and the
 // others declaring it dead under the LAN profile (probe plus suspicion).

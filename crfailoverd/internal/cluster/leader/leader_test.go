@@ -1,6 +1,8 @@
 package leader
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"context"
 	"errors"
 	"log/slog"
@@ -239,6 +241,15 @@ func TestDecide(t *testing.T) {
 		{"placement with an overdue report: recorded as failed", stateWith(t,
 			&state.Place{At: now.Add(-2 * time.Minute), ID: "ns/p/c", Owner: "n3", Epoch: 2, Seq: 1, Reason: "node n2 dead"}),
 			append(alive("n1", "n3"), member("n2", membership.StatusDead, now.Add(-3*time.Minute))), nil, "restore of ns/p/c on n3 failed: restore timed out: no report within 1m0s", "node-dead"},
+		{"the only other holder cannot restore: a node that can fetches it", stateWith(t,
+			&state.NodeCapabilities{At: now, Node: "n3", Caps: capability.Node{Restore: capability.RestoreNone, RestoreReason: "restore is off"}}),
+			append(alive("n1", "n3"), member("n2", membership.StatusDead, now.Add(-3*time.Second))), nil, "place ns/p/c on n1", "node-dead,placed"},
+		{"no other node can restore: reported once, with each node and why", stateWith(t,
+			&state.NodeCapabilities{At: now, Node: "n1", Caps: capability.Node{Restore: capability.RestoreNone, RestoreReason: "restore is off"}},
+			&state.NodeCapabilities{At: now, Node: "n3", Caps: capability.Node{Restore: capability.RestoreNone, RestoreReason: "restore is off"}}),
+			append(alive("n1", "n3"), member("n2", membership.StatusDead, now.Add(-3*time.Second))), nil,
+			"no node can restore ns/p/c: node n2 dead since 1970-01-12T13:46:37Z; waiting for n2 to come back; no node can restore it: " +
+				"n1: its runtime an unknown runtime cannot restore: restore is off; n3: its runtime an unknown runtime cannot restore: restore is off", "node-dead,unplaceable"},
 		{"application failure: placed on a peer", stateWith(t,
 			&state.AppFailed{At: now, ID: "ns/p/c", Node: "n2", Epoch: 1, Reason: "probe"}),
 			alive("n1", "n2", "n3"), nil, "place ns/p/c on n3", "placed"},
@@ -264,13 +275,14 @@ func TestDecide(t *testing.T) {
 			if g := strings.Join(kinds, ","); g != tc.events {
 				t.Fatalf("events %q, want %q", g, tc.events)
 			}
-			// A second pass reports a death only once.
+			// A second pass reports a death, and a workload no node can
+			// restore, only once.
 			evs = nil
 			p.cmds = nil
 			l.Decide(context.Background())
 			for _, e := range evs {
-				if e.Kind == event.NodeDead {
-					t.Fatal("node-dead reported twice")
+				if e.Kind == event.NodeDead || (e.Kind == Unplaceable && tc.fail == nil) {
+					t.Fatalf("%s reported twice", e.Kind)
 				}
 			}
 		})
