@@ -38,6 +38,7 @@ type promMetrics struct {
 	raftState    *prometheus.GaugeVec // {state}
 	fenced       prometheus.Gauge
 	dbConnected  prometheus.Gauge
+	caps         *capGauges
 
 	mu         sync.Mutex
 	extraState string // a state outside raftStates currently exported
@@ -125,6 +126,7 @@ func newPromMetrics(reg *prometheus.Registry, queueLength func() float64) *promM
 			Namespace: ns, Name: "metrics_db_connected",
 			Help: "1 when the metrics writer is connected to PostgreSQL, else 0.",
 		}),
+		caps: newCapGauges(ns),
 	}
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: ns, Name: "metrics_queue_length",
@@ -142,6 +144,7 @@ func newPromMetrics(reg *prometheus.Registry, queueLength func() float64) *promM
 		m.failovers, m.dropped, m.checkpointBytes, m.transferBytes, m.written,
 		m.workloads, m.membersAlive, m.raftState, m.fenced, m.dbConnected, queue,
 	)
+	reg.MustRegister(m.caps.collectors()...)
 	return m
 }
 
