@@ -235,6 +235,9 @@ func (d *daemonRun) run(format string) error {
 		if err != nil {
 			return fmt.Errorf("image endpoint: %w", err)
 		}
+		// Only a checkpoint whose restore is handed to kubelet here is
+		// served: every pod's pull on the node holds the credentials.
+		img.Serves = d.agent.ImagePending
 		comps = append(comps, component{"image endpoint on " + addr, func(ctx context.Context) error { return img.Serve(ctx, addr) }})
 		d.log.Info("image endpoint listening", "addr", addr)
 	}

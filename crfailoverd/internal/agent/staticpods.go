@@ -185,6 +185,17 @@ func (a *Agent) awaitingKubelet(w discovery.Workload) bool {
 	return false
 }
 
+// ImagePending reports whether a restore of w from checkpoint seq is
+// handed to kubelet on this node and kubelet has not run it yet (for at
+// most handoffWait): the image endpoint serves that checkpoint, and no
+// other, to the pulls of the node.
+func (a *Agent) ImagePending(w store.Workload, seq uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h, ok := a.handoffs[w]
+	return ok && h.checkpoint == w.String()+":"+strconv.FormatUint(seq, 10) && a.now().Sub(h.at) < handoffWait
+}
+
 // handedOver reports whether a restore of id waits for kubelet, for at
 // most handoffRunning.
 func (a *Agent) handedOver(id store.Workload) bool {

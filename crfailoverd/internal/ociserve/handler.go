@@ -105,6 +105,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, codeNameUnknown, "no checkpoints of this workload", map[string]string{"name": name})
 		return
 	}
+	if es = s.served(wl, es); len(es) == 0 {
+		s.log.Info("REFUSED checkpoint image request", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path,
+			"reason", "no restore of this workload is pending on this node")
+		writeError(w, http.StatusNotFound, codeNameUnknown, "not served: no restore of this workload is handed to kubelet on this node", map[string]string{"name": name})
+		return
+	}
 	switch kind {
 	case "tags":
 		s.serveTags(w, r, name, es)
@@ -113,6 +119,20 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case "blobs":
 		s.serveBlob(w, r, name, ref, es)
 	}
+}
+
+// served returns the entries of es that the server serves (Serves).
+func (s *Server) served(wl store.Workload, es []store.Entry) []store.Entry {
+	if s.Serves == nil {
+		return es
+	}
+	var out []store.Entry
+	for _, e := range es {
+		if s.Serves(wl, e.Seq) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // parseRepository parses "crfailoverd/<namespace>/<pod>/<container>".
@@ -307,6 +327,11 @@ func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request) {
 	}
 	repos := []string{}
 	for _, wl := range ws {
+		if s.Serves != nil {
+			if es, err := s.st.List(wl); err != nil || len(s.served(wl, es)) == 0 {
+				continue
+			}
+		}
 		repos = append(repos, Repository(wl))
 	}
 	slices.Sort(repos)

@@ -81,6 +81,12 @@ type Server struct {
 	// archive) at rest; normally the store's data key. nil keeps them in
 	// plaintext, as a store without a data key keeps its archives.
 	CacheKey *seal.Key
+	// Serves says which checkpoints are served at all: the daemon serves a
+	// checkpoint only while a restore from it is handed to kubelet on this
+	// node (the node's pull credentials are kubelet's, which any pod's pull
+	// on the node uses). nil serves every checkpoint of the store (tests,
+	// tools).
+	Serves func(w store.Workload, seq uint64) bool
 
 	st  *store.Store
 	log *slog.Logger
