@@ -13,8 +13,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
@@ -43,6 +46,11 @@ type Members interface {
 	Alive() map[string]bool
 }
 
+// State reads the replicated state (what each node can restore).
+type State interface {
+	State() *state.State
+}
+
 // Options configure the replication part.
 type Options struct {
 	Node     string
@@ -53,6 +61,11 @@ type Options struct {
 	Peer     func(node string) (Peer, error)
 	Events   event.Sink // nil: none
 	Log      *slog.Logger
+	// Capabilities are this node's (what each checkpoint it records
+	// needs); State tells which peers can restore them. Either nil: no
+	// needs recorded, every alive peer a target (as before capabilities).
+	Capabilities func() capability.Node
+	State        State
 	// FetchTimeout bounds one fetch from one holder (default 2 minutes).
 	FetchTimeout time.Duration
 }
@@ -62,6 +75,9 @@ type Replication struct {
 	o       Options
 	queue   Queue
 	records chan record
+
+	mu      sync.Mutex
+	noPeers map[string]string // workload -> the last "no capable peer" message, said once
 }
 
 // record is one queued proposal: a checkpoint to commit and then
@@ -80,7 +96,7 @@ func New(o Options) *Replication {
 	if o.FetchTimeout <= 0 {
 		o.FetchTimeout = 2 * time.Minute
 	}
-	return &Replication{o: o, records: make(chan record, 4096)}
+	return &Replication{o: o, records: make(chan record, 4096), noPeers: map[string]string{}}
 }
 
 // UseQueue sets the transfer queue (whose callbacks are Replicated and
@@ -91,8 +107,18 @@ func (r *Replication) UseQueue(q Queue) { r.queue = q }
 // replicated state, then replicates it. It does not block: records wait
 // in a bounded queue, in order.
 func (r *Replication) Record(w discovery.Workload, copyEpoch uint64, e store.Entry) {
-	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{r.o.Node}}
+	cp := r.Checkpoint(e)
 	r.queueRecord(record{what: "record checkpoint", cmd: &state.CommitCheckpoint{At: time.Now(), ID: w.ID.String(), Node: r.o.Node, Epoch: copyEpoch, Checkpoint: cp}, entry: &e})
+}
+
+// Checkpoint is the state's record of a local checkpoint e: held by this
+// node, needing what this node's capabilities say.
+func (r *Replication) Checkpoint(e store.Entry) state.Checkpoint {
+	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{r.o.Node}}
+	if r.o.Capabilities != nil {
+		cp = cp.WithNeeds(r.o.Node, r.o.Capabilities())
+	}
+	return cp
 }
 
 // InOrder commits cmd after every record queued before it, without
@@ -129,7 +155,8 @@ func (r *Replication) Run(ctx context.Context) error {
 				continue
 			}
 			id := rec.entry.Workload.String()
-			if targets := r.Targets(id); len(targets) > 0 && r.queue != nil {
+			cc, _ := rec.cmd.(*state.CommitCheckpoint)
+			if targets := r.targets(id, cc); len(targets) > 0 && r.queue != nil {
 				r.queue.Enqueue(*rec.entry, targets)
 			}
 		}
@@ -138,6 +165,14 @@ func (r *Replication) Run(ctx context.Context) error {
 
 // Targets are the alive peers that should hold replicas of workload.
 func (r *Replication) Targets(workload string) []string {
+	return r.targets(workload, nil)
+}
+
+// targets are the alive peers that should hold replicas of the checkpoint
+// cc commits (nil: of any checkpoint of workload): chosen by rendezvous
+// among the peers that can restore it (ChooseTargets); when none can, among
+// all, and an event says so (once until it changes).
+func (r *Replication) targets(workload string, cc *state.CommitCheckpoint) []string {
 	var peers []string
 	for n, ok := range r.o.Members.Alive() {
 		if ok && n != r.o.Node {
@@ -145,7 +180,52 @@ func (r *Replication) Targets(workload string) []string {
 		}
 	}
 	sort.Strings(peers)
-	return peer.Targets(workload, r.o.Node, peers, r.o.Factor)
+	if cc == nil || r.o.State == nil {
+		return peer.Targets(workload, r.o.Node, peers, r.o.Factor)
+	}
+	st := r.o.State.State()
+	cp := cc.Checkpoint
+	targets, why := ChooseTargets(workload, r.o.Node, peers, r.o.Factor, func(n string) (bool, string) { return st.CanRestore(n, &cp) })
+	r.mu.Lock()
+	said := r.noPeers[workload]
+	if why == "" {
+		delete(r.noPeers, workload)
+	} else {
+		r.noPeers[workload] = why
+	}
+	r.mu.Unlock()
+	if why != "" && why != said {
+		r.o.Log.Warn("no alive peer can restore this workload's checkpoints; replicating to others all the same", "workload", workload, "seq", cp.Seq, "why", why)
+		r.o.Events(event.Event{Kind: NoCapablePeer, Workload: workload, Node: r.o.Node, Seq: cp.Seq, Reason: why})
+	}
+	return targets
+}
+
+// NoCapablePeer is the event kind of a checkpoint no alive peer can
+// restore (Reason: each peer and why). It belongs in package event's
+// kinds; until it is there, it is declared here.
+const NoCapablePeer event.Kind = "no-capable-peer"
+
+// ChooseTargets picks factor replica targets for workload among peers
+// (sorted, this node excluded): by rendezvous among those that can
+// restore the checkpoint (fewer than factor when fewer can: an incapable
+// peer is never chosen while a capable one exists); when none can, by
+// rendezvous among all peers (a copy there still survives this node's
+// disk, and a capable node can fetch it), with why naming each peer and
+// why it cannot restore. It does no I/O.
+func ChooseTargets(workload, self string, peers []string, factor int, can func(node string) (bool, string)) (targets []string, why string) {
+	var capable, reasons []string
+	for _, p := range peers {
+		if ok, reason := can(p); ok {
+			capable = append(capable, p)
+		} else {
+			reasons = append(reasons, p+": "+reason)
+		}
+	}
+	if len(capable) > 0 || len(peers) == 0 {
+		return peer.Targets(workload, self, capable, factor), ""
+	}
+	return peer.Targets(workload, self, peers, factor), "no alive peer can restore it (" + strings.Join(reasons, "; ") + ")"
 }
 
 // Replicated records that peer to committed a copy of e (queued, in

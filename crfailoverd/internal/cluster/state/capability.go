@@ -185,3 +185,15 @@ func (s *State) AtRisk(w *Workload) (bool, string) {
 	}
 	return true, msg + " (" + strings.Join(parts, "; ") + ")"
 }
+
+// WithNeeds returns cp recording what it needs of its restorer, from the
+// capabilities of the node that took it (the runtime, the digest of its
+// CPU flags). Capabilities not found out yet (a zero Checked) record
+// nothing: the checkpoint needs nothing, as before capabilities existed.
+func (cp Checkpoint) WithNeeds(node string, caps capability.Node) Checkpoint {
+	if caps.Checked.IsZero() && caps.Runtime == (capability.Runtime{}) {
+		return cp
+	}
+	cp.Runtime, cp.CPU, cp.TakenOn = caps.Runtime, capability.FlagsDigest(caps.CPUFlags), node
+	return cp
+}
