@@ -5,6 +5,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -19,6 +20,32 @@ import (
 type Archive struct {
 	Spec   *specs.Spec
 	Images []string
+	// ContainerID is the checkpointed container's ID as config.dump
+	// records it ("id"): with the sandbox ID of the spec's annotations,
+	// the only runtime state directories its runtime files may come from.
+	ContainerID string
+}
+
+// sandboxIDAnnotations carry, in a container's spec, the ID of its pod's
+// sandbox: containerd's and CRI-O's.
+var sandboxIDAnnotations = []string{"io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID"}
+
+// ownIDs are the IDs of the runtime state directories the archive's
+// container may take its runtime files from: its sandbox's (from the
+// spec's annotations) and its own (config.dump's).
+func (a Archive) ownIDs() []string {
+	var ids []string
+	if a.ContainerID != "" {
+		ids = append(ids, a.ContainerID)
+	}
+	if a.Spec != nil {
+		for _, k := range sandboxIDAnnotations {
+			if v := a.Spec.Annotations[k]; v != "" && !slices.Contains(ids, v) {
+				ids = append(ids, v)
+			}
+		}
+	}
+	return ids
 }
 
 // DefaultCapabilities are the capabilities a container runtime gives a
@@ -39,15 +66,49 @@ var DefaultCapabilities = []string{
 // own; mounts that are neither the runtime's own standard ones nor the
 // registration's (or are writable or shared where the registration's are
 // not); devices, device access, sysctls and CDI annotations the
-// registration does not have; OCI hooks. A privileged registration allows
-// any capabilities, paths, profiles and devices, never another image,
-// namespaces, mounts, sysctls, hooks or CDI annotations. Empty when the
-// archive asks for the same or less. It does no I/O.
+// registration does not have; OCI hooks; an unconfined AppArmor profile or
+// an spc_t/unconfined_t SELinux type the registration does not name. A
+// privileged registration allows any capabilities, paths, profiles and
+// devices, never another image, namespaces, mounts, sysctls, hooks or CDI
+// annotations. Empty when the archive asks for the same or less. It does
+// no I/O.
 func Excess(reg Config, a Archive) []string {
+	return excess(reg, a, true)
+}
+
+// SandboxExcess is Excess for the spec of a pod's sandbox (pause)
+// container in a pod-level archive, against the registration's sandbox:
+// its namespaces, privileges, user, seccomp, AppArmor and SELinux; no
+// volumes or devices (a sandbox has none), so only the runtime's own
+// mounts. The image is not compared: a registration does not record the
+// runtime's pause image.
+func SandboxExcess(reg Config, a Archive) []string {
+	ssc := reg.Sandbox.GetLinux().GetSecurityContext()
+	ctr := &runtimeapi.ContainerConfig{Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		Privileged:       ssc.GetPrivileged(),
+		NamespaceOptions: ssc.GetNamespaceOptions(),
+		SelinuxOptions:   ssc.GetSelinuxOptions(),
+		RunAsUser:        ssc.GetRunAsUser(),
+		RunAsGroup:       ssc.GetRunAsGroup(),
+		ReadonlyRootfs:   ssc.GetReadonlyRootfs(),
+		Seccomp:          ssc.GetSeccomp(),
+		Apparmor:         ssc.GetApparmor(),
+		//lint:ignore SA1019 registrations recorded from older kubelets carry the deprecated path
+		SeccompProfilePath: ssc.GetSeccompProfilePath(),
+	}}}
+	if ctr.Linux.SecurityContext.NamespaceOptions == nil {
+		ctr.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{}
+	}
+	return excess(Config{Sandbox: reg.Sandbox, Container: ctr}, a, false)
+}
+
+func excess(reg Config, a Archive, image bool) []string {
 	var out []string
 	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
-	if why := imageExcess(reg, a.Images); why != "" {
-		add("%s", why)
+	if image {
+		if why := imageExcess(reg, a.Images); why != "" {
+			add("%s", why)
+		}
 	}
 	s := a.Spec
 	if s == nil {
@@ -75,6 +136,14 @@ func Excess(reg Config, a Archive) []string {
 		}
 		if prof := seccompOf(sc); prof != "" && lx.Seccomp == nil {
 			add("no seccomp profile (the registration's is %s)", prof)
+		} else if prof != "" && noSeccomp(lx.Seccomp) {
+			add("seccomp default action %s, as good as no profile (the registration's is %s)", lx.Seccomp.DefaultAction, prof)
+		}
+		if p := proc.ApparmorProfile; p == "unconfined" && !apparmorUnconfined(reg) {
+			add("AppArmor profile %s (the registration's confines the container)", p)
+		}
+		if t := selinuxType(proc.SelinuxLabel); (t == "spc_t" || t == "unconfined_t") && !selinuxTypeRegistered(reg, t) {
+			add("SELinux process label %s of type %s (the registration does not name that type)", proc.SelinuxLabel, t)
 		}
 		if why := deviceExcess(reg.Container, lx); why != nil {
 			out = append(out, why...)
@@ -93,7 +162,7 @@ func Excess(reg Config, a Archive) []string {
 		add("a writable root file system (the registration's is read-only)")
 	}
 	out = append(out, namespaceExcess(reg, lx.Namespaces)...)
-	out = append(out, mountExcess(reg.Container.GetMounts(), s.Mounts, privileged)...)
+	out = append(out, mountExcess(reg, a, privileged)...)
 	sysctls := reg.Sandbox.GetLinux().GetSysctls()
 	for _, k := range sortedKeys(lx.Sysctl) {
 		if v, ok := sysctls[k]; !ok || v != lx.Sysctl[k] {
@@ -274,46 +343,87 @@ func deviceExcess(ctr *runtimeapi.ContainerConfig, lx *specs.Linux) []string {
 	return out
 }
 
-// hostNamespacePaths are namespace paths that join the node's own
-// namespaces (of its init, or of the runtime itself).
-var hostNamespacePaths = []string{"/proc/1/ns/", "/proc/self/ns/", "/proc/thread-self/ns/"}
+// namespaceOptions are the registration's namespace modes: the
+// container's, else the sandbox's.
+func namespaceOptions(reg Config) *runtimeapi.NamespaceOption {
+	if opts := reg.Container.GetLinux().GetSecurityContext().GetNamespaceOptions(); opts != nil {
+		return opts
+	}
+	return reg.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions()
+}
+
+// nsFiles are the names of the files in /proc/<pid>/ns/ of each type.
+var nsFiles = map[specs.LinuxNamespaceType]string{
+	specs.NetworkNamespace: "net", specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
+	specs.MountNamespace: "mnt", specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.TimeNamespace: "time",
+}
+
+// pinnedNamespaceDirs are the directories (under /var/run or /run) in
+// which namespaces of a type are pinned by name: CNI's and the runtimes'
+// netns for the network, and CRI-O's pinns directories (its
+// namespaces_dir, /var/run by default, with <type>ns under it).
+var pinnedNamespaceDirs = map[specs.LinuxNamespaceType][]string{
+	specs.NetworkNamespace: {"netns"},
+	specs.IPCNamespace:     {"ipcns"},
+	specs.UTSNamespace:     {"utsns"},
+	specs.UserNamespace:    {"userns"},
+}
+
+// namespacePathOK reports whether p is a shape of path by which a runtime
+// joins a pod's namespace of type t: exactly /proc/<pid>/ns/<t> with pid
+// above 2 (1 is the node's init, 2 its kthreadd, both in the node's
+// namespaces), or /var/run/<dir>/<name> or /run/<dir>/<name> for a
+// pinned namespace of t. Anything else (another file, /proc/self,
+// /proc/<pid>/root/..., "..", a relative path) is not; nor is any path of
+// a mount namespace, which no runtime shares between a pod's containers.
+func namespacePathOK(t specs.LinuxNamespaceType, p string) bool {
+	if t == specs.MountNamespace || !strings.HasPrefix(p, "/") || path.Clean(p) != p || strings.Contains(p, "..") {
+		return false
+	}
+	parts := strings.Split(p[1:], "/")
+	if len(parts) == 4 && parts[0] == "proc" && parts[2] == "ns" {
+		pid := parts[1]
+		if pid == "" || pid[0] == '0' || len(pid) > 10 || strings.Trim(pid, "0123456789") != "" {
+			return false
+		}
+		n, err := strconv.Atoi(pid)
+		return err == nil && n > 2 && nsFiles[t] != "" && parts[3] == nsFiles[t]
+	}
+	if len(parts) == 4 && parts[0] == "var" {
+		parts = parts[1:]
+	}
+	return len(parts) == 3 && parts[0] == "run" && slices.Contains(pinnedNamespaceDirs[t], parts[1]) && parts[2] != "" && parts[2] != "."
+}
 
 // namespaceExcess lists the namespaces the spec shares with the node where
-// the registration had the pod's or the container's own.
+// the registration had the pod's or the container's own: absent, or
+// joined by a path that is not of a shape namespacePathOK allows. A
+// namespace the registration shares with the node (NODE) may be anything.
 func namespaceExcess(reg Config, nss []specs.LinuxNamespace) []string {
-	opts := reg.Container.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	if opts == nil {
-		opts = reg.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	}
+	opts := namespaceOptions(reg)
 	hostNet := opts.GetNetwork() == runtimeapi.NamespaceMode_NODE
-	want := []struct {
-		t    specs.LinuxNamespaceType
-		host bool // the registration shares it with the node
-	}{
-		{specs.NetworkNamespace, hostNet},
-		{specs.PIDNamespace, opts.GetPid() == runtimeapi.NamespaceMode_NODE},
-		{specs.IPCNamespace, opts.GetIpc() == runtimeapi.NamespaceMode_NODE},
-		{specs.UTSNamespace, hostNet}, // kubelet gives a host-network pod the node's UTS
-		{specs.MountNamespace, false},
+	host := map[specs.LinuxNamespaceType]bool{ // the registration shares it with the node
+		specs.NetworkNamespace: hostNet,
+		specs.PIDNamespace:     opts.GetPid() == runtimeapi.NamespaceMode_NODE,
+		specs.IPCNamespace:     opts.GetIpc() == runtimeapi.NamespaceMode_NODE,
+		specs.UTSNamespace:     hostNet, // kubelet gives a host-network pod the node's UTS
 	}
+	want := []specs.LinuxNamespaceType{specs.NetworkNamespace, specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace}
 	if u := opts.GetUsernsOptions(); u != nil && u.GetMode() == runtimeapi.NamespaceMode_POD { // POD is the zero mode: only when set
-		want = append(want, struct {
-			t    specs.LinuxNamespaceType
-			host bool
-		}{specs.UserNamespace, false})
+		want = append(want, specs.UserNamespace)
 	}
 	var out []string
-	for _, w := range want {
-		if w.host {
+	for _, t := range want {
+		if !host[t] && !slices.ContainsFunc(nss, func(n specs.LinuxNamespace) bool { return n.Type == t }) {
+			out = append(out, fmt.Sprintf("host %s namespace (none in the spec; the registration has its own)", t))
+		}
+	}
+	for _, n := range nss {
+		if n.Path == "" || host[n.Type] || namespacePathOK(n.Type, n.Path) {
 			continue
 		}
-		i := slices.IndexFunc(nss, func(n specs.LinuxNamespace) bool { return n.Type == w.t })
-		switch {
-		case i < 0:
-			out = append(out, fmt.Sprintf("host %s namespace (none in the spec; the registration has its own)", w.t))
-		case slices.ContainsFunc(hostNamespacePaths, func(p string) bool { return strings.HasPrefix(path.Clean(nss[i].Path), p) }):
-			out = append(out, fmt.Sprintf("host %s namespace (joined by path %s; the registration has its own)", w.t, nss[i].Path))
-		}
+		out = append(out, fmt.Sprintf("%s namespace joined by path %s (not a pod's namespace: only /proc/<pid>/ns/%s with pid above 2 or a pinned namespace; the registration has its own)",
+			n.Type, n.Path, nsFiles[n.Type]))
 	}
 	return out
 }
@@ -340,33 +450,44 @@ var runtimeFiles = map[string]string{
 	"/dev/shm":           "shm",
 	"/run/.containerenv": ".containerenv",
 	"/run/secrets":       "secrets",
+	"/etc/passwd":        "passwd", // CRI-O's, for a user the image's /etc/passwd lacks
+	"/etc/group":         "group",  // and its group
 }
 
 // runtimeStateDirs are the directories in which containerd and CRI-O keep
 // a sandbox's or container's files (under any root): a source of a
-// runtime file must be in one, as <dir>/<id>/.../<file>.
+// runtime file must be in one, as <dir>/<id>/.../<file>, where <id> is
+// the archive's own container's or its sandbox's.
 var runtimeStateDirs = []string{"/io.containerd.grpc.v1.cri/sandboxes/", "/io.containerd.grpc.v1.cri/containers/", "/overlay-containers/"}
 
 // mountExcess lists the spec's mounts that are neither the runtime's own
 // nor the registration's, and the registration's mounts that the spec
-// makes writable or shared.
-func mountExcess(reg []*runtimeapi.Mount, mounts []specs.Mount, privileged bool) []string {
+// makes writable or shared; and mounts from more than one pod's kubelet
+// directory.
+func mountExcess(reg Config, a Archive, privileged bool) []string {
 	var out []string
-	for _, m := range mounts {
-		if why, std := standardMount(m, privileged); std {
+	regMounts := reg.Container.GetMounts()
+	opts := namespaceOptions(reg)
+	ids := a.ownIDs()
+	pods := map[string]bool{} // <root>/kubelet/pods/<uid> of the archive's mounts
+	for _, m := range a.Spec.Mounts {
+		if pod, _, ok := kubeletPodPath(m.Source); ok {
+			pods[pod] = true
+		}
+		if why, std := standardMount(m, privileged, ids, opts); std {
 			if why != "" {
 				out = append(out, why)
 			}
 			continue
 		}
-		i := slices.IndexFunc(reg, func(r *runtimeapi.Mount) bool {
+		i := slices.IndexFunc(regMounts, func(r *runtimeapi.Mount) bool {
 			return r.GetContainerPath() == m.Destination && sameSource(r.GetHostPath(), m.Source)
 		})
 		if i < 0 {
 			out = append(out, fmt.Sprintf("mount %s at %s (type %s) not in the registration", m.Source, m.Destination, m.Type))
 			continue
 		}
-		r := reg[i]
+		r := regMounts[i]
 		if r.GetReadonly() && !slices.Contains(m.Options, "ro") {
 			out = append(out, fmt.Sprintf("mount %s at %s writable (the registration's is read-only)", m.Source, m.Destination))
 		}
@@ -375,13 +496,18 @@ func mountExcess(reg []*runtimeapi.Mount, mounts []specs.Mount, privileged bool)
 			out = append(out, fmt.Sprintf("mount %s at %s with shared propagation (the registration's is %s)", m.Source, m.Destination, r.GetPropagation()))
 		}
 	}
+	if len(pods) > 1 {
+		out = append(out, fmt.Sprintf("mounts from the kubelet directories of %d pods (%s): a pod's volumes are all in its own", len(pods), strings.Join(sortedKeys(pods), ", ")))
+	}
 	return out
 }
 
 // standardMount reports whether m is one of the runtime's own mounts, and
 // what in it asks for more (a writable /sys for an unprivileged
-// registration).
-func standardMount(m specs.Mount, privileged bool) (why string, std bool) {
+// registration; a runtime file of another sandbox or container, or of one
+// the archive does not name). ids are the archive's own sandbox and
+// container IDs, opts the registration's namespace modes.
+func standardMount(m specs.Mount, privileged bool, ids []string, opts *runtimeapi.NamespaceOption) (why string, std bool) {
 	if types, ok := pseudoMounts[m.Destination]; ok && slices.Contains(types, m.Type) && !strings.HasPrefix(m.Source, "/") {
 		if !privileged && (m.Destination == "/sys" || m.Destination == "/sys/fs/cgroup") && !slices.Contains(m.Options, "ro") {
 			return fmt.Sprintf("%s mounted writable (the runtime mounts it read-only for an unprivileged container)", m.Destination), true
@@ -389,13 +515,34 @@ func standardMount(m specs.Mount, privileged bool) (why string, std bool) {
 		return "", true
 	}
 	file, ok := runtimeFiles[m.Destination]
-	if !ok || m.Type != "bind" && m.Type != "" || path.Clean(m.Source) != m.Source || !strings.HasPrefix(m.Source, "/") || path.Base(m.Source) != file {
+	if !ok || m.Type != "bind" && m.Type != "" || path.Clean(m.Source) != m.Source || !strings.HasPrefix(m.Source, "/") {
+		return "", false
+	}
+	// CRI-O binds the node's own files for a pod in the node's namespaces:
+	// /etc/hosts into a host-network pod, /dev/shm into a host-IPC one.
+	if m.Source == m.Destination && (m.Destination == "/etc/hosts" && opts.GetNetwork() == runtimeapi.NamespaceMode_NODE ||
+		m.Destination == "/dev/shm" && opts.GetIpc() == runtimeapi.NamespaceMode_NODE) {
+		return "", true
+	}
+	if path.Base(m.Source) != file {
 		return "", false
 	}
 	for _, d := range runtimeStateDirs {
-		if _, rest, ok := strings.Cut(m.Source, d); ok && strings.Contains(rest, "/") {
-			return "", true
+		_, rest, ok := strings.Cut(m.Source, d)
+		if !ok {
+			continue
 		}
+		id, _, ok := strings.Cut(rest, "/")
+		if !ok || id == "" {
+			return "", false
+		}
+		switch {
+		case len(ids) == 0:
+			return fmt.Sprintf("runtime file %s at %s of sandbox or container %s (the archive names neither its container's ID nor its sandbox's)", m.Source, m.Destination, id), true
+		case !slices.Contains(ids, id):
+			return fmt.Sprintf("runtime file %s at %s of another sandbox or container %s (the archive's are %s)", m.Source, m.Destination, id, strings.Join(ids, ", ")), true
+		}
+		return "", true
 	}
 	return "", false
 }
@@ -403,34 +550,84 @@ func standardMount(m specs.Mount, privileged bool) (why string, std bool) {
 // sameSource reports whether two host paths name the same volume: equal,
 // or both in a kubelet's per-pod directories (<root>/kubelet/pods/<uid>/),
 // which a pod started again, or on another node, has under another UID
-// (and root), with the same path after it (any of a container's
-// termination-log files under containers/).
+// (and root), with the same path after it (volume plugin and name), or
+// both a termination-log file of the same container
+// (containers/<name>/<file>). The UID is not compared with the
+// registration's (a restored pod has a new one); mountExcess refuses
+// mounts from more than one UID.
 func sameSource(a, b string) bool {
 	if a == b {
 		return true
 	}
-	ra, oka := kubeletPodPath(a)
-	rb, okb := kubeletPodPath(b)
+	_, ra, oka := kubeletPodPath(a)
+	_, rb, okb := kubeletPodPath(b)
 	if !oka || !okb {
 		return false
 	}
-	return ra == rb || (strings.HasPrefix(ra, "containers/") && strings.HasPrefix(rb, "containers/"))
+	if ra == rb {
+		return true
+	}
+	ca, cb := strings.Split(ra, "/"), strings.Split(rb, "/")
+	return len(ca) == 3 && len(cb) == 3 && ca[0] == "containers" && cb[0] == "containers" && ca[1] == cb[1] && ca[2] != "" && cb[2] != ""
 }
 
-// kubeletPodPath returns the part of p after <root>/kubelet/pods/<uid>/.
-func kubeletPodPath(p string) (string, bool) {
+// kubeletPodPath splits p into <root>/kubelet/pods/<uid> and the part
+// after it.
+func kubeletPodPath(p string) (pod, rest string, ok bool) {
 	if path.Clean(p) != p {
-		return "", false
+		return "", "", false
 	}
-	_, after, ok := strings.Cut(p, "/kubelet/pods/")
+	root, after, ok := strings.Cut(p, "/kubelet/pods/")
 	if !ok {
-		return "", false
+		return "", "", false
 	}
 	uid, rest, ok := strings.Cut(after, "/")
 	if !ok || uid == "" || rest == "" {
-		return "", false
+		return "", "", false
 	}
-	return rest, true
+	return root + "/kubelet/pods/" + uid, rest, true
+}
+
+// noSeccomp reports whether a seccomp profile lets every system call
+// through by default (allow, or log and allow), which is as good as none.
+func noSeccomp(s *specs.LinuxSeccomp) bool {
+	return s == nil || s.DefaultAction == specs.ActAllow || s.DefaultAction == specs.ActLog
+}
+
+// apparmorUnconfined reports whether the registration runs the container
+// without AppArmor: privileged, or its (or its sandbox's) security context
+// names the unconfined profile.
+func apparmorUnconfined(reg Config) bool {
+	sc := reg.Container.GetLinux().GetSecurityContext()
+	ssc := reg.Sandbox.GetLinux().GetSecurityContext()
+	if sc.GetPrivileged() || ssc.GetPrivileged() {
+		return true
+	}
+	for _, p := range []*runtimeapi.SecurityProfile{sc.GetApparmor(), ssc.GetApparmor()} {
+		if p != nil && p.GetProfileType() == runtimeapi.SecurityProfile_Unconfined {
+			return true
+		}
+	}
+	//lint:ignore SA1019 registrations recorded from older kubelets carry the deprecated field
+	return sc.GetApparmorProfile() == "unconfined"
+}
+
+// selinuxType is the type of an SELinux label user:role:type:level ("" when
+// it has none).
+func selinuxType(label string) string {
+	if parts := strings.SplitN(label, ":", 4); len(parts) >= 3 {
+		return parts[2]
+	}
+	return ""
+}
+
+// selinuxTypeRegistered reports whether the registration runs the
+// container with the SELinux type t: privileged (which runs spc_t), or its
+// (or its sandbox's) security context names t.
+func selinuxTypeRegistered(reg Config, t string) bool {
+	sc := reg.Container.GetLinux().GetSecurityContext()
+	ssc := reg.Sandbox.GetLinux().GetSecurityContext()
+	return sc.GetPrivileged() || ssc.GetPrivileged() || sc.GetSelinuxOptions().GetType() == t || ssc.GetSelinuxOptions().GetType() == t
 }
 
 func sortedKeys[V any](m map[string]V) []string {

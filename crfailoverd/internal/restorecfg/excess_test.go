@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"path"
 	"strings"
 	"testing"
 
@@ -51,6 +52,10 @@ func benchSpec(t *testing.T) *specs.Spec {
 // benchImages are the image names of the same archive's config.dump.
 var benchImages = []string{"localhost:5000/counter:latest", "localhost:5000/counter:latest",
 	"localhost:5000/counter@sha256:fa509f245781c717d4b5aeb864259638d9a7000fc8404d6791bf6ca2b557de03"}
+
+// benchContainerID is the container ID of the same archive's config.dump
+// (its spec's annotations name the sandbox, 281ba8b6…).
+const benchContainerID = "bee101e2ba3b9337db9f608e2dbf2bed842508c22111d9fbe50c781fe39de4eb"
 
 // registration is the counter's registration: its image, the pod's
 // namespaces, a secret volume and a termination log from kubelet's
@@ -123,6 +128,7 @@ func TestExcess(t *testing.T) {
 		reg    func(*Config)
 		spec   func(*specs.Spec)
 		images []string
+		noID   bool     // a config.dump without the container's ID
 		want   []string // each a part of one refusal; none: passes
 	}{
 		{name: "the same as registered passes"},
@@ -170,7 +176,112 @@ func TestExcess(t *testing.T) {
 			want: []string{"host network namespace (none in the spec"}},
 		{name: "hostPID: the node's PID namespace joined by path", spec: func(s *specs.Spec) {
 			s.Linux.Namespaces[nsIndex(s, specs.PIDNamespace)].Path = "/proc/1/ns/pid"
-		}, want: []string{"host pid namespace (joined by path /proc/1/ns/pid"}},
+		}, want: []string{"pid namespace joined by path /proc/1/ns/pid (not a pod's namespace"}},
+		{name: "host namespaces by kthreadd, self, thread-self and the node's root", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/proc/2/ns/net"
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/proc/self/ns/ipc"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/proc/thread-self/ns/uts"
+			s.Linux.Namespaces[nsIndex(s, specs.MountNamespace)].Path = "/proc/1/root/proc/1/ns/mnt"
+		}, want: []string{"ipc namespace joined by path /proc/self/ns/ipc", "uts namespace joined by path /proc/thread-self/ns/uts",
+			"mount namespace joined by path /proc/1/root/proc/1/ns/mnt", "network namespace joined by path /proc/2/ns/net"}},
+		{name: "namespace paths of other shapes", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/proc/26478/ns/ipc" // another type's file
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/proc/26478/../1/ns/ipc"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/var/run/netns/x" // a network namespace for UTS
+			s.Linux.Namespaces[nsIndex(s, specs.PIDNamespace)].Path = "/proc/026478/ns/pid"
+			s.Linux.Namespaces[nsIndex(s, specs.MountNamespace)].Path = "/proc/26478/ns/mnt" // no runtime shares a mount namespace
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace, Path: "/proc/1/ns/cgroup"})
+		}, want: []string{"pid namespace joined by path /proc/026478/ns/pid", "ipc namespace joined by path /proc/26478/../1/ns/ipc",
+			"uts namespace joined by path /var/run/netns/x", "mount namespace joined by path /proc/26478/ns/mnt",
+			"network namespace joined by path /proc/26478/ns/ipc", "cgroup namespace joined by path /proc/1/ns/cgroup"}},
+		{name: "more namespace paths of other shapes", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/var/run/netns/../../proc/1/ns/net"
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/proc/26478/ns/ipc/x"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/etc/passwd"
+		}, want: []string{"ipc namespace joined by path /proc/26478/ns/ipc/x", "uts namespace joined by path /etc/passwd",
+			"network namespace joined by path /var/run/netns/../../proc/1/ns/net"}},
+		{name: "CNI's and the runtimes' pinned namespaces pass", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/var/run/netns/cni-1f9b3c6e-2a4d-4b7e-9c1f-5a8d2e6b3c90"
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/run/ipcns/1f9b3c6e"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/var/run/utsns/1f9b3c6e"
+			s.Linux.Namespaces[nsIndex(s, specs.PIDNamespace)].Path = "/proc/3/ns/pid"
+		}},
+		{name: "a registered host PID namespace may be joined by any path", reg: func(c *Config) {
+			c.Container.Linux.SecurityContext.NamespaceOptions.Pid = runtimeapi.NamespaceMode_NODE
+		}, spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.PIDNamespace)].Path = "/proc/1/ns/pid"
+		}},
+		{name: "another sandbox's /dev/shm and /etc/hosts", spec: func(s *specs.Spec) {
+			for i, m := range s.Mounts {
+				if m.Destination == "/dev/shm" || m.Destination == "/etc/hosts" {
+					s.Mounts[i].Source = strings.Replace(m.Source, "281ba8b6a940", "999ba8b6a940", 1)
+				}
+			}
+		}, want: []string{"runtime file /var/lib/crfailoverd-bed/nodes/n1/containerd/io.containerd.grpc.v1.cri/sandboxes/999ba8b6a940658303438993e3671111785a5a5d389b308dbe245e2323c37c77/hosts at /etc/hosts of another sandbox or container 999ba8b6a940",
+			"runtime file /run/containerd/io.containerd.grpc.v1.cri/sandboxes/999ba8b6a940658303438993e3671111785a5a5d389b308dbe245e2323c37c77/shm at /dev/shm of another sandbox"}},
+		{name: "another container's CRI-O state", spec: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/run/containers/storage/overlay-containers/0000/userdata/secrets"})
+		}, want: []string{"runtime file /run/containers/storage/overlay-containers/0000/userdata/secrets at /run/secrets of another sandbox or container 0000"}},
+		{name: "the archive's own container's state passes", spec: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/run/containerd/io.containerd.grpc.v1.cri/containers/" + benchContainerID + "/secrets"})
+		}},
+		{name: "runtime files of a sandbox the archive does not name", spec: func(s *specs.Spec) {
+			delete(s.Annotations, "io.kubernetes.cri.sandbox-id")
+		}, noID: true, want: []string{"hostname at /etc/hostname of sandbox or container 281ba8b6a940658303438993e3671111785a5a5d389b308dbe245e2323c37c77 (the archive names neither",
+			"hosts at /etc/hosts of sandbox or container", "resolv.conf at /etc/resolv.conf of sandbox or container", "shm at /dev/shm of sandbox or container"}},
+		{name: "the node's /etc/hosts and /dev/shm where the registration has the pod's own", spec: func(s *specs.Spec) {
+			for i, m := range s.Mounts {
+				if m.Destination == "/dev/shm" || m.Destination == "/etc/hosts" {
+					s.Mounts[i].Source = m.Destination
+				}
+			}
+		}, want: []string{"mount /etc/hosts at /etc/hosts (type bind) not in the registration", "mount /dev/shm at /dev/shm (type bind) not in the registration"}},
+		{name: "the node's /etc/hosts and /dev/shm in a registered host-network, host-IPC pod pass", reg: func(c *Config) {
+			c.Container.Linux.SecurityContext.NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+			c.Container.Linux.SecurityContext.NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
+		}, spec: func(s *specs.Spec) {
+			removeNS(s, specs.NetworkNamespace)
+			removeNS(s, specs.UTSNamespace)
+			removeNS(s, specs.IPCNamespace)
+			for i, m := range s.Mounts {
+				if m.Destination == "/dev/shm" || m.Destination == "/etc/hosts" {
+					s.Mounts[i].Source = m.Destination
+				}
+			}
+		}},
+		{name: "AppArmor unconfined, SELinux spc_t", spec: func(s *specs.Spec) {
+			s.Process.ApparmorProfile = "unconfined"
+			s.Process.SelinuxLabel = "system_u:system_r:spc_t:s0"
+		}, want: []string{"AppArmor profile unconfined", "SELinux process label system_u:system_r:spc_t:s0 of type spc_t"}},
+		{name: "SELinux unconfined_t", spec: func(s *specs.Spec) {
+			s.Process.SelinuxLabel = "unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023"
+		}, want: []string{"SELinux process label unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023 of type unconfined_t"}},
+		{name: "a registration naming them allows AppArmor unconfined and SELinux spc_t", reg: func(c *Config) {
+			c.Container.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
+			c.Container.Linux.SecurityContext.SelinuxOptions = &runtimeapi.SELinuxOption{Type: "spc_t"}
+		}, spec: func(s *specs.Spec) {
+			s.Process.ApparmorProfile = "unconfined"
+			s.Process.SelinuxLabel = "system_u:system_r:spc_t:s0"
+		}},
+		{name: "the runtime's AppArmor profile and SELinux type pass", spec: func(s *specs.Spec) {
+			s.Process.ApparmorProfile = "cri-containerd.apparmor.d"
+			s.Process.SelinuxLabel = "system_u:system_r:container_t:s0:c1,c2"
+		}},
+		{name: "a seccomp profile allowing everything", spec: func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
+		}, want: []string{"seccomp default action SCMP_ACT_ALLOW, as good as no profile (the registration's is RuntimeDefault)"}},
+		{name: "a seccomp profile logging everything", spec: func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActLog}
+		}, want: []string{"seccomp default action SCMP_ACT_LOG"}},
+		{name: "volumes of two pods", spec: func(s *specs.Spec) {
+			s.Mounts[len(s.Mounts)-1].Source = "/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/3333/containers/counter/bbbb"
+		}, want: []string{"mounts from the kubelet directories of 2 pods (/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222, /var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/3333)"}},
+		{name: "another container's termination log", spec: func(s *specs.Spec) {
+			s.Mounts[len(s.Mounts)-1].Source = "/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222/containers/other/bbbb"
+		}, want: []string{"mount /var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222/containers/other/bbbb at /dev/termination-log (type bind) not in the registration"}},
+		{name: "another plugin's volume of the same name", spec: func(s *specs.Spec) {
+			s.Mounts[len(s.Mounts)-2].Source = "/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222/volumes/kubernetes.io~empty-dir/app"
+		}, want: []string{"mount /var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222/volumes/kubernetes.io~empty-dir/app at /var/run/secrets/app (type bind) not in the registration"}},
 		{name: "host IPC and UTS and mount namespaces", spec: func(s *specs.Spec) {
 			removeNS(s, specs.IPCNamespace)
 			removeNS(s, specs.UTSNamespace)
@@ -195,7 +306,7 @@ func TestExcess(t *testing.T) {
 			s.Mounts[len(s.Mounts)-2].Options = []string{"rbind", "rshared"}
 		}, want: []string{"writable (the registration's is read-only)", "with shared propagation"}},
 		{name: "a registered volume path with another volume", spec: func(s *specs.Spec) {
-			s.Mounts[len(s.Mounts)-2].Source = "/var/lib/kubelet/pods/2222/volumes/kubernetes.io~secret/other"
+			s.Mounts[len(s.Mounts)-2].Source = "/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/2222/volumes/kubernetes.io~secret/other"
 		}, want: []string{"kubernetes.io~secret/other at /var/run/secrets/app (type bind) not in the registration"}},
 		{name: "a device", spec: func(s *specs.Spec) {
 			s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/sda", Type: "b", Major: 8, Minor: 0}}
@@ -234,7 +345,11 @@ func TestExcess(t *testing.T) {
 			if tc.images != nil {
 				images = tc.images
 			}
-			got := Excess(reg, Archive{Spec: s, Images: images})
+			id := benchContainerID
+			if tc.noID {
+				id = ""
+			}
+			got := Excess(reg, Archive{Spec: s, Images: images, ContainerID: id})
 			if len(got) != len(tc.want) {
 				t.Fatalf("Excess = %q, want %d refusals saying %q", got, len(tc.want), tc.want)
 			}
@@ -253,12 +368,12 @@ func TestExcess(t *testing.T) {
 // rebuilt from the container status (namespaces only) too.
 func TestExcessOfTheBenchArchiveAsItIs(t *testing.T) {
 	reg := Config{Sandbox: &runtimeapi.PodSandboxConfig{}, Container: &runtimeapi.ContainerConfig{Image: &runtimeapi.ImageSpec{Image: "localhost:5000/counter:latest"}}}
-	if got := Excess(reg, Archive{Spec: benchSpec(t), Images: benchImages}); len(got) != 0 {
+	if got := Excess(reg, Archive{Spec: benchSpec(t), Images: benchImages, ContainerID: benchContainerID}); len(got) != 0 {
 		t.Fatalf("the bench archive is refused: %q", got)
 	}
 	reg.Container.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 		NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}}}
-	if got := Excess(reg, Archive{Spec: benchSpec(t), Images: benchImages}); len(got) != 0 {
+	if got := Excess(reg, Archive{Spec: benchSpec(t), Images: benchImages, ContainerID: benchContainerID}); len(got) != 0 {
 		t.Fatalf("the bench archive is refused: %q", got)
 	}
 	if got := Excess(reg, Archive{Images: benchImages}); len(got) != 1 || !strings.Contains(got[0], "no runtime spec") {
@@ -281,5 +396,181 @@ func TestNormalizeImage(t *testing.T) {
 		if got := normalizeImage(in); got != want {
 			t.Errorf("normalizeImage(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// crioArchive is the CRI-O-shaped checkpoint of testdata (see its README)
+// and the registration crfailoverd rebuilds from CRI-O's container status.
+func crioArchive(t *testing.T) (Config, Archive) {
+	t.Helper()
+	read := func(name string, v any) {
+		b, err := os.ReadFile("testdata/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	var s specs.Spec
+	read("crio-spec.dump", &s)
+	var cd struct {
+		ID, RootfsImage, RootfsImageName, RootfsImageRef string
+	}
+	read("crio-config.dump", &cd)
+	b, err := os.ReadFile("testdata/crio-registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, Archive{Spec: &s, Images: []string{cd.RootfsImage, cd.RootfsImageName, cd.RootfsImageRef}, ContainerID: cd.ID}
+}
+
+// TestExcessOfACRIOArchive: what CRI-O writes passes (its pinned
+// namespaces, its runtime files from the sandbox's and the container's
+// userdata, /etc/passwd and /etc/group for a user the image lacks, the
+// node's /etc/hosts in a host-network pod); another container's files
+// and the node's /etc/hosts in a pod with its own network do not.
+func TestExcessOfACRIOArchive(t *testing.T) {
+	const otherCtr = "/var/run/containers/storage/overlay-containers/d00d/userdata/"
+	hostNetwork := func(c *Config, s *specs.Spec) {
+		c.Container.Linux.SecurityContext.NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+		c.Sandbox.Linux.SecurityContext.NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+		c.Container.Mounts = c.Container.Mounts[1:] // kubelet's etc-hosts
+		var nss []specs.LinuxNamespace
+		for _, n := range s.Linux.Namespaces {
+			if n.Type != specs.NetworkNamespace && n.Type != specs.UTSNamespace {
+				nss = append(nss, n)
+			}
+		}
+		s.Linux.Namespaces = nss
+	}
+	nodeHosts := func(s *specs.Spec) {
+		for i, m := range s.Mounts {
+			if m.Destination == "/etc/hosts" {
+				s.Mounts[i] = specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: "/etc/hosts", Options: []string{"rw", "bind"}}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Config, *specs.Spec)
+		want   []string
+	}{
+		{name: "as CRI-O writes it"},
+		{name: "a host-network pod with the node's /etc/hosts", change: func(c *Config, s *specs.Spec) { hostNetwork(c, s); nodeHosts(s) }},
+		{name: "the node's /etc/hosts in a pod with its own network", change: func(c *Config, s *specs.Spec) { nodeHosts(s) },
+			want: []string{"mount /etc/hosts at /etc/hosts (type bind) not in the registration"}},
+		{name: "another container's passwd and group", change: func(c *Config, s *specs.Spec) {
+			for i, m := range s.Mounts {
+				if m.Destination == "/etc/passwd" || m.Destination == "/etc/group" {
+					s.Mounts[i].Source = otherCtr + path.Base(m.Source)
+				}
+			}
+		}, want: []string{"runtime file " + otherCtr + "passwd at /etc/passwd of another sandbox or container d00d",
+			"runtime file " + otherCtr + "group at /etc/group of another sandbox or container d00d"}},
+		{name: "the node's network namespace by kthreadd", change: func(c *Config, s *specs.Spec) {
+			for i, n := range s.Linux.Namespaces {
+				if n.Type == specs.NetworkNamespace {
+					s.Linux.Namespaces[i].Path = "/proc/2/ns/net"
+				}
+			}
+		}, want: []string{"network namespace joined by path /proc/2/ns/net"}},
+		{name: "AppArmor unconfined (the registration records no security context)", change: func(c *Config, s *specs.Spec) {
+			s.Process.ApparmorProfile = "unconfined"
+		}, want: []string{"AppArmor profile unconfined"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, a := crioArchive(t)
+			if tc.change != nil {
+				tc.change(&reg, a.Spec)
+			}
+			got := Excess(reg, a)
+			if len(got) != len(tc.want) {
+				t.Fatalf("Excess = %q, want %d refusals saying %q", got, len(tc.want), tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("refusal %d %q does not say %q (all: %q)", i, got[i], w, got)
+				}
+			}
+		})
+	}
+}
+
+// TestSandboxExcess: a pod-level archive's sandbox spec is held to the
+// registration's sandbox: its namespaces, privileges and the runtime's
+// own mounts only.
+func TestSandboxExcess(t *testing.T) {
+	// the bench container's spec as the sandbox's: its own PID namespace,
+	// the pod's others, the sandbox's files.
+	sandboxSpec := func(t *testing.T) *specs.Spec {
+		s := benchSpec(t)
+		s.Annotations["io.kubernetes.cri.container-type"] = "sandbox"
+		return s
+	}
+	sandboxID := "281ba8b6a940658303438993e3671111785a5a5d389b308dbe245e2323c37c77"
+	for _, tc := range []struct {
+		name   string
+		reg    func(*Config)
+		change func(*specs.Spec)
+		want   []string
+	}{
+		{name: "the runtime's sandbox passes"},
+		{name: "a host mount, the node's network, more capabilities", change: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/host", Type: "bind", Source: "/", Options: []string{"rbind", "rw"}})
+			for i, n := range s.Linux.Namespaces {
+				if n.Type == specs.NetworkNamespace {
+					s.Linux.Namespaces[i].Path = "/proc/1/ns/net"
+				}
+			}
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
+		}, want: []string{"capabilities CAP_SYS_ADMIN beyond", "network namespace joined by path /proc/1/ns/net", "mount / at /host (type bind) not in the registration"}},
+		{name: "a volume of the container's registration", change: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/var/run/secrets/app", Type: "bind", Source: "/var/lib/kubelet/pods/1111/volumes/kubernetes.io~secret/app", Options: []string{"rbind", "ro"}})
+		}, want: []string{"mount /var/lib/kubelet/pods/1111/volumes/kubernetes.io~secret/app at /var/run/secrets/app (type bind) not in the registration"}},
+		{name: "no seccomp where the sandbox has one", reg: func(c *Config) {
+			c.Sandbox.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		}, want: []string{"no seccomp profile (the registration's is RuntimeDefault)"}},
+		{name: "a privileged sandbox allows capabilities, never a host mount", reg: func(c *Config) {
+			c.Sandbox.Linux.SecurityContext.Privileged = true
+		}, change: func(s *specs.Spec) {
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/host", Type: "bind", Source: "/"})
+		}, want: []string{"mount / at /host (type bind) not in the registration"}},
+		{name: "a host-network sandbox", reg: func(c *Config) {
+			c.Sandbox.Linux.SecurityContext.NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+		}, change: func(s *specs.Spec) {
+			var nss []specs.LinuxNamespace
+			for _, n := range s.Linux.Namespaces {
+				if n.Type != specs.NetworkNamespace && n.Type != specs.UTSNamespace {
+					nss = append(nss, n)
+				}
+			}
+			s.Linux.Namespaces = nss
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := registration()
+			if tc.reg != nil {
+				tc.reg(&reg)
+			}
+			s := sandboxSpec(t)
+			if tc.change != nil {
+				tc.change(s)
+			}
+			got := SandboxExcess(reg, Archive{Spec: s, ContainerID: sandboxID})
+			if len(got) != len(tc.want) {
+				t.Fatalf("SandboxExcess = %q, want %d refusals saying %q", got, len(tc.want), tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("refusal %d %q does not say %q (all: %q)", i, got[i], w, got)
+				}
+			}
+		})
 	}
 }
