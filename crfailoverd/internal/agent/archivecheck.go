@@ -35,13 +35,37 @@ func (a *Agent) checkArchive(ctx context.Context, cfg workloadConfig, e store.En
 		return fmt.Errorf("read the run configuration of checkpoint #%d of %s: %w", e.Seq, e.Workload, err)
 	}
 	var why []string
+	var sandboxes []string
+	sandboxIDs := map[string]bool{}
 	for _, s := range found {
-		for _, x := range restorecfg.Excess(cfg, s.Archive) {
+		check := restorecfg.Excess
+		if s.sandbox {
+			check = restorecfg.SandboxExcess
+			sandboxes = append(sandboxes, s.dir)
+		}
+		if e.Method == MethodCRIPod {
+			sandboxIDs[sandboxIDOf(s)] = true
+		}
+		for _, x := range check(cfg, s.Archive) {
 			if s.dir != "" {
 				x = s.dir + ": " + x
 			}
 			why = append(why, x)
 		}
+	}
+	if len(sandboxes) > 1 {
+		why = append(why, fmt.Sprintf("%d sandbox specs (in %s) in the archive of one pod", len(sandboxes), strings.Join(sandboxes, ", ")))
+	}
+	if len(sandboxIDs) > 1 {
+		ids := make([]string, 0, len(sandboxIDs))
+		for id := range sandboxIDs {
+			if id == "" {
+				id = "none"
+			}
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		why = append(why, fmt.Sprintf("specs of %d sandboxes (%s) in the archive of one pod", len(ids), strings.Join(ids, ", ")))
 	}
 	if len(why) > 0 {
 		return fmt.Errorf("checkpoint #%d of %s: %w: %s", e.Seq, e.Workload, errRefusedArchive, strings.Join(why, "; "))
@@ -50,10 +74,27 @@ func (a *Agent) checkArchive(ctx context.Context, cfg workloadConfig, e store.En
 }
 
 // containerSpec is what one container's spec.dump and config.dump in an
-// archive say; dir is their directory in the archive ("" at its top).
+// archive say; dir is their directory in the archive ("" at its top);
+// sandbox: a pod-level archive's spec says it is its pod's sandbox's
+// (checked against the registration's sandbox, not skipped).
 type containerSpec struct {
 	restorecfg.Archive
-	dir string
+	dir     string
+	sandbox bool
+}
+
+// sandboxIDOf is the sandbox ID a spec names: its own for a sandbox's
+// (config.dump's, else its annotations'), its pod's for a container's.
+func sandboxIDOf(s containerSpec) string {
+	for _, k := range []string{"io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID"} {
+		if v := s.Spec.Annotations[k]; v != "" {
+			return v
+		}
+	}
+	if s.sandbox {
+		return s.ContainerID
+	}
+	return ""
 }
 
 // sandboxAnnotations mark the spec of a pod's sandbox (pause) container,
@@ -62,9 +103,11 @@ type containerSpec struct {
 var sandboxAnnotations = []string{"io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"}
 
 // archiveSpecs reads the spec.dump and config.dump of every container in
-// e's archive: at its top for a container checkpoint, in a directory per
-// container for a pod-level one (sandbox containers left out). An archive
-// with none, or a spec.dump without its config.dump, is an error.
+// e's archive: at its top for a container checkpoint (always the
+// container's, whatever its annotations say), in a directory per
+// container for a pod-level one, where a spec annotated as the sandbox's
+// is marked so (and needs no config.dump). An archive with no container,
+// or a container's spec.dump without its config.dump, is an error.
 func (a *Agent) archiveSpecs(ctx context.Context, e store.Entry) ([]containerSpec, error) {
 	r, err := a.store.OpenArchive(e)
 	if err != nil {
@@ -109,6 +152,7 @@ func (a *Agent) archiveSpecs(ctx context.Context, e store.Entry) ([]containerSpe
 			return fmt.Errorf("%s: invalid JSON: %w", m.Name, err)
 		}
 		c.Images = []string{cd.RootfsImage, cd.RootfsImageName, cd.RootfsImageRef}
+		c.ContainerID = cd.ID
 		images[dir] = true
 		return nil
 	})
@@ -116,6 +160,7 @@ func (a *Agent) archiveSpecs(ctx context.Context, e store.Entry) ([]containerSpe
 		return nil, err
 	}
 	var out []containerSpec
+	containers := 0
 	for dir, c := range byDir {
 		if c.Spec == nil {
 			if e.Method == MethodCRIPod {
@@ -123,15 +168,18 @@ func (a *Agent) archiveSpecs(ctx context.Context, e store.Entry) ([]containerSpe
 			}
 			return nil, fmt.Errorf("no %s beside %s", metadata.SpecDumpFile, metadata.ConfigDumpFile)
 		}
-		if sandboxSpec(c.Spec) {
-			continue
-		}
-		if !images[dir] {
-			return nil, fmt.Errorf("no %s beside %s", metadata.ConfigDumpFile, path.Join(dir, metadata.SpecDumpFile))
+		// The annotation is the archive's word: it only chooses, in a
+		// pod-level archive, which registration a spec is held to.
+		c.sandbox = e.Method == MethodCRIPod && sandboxSpec(c.Spec)
+		if !c.sandbox {
+			if !images[dir] {
+				return nil, fmt.Errorf("no %s beside %s", metadata.ConfigDumpFile, path.Join(dir, metadata.SpecDumpFile))
+			}
+			containers++
 		}
 		out = append(out, *c)
 	}
-	if len(out) == 0 {
+	if containers == 0 {
 		return nil, fmt.Errorf("no container %s and %s in the archive", metadata.SpecDumpFile, metadata.ConfigDumpFile)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].dir < out[j].dir })

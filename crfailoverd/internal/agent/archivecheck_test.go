@@ -7,12 +7,15 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
@@ -26,7 +29,8 @@ func testSpec() *specs.Spec {
 		Process: &specs.Process{Args: []string{"/counter"}, Cwd: "/", Capabilities: &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"},
 			{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/hosts"}},
-		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "network"}}},
+		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "network"}}},
+		Annotations: map[string]string{"io.kubernetes.cri.sandbox-id": "abc", "io.kubernetes.cri.container-type": "container"},
 	}
 }
 
@@ -328,3 +332,101 @@ func TestPlacementChecksTheRecord(t *testing.T) {
 }
 
 func uitoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// checkedArchive stores an archive of the files (name to content, JSON
+// of a value that is not a []byte) under method and checks it as the
+// agent does before a restore.
+func checkedArchive(t *testing.T, method string, files map[string]any) error {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b, ok := files[n].([]byte)
+		if !ok {
+			var err error
+			if b, err = json.Marshal(files[n]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(b))}); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = tw.Write(b)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := st.Import(context.Background(), wl, bytes.NewReader(buf.Bytes()), store.Entry{Seq: 1, Method: method, Created: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{store: st}
+	cfg := workloadConfig{Sandbox: &runtimeapi.PodSandboxConfig{}, Container: &runtimeapi.ContainerConfig{Image: &runtimeapi.ImageSpec{Image: "localhost:5000/counter:latest"}}}
+	return a.checkArchive(context.Background(), cfg, e)
+}
+
+// TestCheckArchiveNeverSkipsOnTheArchivesWord: a container checkpoint
+// whose spec calls itself a sandbox's is checked as the container's; a
+// pod-level archive's sandbox spec is checked against the registration's
+// sandbox; two sandboxes, or specs of two pods, in one pod's archive are
+// refused.
+func TestCheckArchiveNeverSkipsOnTheArchivesWord(t *testing.T) {
+	config := []byte(`{"id":"ctr1","rootfsImageName":"localhost:5000/counter:latest"}`)
+	asSandbox := func(s *specs.Spec) *specs.Spec {
+		s.Annotations["io.kubernetes.cri.container-type"] = "sandbox"
+		return s
+	}
+	otherPod := testSpec()
+	otherPod.Annotations["io.kubernetes.cri.sandbox-id"] = "def"
+	for _, tc := range []struct {
+		name   string
+		method string
+		files  map[string]any
+		want   []string // parts of the refusal; none: passes
+	}{
+		{name: "a container checkpoint", method: MethodCRI, files: map[string]any{"spec.dump": testSpec(), "config.dump": config}},
+		{name: "a privileged container checkpoint calling itself a sandbox", method: MethodCRI,
+			files: map[string]any{"spec.dump": asSandbox(privilegedSpec()), "config.dump": config},
+			want:  []string{"capabilities CAP_SYS_ADMIN beyond", "mount / at /host (type bind) not in the registration"}},
+		{name: "a pod-level archive with its sandbox", method: MethodCRIPod,
+			files: map[string]any{"app/spec.dump": testSpec(), "app/config.dump": config, "pause/spec.dump": asSandbox(testSpec())}},
+		{name: "a pod-level archive with a privileged sandbox", method: MethodCRIPod,
+			files: map[string]any{"app/spec.dump": testSpec(), "app/config.dump": config, "pause/spec.dump": asSandbox(privilegedSpec())},
+			want:  []string{"pause: capabilities CAP_SYS_ADMIN beyond", "pause: mount / at /host (type bind) not in the registration"}},
+		{name: "a pod-level archive with two sandboxes", method: MethodCRIPod,
+			files: map[string]any{"app/spec.dump": testSpec(), "app/config.dump": config, "p1/spec.dump": asSandbox(testSpec()), "p2/spec.dump": asSandbox(testSpec())},
+			want:  []string{"2 sandbox specs (in p1, p2) in the archive of one pod"}},
+		{name: "a pod-level archive with specs of two pods", method: MethodCRIPod,
+			files: map[string]any{"app/spec.dump": testSpec(), "app/config.dump": config, "other/spec.dump": otherPod, "other/config.dump": config},
+			want:  []string{"other: runtime file /var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/hosts at /etc/hosts of another sandbox or container abc", "specs of 2 sandboxes (abc, def)"}},
+		{name: "a pod-level archive of only a sandbox", method: MethodCRIPod,
+			files: map[string]any{"pause/spec.dump": asSandbox(testSpec())}, want: []string{"no container spec.dump and config.dump"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkedArchive(t, tc.method, tc.files)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("passed, want a refusal saying %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refusal %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
