@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
@@ -129,6 +130,11 @@ type Options struct {
 	// (default 200 ms); LostGrace overrides the default when positive.
 	Tick      time.Duration
 	LostGrace time.Duration
+	// Capabilities is what this node's runtime can do now (nil: nothing
+	// is reported, and checkpoints record no needs). The controller
+	// reports it to the cluster (state.NodeCapabilities) once the node is
+	// recorded, and again whenever it changes.
+	Capabilities func() capability.Node
 }
 
 // Controller is this node's reaction to the replicated state.
@@ -143,7 +149,8 @@ type Controller struct {
 	registering map[string]bool
 	lostSince   map[string]time.Time
 	adopted     map[string]uint64 // sandbox -> epoch a registration gave a running copy
-	wake        chan struct{}     // asks for a pass now
+	capsReport  capsReport
+	wake        chan struct{} // asks for a pass now
 	wg          sync.WaitGroup
 }
 
@@ -215,6 +222,7 @@ func (c *Controller) pass(ctx context.Context) {
 		return
 	}
 	c.checkLostCopies(st)
+	c.reportCapabilities(ctx, st)
 	for id, w := range st.Workloads {
 		if w.Owner != c.o.Node || w.Status != state.StatusRestoring {
 			continue

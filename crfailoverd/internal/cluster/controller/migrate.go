@@ -40,6 +40,12 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	if f, why := c.Fenced(); f {
 		return 0, 0, fmt.Errorf("this node is fenced (%s)", why)
 	}
+	// The checkpoint taken below needs what this node's runtime and CPU
+	// give it: the target must be able to restore it.
+	probe := c.withNeeds(state.Checkpoint{})
+	if ok, why := c.o.State.State().CanRestore(to, &probe); !ok {
+		return 0, 0, fmt.Errorf("target node %s cannot restore %s's checkpoints: %s", to, workload, why)
+	}
 	id, err := store.ParseWorkload(workload)
 	if err != nil {
 		return 0, 0, err
@@ -51,7 +57,7 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	}
 	// Recorded before it is sent: a peer accepts only checkpoints the
 	// cluster state records for the pushing owner.
-	cp := state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{c.o.Node}}
+	cp := c.withNeeds(state.Checkpoint{Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Created: e.Created, Holders: []string{c.o.Node}})
 	if err := c.o.Proposer.Apply(ctx, &state.CommitCheckpoint{At: time.Now(), ID: workload, Node: c.o.Node, Epoch: w.Epoch, Checkpoint: cp}); err != nil {
 		return 0, 0, fmt.Errorf("record checkpoint #%d: %w", e.Seq, err)
 	}
