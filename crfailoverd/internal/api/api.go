@@ -108,6 +108,10 @@ type ClusterWorkload struct {
 	Newest    *ClusterCheckpoint `json:"newest,omitempty"`
 	Tried     []string           `json:"tried,omitempty"`
 	LastError string             `json:"last_error,omitempty"`
+	// AtRisk: "at risk: no capable node holds a checkpoint (NODE: why;
+	// ...)" when no node but the owner holds a checkpoint it can restore;
+	// "" otherwise.
+	AtRisk string `json:"at_risk,omitempty"`
 }
 
 // ClusterCheckpoint is a checkpoint recorded in the cluster state.
@@ -117,6 +121,9 @@ type ClusterCheckpoint struct {
 	Size    int64     `json:"size"`
 	Created time.Time `json:"created"`
 	Holders []string  `json:"holders"`
+	// Runtime is the runtime that took it ("containerd 2.1.9"), which a
+	// restorer must run; "" when not recorded.
+	Runtime string `json:"runtime,omitempty"`
 }
 
 // MigrateRequest asks for a planned migration.
