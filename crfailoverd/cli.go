@@ -70,6 +70,9 @@ func writeStatus(w io.Writer, s api.Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "Node:     %s\nVersion:  %s\nRuntime:  %s\nMethod:   %s\nUp:       %s\nData dir: %s\n",
 		s.Node, s.Version, rt, s.Method, now.Sub(s.Started).Round(time.Second), s.DataDir)
+	if c := s.Capabilities; c != nil {
+		fmt.Fprintf(w, "Capabilities: %s\n", c.Summary())
+	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "Skipped:  %s\n", p)
 	}

@@ -2,7 +2,11 @@
 // the daemon and its CLI.
 package api
 
-import "time"
+import (
+	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+)
 
 // Status is the answer to GET /v1/status.
 type Status struct {
@@ -16,6 +20,10 @@ type Status struct {
 	DataDir    string           `json:"data_dir"`
 	Workloads  []WorkloadStatus `json:"workloads"`
 	Problems   []string         `json:"problems"` // annotated pods that were skipped, with why
+	// Capabilities: what the node's runtime can do (checkpoint, restore
+	// path or why none, kernel, CRIU, CPU flags), as last found out; nil
+	// before the first detection.
+	Capabilities *capability.Node `json:"capabilities,omitempty"`
 }
 
 // WorkloadStatus is one checkpointed container.
@@ -72,6 +80,9 @@ type Member struct {
 	DeadSince time.Time `json:"dead_since"`
 	Raft      string    `json:"raft"` // Voter, Nonvoter, or "" when not in Raft
 	Leader    bool      `json:"leader"`
+	// Capabilities: the member's runtime and restore path as it gossips
+	// them ("containerd 2.1.9 restore=create"), "" when it does not.
+	Capabilities string `json:"capabilities,omitempty"`
 }
 
 // RaftInfo is the Raft view of the answering node.
