@@ -121,8 +121,14 @@ func cmdWorkloads(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		for _, t := range w.Tried {
 			fmt.Fprintf(stdout, "%s: failed attempt %s\n", w.ID, t)
 		}
-		if w.LastError != "" && w.Status == "failed" {
+		switch {
+		case w.LastError != "" && w.Status == "failed":
 			fmt.Fprintf(stdout, "%s: GAVE UP: %s\n", w.ID, w.LastError)
+		case strings.Contains(w.LastError, "no node can restore it"):
+			fmt.Fprintf(stdout, "%s: CANNOT MOVE: %s\n", w.ID, w.LastError)
+		}
+		if w.AtRisk != "" {
+			fmt.Fprintf(stdout, "%s: %s\n", w.ID, w.AtRisk)
 		}
 	}
 	return nil

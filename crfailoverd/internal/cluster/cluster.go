@@ -16,6 +16,8 @@
 package cluster
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"context"
 	"errors"
 	"fmt"
@@ -81,6 +83,10 @@ type Options struct {
 	// OnEvent, when set, is told of cluster events (failovers, restores)
 	// for metrics. It must not block.
 	OnEvent event.Sink
+	// Capabilities is what this node's runtime can do now (the
+	// capability watcher's latest); nil: nothing is reported and
+	// checkpoints record no needs.
+	Capabilities func() capability.Node
 
 	// For in-process tests: the network the RPC port listens and dials on
 	// (nil: the host's), a wrapper of the gossip transport (nil: none),
@@ -204,7 +210,7 @@ func New(o Options) (*Cluster, error) {
 	prop := proposer{c}
 	c.repl = replication.New(replication.Options{Node: o.Node, Factor: o.ReplicationFactor, Store: o.Store, Proposer: prop,
 		Members: ml, Peer: func(n string) (replication.Peer, error) { return c.client(n) }, Events: c.events.Emit,
-		Log: o.Log.With("component", "replication")})
+		Log: o.Log.With("component", "replication"), Capabilities: o.Capabilities, State: c.fsm})
 	c.queue = peer.NewReplicator(peer.ReplicatorOptions{
 		Clients: c.client, MaxConcurrent: 4, Timeout: 2 * time.Minute, MaxTries: 5,
 		OnReplicated: c.repl.Replicated, OnFailed: c.repl.ReplicateFailed, Log: o.Log.With("component", "replication"),
@@ -212,7 +218,7 @@ func New(o Options) (*Cluster, error) {
 	c.repl.UseQueue(c.queue)
 	c.ctrl = controller.New(controller.Options{Node: o.Node, Lease: o.Lease, Policy: o.Policy, Local: o.Local, State: c.fsm,
 		Proposer: prop, Quorum: raftNode{c}, Members: ml, Replication: c.repl, Store: o.Store, Board: o.Board,
-		Events: c.events.Emit, Log: c.log, Tick: o.Tick, LostGrace: o.LostGrace})
+		Events: c.events.Emit, Log: c.log, Tick: o.Tick, LostGrace: o.LostGrace, Capabilities: o.Capabilities})
 	stabilization := o.Stabilization
 	if stabilization <= 0 {
 		stabilization = 5 * time.Second

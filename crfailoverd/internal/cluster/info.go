@@ -59,6 +59,12 @@ func (c *Cluster) Workloads() []api.ClusterWorkload {
 		if len(w.Checkpoints) > 0 {
 			cp := w.Checkpoints[0]
 			x.Newest = &api.ClusterCheckpoint{Seq: cp.Seq, SHA256: cp.SHA256, Size: cp.Size, Created: cp.Created, Holders: cp.Holders}
+			if cp.Runtime.Name != "" {
+				x.Newest.Runtime = cp.Runtime.String()
+			}
+		}
+		if risk, why := st.AtRisk(w); risk {
+			x.AtRisk = why
 		}
 		for _, t := range w.Tried {
 			x.Tried = append(x.Tried, t.Node+"#"+itoa(t.Seq)+": "+t.Error)
