@@ -5,19 +5,25 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -94,6 +100,9 @@ type recorder struct {
 	bad   []ownership.Report
 	// tamperFrom: records of this seq and above get a planted sha256 (0: none).
 	tamperFrom uint64
+	// frozen: the cluster records no more checkpoints (cut off from the
+	// quorum).
+	frozen bool
 }
 
 const plantedSHA = "0000000000000000000000000000000000000000000000000000000000000bad"
@@ -126,6 +135,9 @@ func (r *recorder) run(ctx context.Context, a *Agent) {
 			r.mu.Lock()
 			switch rep.Kind {
 			case ownership.Checkpointed:
+				if r.frozen {
+					break
+				}
 				r.recs = append([]ownership.Record{{Seq: rep.Entry.Seq, SHA256: rep.Entry.SHA256, Size: rep.Entry.Size}}, r.recs...)
 				r.publishLocked(true)
 			case ownership.BadCopy:
@@ -428,5 +440,60 @@ func TestCheckArchiveNeverSkipsOnTheArchivesWord(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLocalRestoreOfOwnUnrecordedCheckpoint: a node whose newest
+// checkpoints the cluster has not recorded (cut off from the quorum)
+// restores its own newest one locally, the store's checksum being the
+// record, without waiting for the cluster.
+func TestLocalRestoreOfOwnUnrecordedCheckpoint(t *testing.T) {
+	rt := newFake()
+	a, st, rec := startRecorded(t, rt)
+	eventually(t, "2 recorded checkpoints", func() bool { return rec.recorded() >= 2 })
+	rec.mu.Lock()
+	rec.frozen = true
+	recorded := rec.recs[0].Seq
+	rec.mu.Unlock()
+	eventually(t, "2 checkpoints the cluster does not record", func() bool {
+		es, _ := st.List(wl)
+		return len(es) > 0 && es[0].Seq >= recorded+2
+	})
+	rt.exit()
+	eventually(t, "a local restore", func() bool { s := a.Status(); return len(s.Workloads) == 1 && s.Workloads[0].Restores == 1 })
+	got := restoredEntry(t, rt, st)
+	if got.Seq <= recorded {
+		t.Errorf("restored #%d, the newest the cluster records; want this node's own newer checkpoint", got.Seq)
+	}
+	if bad := rec.badReports(); len(bad) != 0 {
+		t.Errorf("bad-copy reports for unrecorded own checkpoints: %+v", bad)
+	}
+}
+
+// TestLocalFault: a wrong or missing data key, an I/O error and a
+// cancelled restore are the node's faults (the checkpoint is passed over,
+// not marked bad); a digest mismatch, a walker's refusal and an excess are
+// the archive's.
+func TestLocalFault(t *testing.T) {
+	live := context.Background()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"wrong key", live, fmt.Errorf("verify: %w", seal.ErrWrongKey), true},
+		{"no key", live, fmt.Errorf("verify: %w", store.ErrNoKey), true},
+		{"I/O error", live, fmt.Errorf("verify: %w", &fs.PathError{Op: "read", Path: "/x", Err: syscall.EIO}), true},
+		{"cancelled", done, errors.New("walk: context canceled"), true},
+		{"digest mismatch", live, fmt.Errorf("verify: %w", store.ErrDigest), false},
+		{"walker refusal", live, &archive.MemberError{Name: "../x", Err: archive.ErrUnsafeName}, false},
+		{"excess", live, errors.New("the archive asks for more than the workload's registration: privileged"), false},
+	} {
+		if got := localFault(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("%s: localFault(%v) = %t, want %t", tc.name, tc.err, got, tc.want)
+		}
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strconv"
 	"time"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -76,6 +78,7 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 	}
 	var lastErr error = errors.New("no checkpoint to restore from")
 	refused := map[uint64]error{}
+	waited := false        // for the cluster to record a candidate: once per restore
 	runtimeFailed := false // the backoff is for the runtime: a refused candidate's successor goes at once
 	for attempt := 0; ; attempt++ {
 		e, wait, giveUp := req.policy.Next(attempt, req.candidates)
@@ -97,7 +100,7 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 			case <-time.After(wait):
 			}
 		}
-		if err := a.admit(ctx, req, e); err != nil {
+		if err := a.admit(ctx, req, e, &waited); err != nil {
 			lastErr = err
 			refused[e.Seq] = err
 			continue
@@ -148,35 +151,48 @@ func (a *Agent) restoreWorkload(ctx context.Context, req restoreRequest) restore
 }
 
 // admit checks candidate e before it is restored. In a cluster it must
-// match the cluster's record of it (sha256 and size): a candidate the
-// cluster does not record (not committed yet, or trimmed away) is passed
-// over, not marked bad; without a cluster the store's checksum is the
-// record. Then the archive must match the store's checksum, and its
-// spec.dump and config.dump must ask for no more than the registration. A
-// candidate that fails those is marked bad in the store and, in a cluster,
-// reported so that this node's holder record of it is dropped.
-func (a *Agent) admit(ctx context.Context, req restoreRequest, e store.Entry) error {
+// match the cluster's record of it (sha256 and size). A candidate the
+// cluster does not record is passed over (not marked bad), unless this
+// node took it itself and the restore is local: then, as without a
+// cluster, the store's checksum is the record (a node cut off from the
+// quorum still restores its own newest state; replicas are stored only
+// when the cluster records them). Then the archive must match the store's
+// checksum, and its spec.dump and config.dump must ask for no more than
+// the registration. A candidate that fails those is marked bad in the
+// store and, in a cluster, reported so that this node's holder record of
+// it is dropped; a fault of this node's own (a wrong or missing data key,
+// an I/O error, a cancelled restore) passes the candidate over without
+// marking it, so that a configuration mistake does not wipe out every
+// holder record.
+func (a *Agent) admit(ctx context.Context, req restoreRequest, e store.Entry, waited *bool) error {
 	log := a.log.With("workload", req.id.String(), "seq", e.Seq)
 	var rec ownership.Record
+	recorded := a.own == nil
 	if a.own != nil {
-		var ok bool
-		if rec, ok = a.recordOf(ctx, req, e.Seq); !ok {
-			err := fmt.Errorf("checkpoint #%d of %s is not recorded in the cluster state: in a cluster only recorded checkpoints are restored", e.Seq, req.id)
+		own := req.placed == nil && e.Source == a.settings.Node
+		rec, recorded = a.recordOf(ctx, req, e.Seq, !own && !*waited)
+		if !recorded && !own {
+			*waited = true
+			err := fmt.Errorf("checkpoint #%d of %s is not recorded in the cluster state: in a cluster only recorded checkpoints are restored (or this node's own, locally)", e.Seq, req.id)
 			log.Warn("passing over a checkpoint the cluster does not record", "err", err)
 			return err
 		}
 	}
 	refuse := func(err error) error {
+		if localFault(ctx, err) {
+			log.Error("cannot check the checkpoint; passing over it without marking it bad (the fault is this node's)", "err", err)
+			return err
+		}
 		log.Error("REFUSED checkpoint; marking it bad", "err", err, "recorded_sha256", rec.SHA256, "actual_sha256", e.SHA256)
 		if merr := a.store.MarkBad(req.id, e.Seq, err.Error()); merr != nil {
 			log.Error("marking a refused checkpoint bad failed", "err", merr)
 		}
-		if a.own != nil {
+		if a.own != nil && recorded {
 			a.report(ownership.Report{Kind: ownership.BadCopy, Workload: discovery.Workload{ID: req.id}, Entry: e, Record: rec, Reason: err.Error()})
 		}
 		return err
 	}
-	if a.own != nil && (e.SHA256 != rec.SHA256 || e.Size != rec.Size) {
+	if a.own != nil && recorded && (e.SHA256 != rec.SHA256 || e.Size != rec.Size) {
 		return refuse(fmt.Errorf("checkpoint #%d of %s does not match the cluster's record: the archive has sha256 %s and %d bytes, the cluster records sha256 %s and %d bytes",
 			e.Seq, req.id, e.SHA256, e.Size, rec.SHA256, rec.Size))
 	}
@@ -184,23 +200,37 @@ func (a *Agent) admit(ctx context.Context, req restoreRequest, e store.Entry) er
 		return refuse(fmt.Errorf("checkpoint #%d of %s is corrupt: %w", e.Seq, req.id, err))
 	}
 	if err := a.checkArchive(ctx, req.cfg, e); err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
 		return refuse(err)
 	}
 	return nil
 }
 
+// localFault reports whether err, met while checking a checkpoint, is
+// this node's (a wrong or missing data key, an I/O error, the restore
+// cancelled) rather than the archive's.
+func localFault(ctx context.Context, err error) bool {
+	var pe *fs.PathError
+	return ctx.Err() != nil || errors.Is(err, seal.ErrWrongKey) || errors.Is(err, store.ErrNoKey) ||
+		(errors.As(err, &pe) && !errors.Is(err, store.ErrDigest))
+}
+
 // recordOf returns the cluster's record of checkpoint seq of the request's
 // workload: the placement's, or the ownership view's, waiting up to
-// recordWait for the view to record it.
-func (a *Agent) recordOf(ctx context.Context, req restoreRequest, seq uint64) (ownership.Record, bool) {
+// recordWait for the view to record it when wait is set.
+func (a *Agent) recordOf(ctx context.Context, req restoreRequest, seq uint64, wait bool) (ownership.Record, bool) {
 	if req.placed != nil {
 		return *req.placed, req.placed.Seq == seq && req.placed.SHA256 != ""
 	}
-	wait := time.NewTimer(recordWait)
-	defer wait.Stop()
+	if !wait {
+		if v := a.own.View(); v != nil {
+			if rec, ok := v.Workloads[req.id.String()].Checkpoint(seq); ok {
+				return rec, true
+			}
+		}
+		return ownership.Record{}, false
+	}
+	timer := time.NewTimer(recordWait)
+	defer timer.Stop()
 	for {
 		changed := a.own.Changed()
 		if v := a.own.View(); v != nil {
@@ -210,7 +240,7 @@ func (a *Agent) recordOf(ctx context.Context, req restoreRequest, seq uint64) (o
 		}
 		select {
 		case <-changed:
-		case <-wait.C:
+		case <-timer.C:
 			return ownership.Record{}, false
 		case <-ctx.Done():
 			return ownership.Record{}, false

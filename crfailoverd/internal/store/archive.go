@@ -111,7 +111,7 @@ func (s *Store) openFile(e Entry) (_ *os.File, size int64, sealed bool, err erro
 	case !seal.Encrypted(prefix[:n]):
 		return nil, 0, false, errors.New("its record says sealed, but the file does not start with an age header")
 	case s.key == nil:
-		return nil, 0, false, errors.New("the archive is sealed, but this store has no data key (store.plaintext is set, or store.data_key_file is empty)")
+		return nil, 0, false, fmt.Errorf("%w: the archive is sealed, but store.plaintext is set or store.data_key_file is empty", ErrNoKey)
 	}
 	return f, fi.Size(), true, nil
 }

@@ -88,6 +88,10 @@ var ErrNotFound = errors.New("checkpoint not found")
 // sha256 is not the one announced: nothing was stored.
 var ErrDigest = errors.New("sha256 mismatch")
 
+// ErrNoKey is returned (wrapped) when a sealed archive is read by a store
+// without a data key.
+var ErrNoKey = errors.New("no data key")
+
 // ErrPruned is returned (wrapped) by Import when the imported entry is older
 // than the entries retention keeps, so it was deleted again at once.
 var ErrPruned = errors.New("checkpoint older than the retained ones")
@@ -481,10 +485,10 @@ func (s *Store) Verify(e Entry) error {
 		return fmt.Errorf("store: verify %s seq %d: read archive %s: %w", e.Workload, e.Seq, s.archivePath(e), err)
 	}
 	if sum := hex.EncodeToString(h.Sum(nil)); sum != e.SHA256 {
-		return fmt.Errorf("store: verify %s seq %d (%s): sha256 mismatch: recorded %s, archive has %s", e.Workload, e.Seq, s.archivePath(e), e.SHA256, sum)
+		return fmt.Errorf("store: verify %s seq %d (%s): %w: recorded %s, archive has %s", e.Workload, e.Seq, s.archivePath(e), ErrDigest, e.SHA256, sum)
 	}
 	if e.Size != 0 && n != e.Size {
-		return fmt.Errorf("store: verify %s seq %d (%s): size mismatch: recorded %d bytes, archive has %d", e.Workload, e.Seq, s.archivePath(e), e.Size, n)
+		return fmt.Errorf("store: verify %s seq %d (%s): %w: size mismatch: recorded %d bytes, archive has %d", e.Workload, e.Seq, s.archivePath(e), ErrDigest, e.Size, n)
 	}
 	return nil
 }
