@@ -95,6 +95,8 @@ func TestParseCheckpointConfigRecorded(t *testing.T) {
 		{"containerd-2.1.9.json", CheckpointConfig{Reported: true}},
 		{"containerd-2.3.4-restore-off.json", CheckpointConfig{Reported: true, EnableCRIU: ptr(true), RestoreViaCreate: ptr(false)}},
 		{"containerd-2.3.4-restore-on.json", CheckpointConfig{Reported: true, EnableCRIU: ptr(true), RestoreViaCreate: ptr(true)}},
+		{"containerd-2.3.7-restore-off.json", CheckpointConfig{Reported: true, EnableCRIU: ptr(true), RestoreViaCreate: ptr(false)}},
+		{"containerd-2.3.7-restore-on.json", CheckpointConfig{Reported: true, EnableCRIU: ptr(true), RestoreViaCreate: ptr(true)}},
 		{"containerd-2.4.2.json", CheckpointConfig{Reported: true, EnableCRIU: ptr(true)}},
 		{"containerd-1.6.20.json", CheckpointConfig{Reported: true}},
 		{"crio-1.36.3.json", CheckpointConfig{Reported: true, CRIUSupport: ptr(true)}},
