@@ -231,7 +231,7 @@ func (d *daemonRun) run(format string) error {
 		d.log.Info("prometheus endpoint listening", "addr", addr)
 	}
 	if addr := c.Images.ListenAddr; addr != "" {
-		img, err := newImageServer(c, st, dataKey, d.log.With("component", "images"))
+		img, err := newImageServer(c, st, dataKey, static != nil, d.log.With("component", "images"))
 		if err != nil {
 			return fmt.Errorf("image endpoint: %w", err)
 		}

@@ -24,7 +24,11 @@ import (
 // endpoint's hosts as image references name them, and fails naming the
 // file it could not write: without them, the node's pulls of checkpoint
 // images are refused.
-func newImageServer(c config.Config, st *store.Store, key *seal.Key, log *slog.Logger) (*ociserve.Server, error) {
+//
+// Only kubelet pulls from the endpoint (restores as static pods): with
+// viaKubelet false (restores through the CRI) no pull secret file is
+// written, and the endpoint serves nothing (see ociserve.Server.Serves).
+func newImageServer(c config.Config, st *store.Store, key *seal.Key, viaKubelet bool, log *slog.Logger) (*ociserve.Server, error) {
 	dir := filepath.Join(c.Node.DataDir, "images")
 	creds, err := ociserve.NodeCredentials(filepath.Join(dir, "secret"))
 	if err != nil {
@@ -34,7 +38,14 @@ func newImageServer(c config.Config, st *store.Store, key *seal.Key, log *slog.L
 	if err != nil {
 		return nil, err
 	}
+	if !viaKubelet && len(c.Images.PullSecretFiles) > 0 {
+		log.Info("image endpoint credentials not written into images.pull_secret_files: restores go through the CRI, not kubelet",
+			"files", c.Images.PullSecretFiles)
+	}
 	for _, f := range c.Images.PullSecretFiles {
+		if !viaKubelet {
+			break
+		}
 		if err := pullsecret.Write(f, hosts, pullsecret.Auth{Username: creds.Username, Password: creds.Password}); err != nil {
 			return nil, fmt.Errorf("images.pull_secret_files: %w", err)
 		}

@@ -49,7 +49,7 @@ func TestNewImageServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := newImageServer(c, st, nil, slog.New(slog.DiscardHandler))
+	srv, err := newImageServer(c, st, nil, true, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestNewImageServer(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(c.Node.DataDir, "images", "secret")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("secret file: %v %v", err, fi)
 	}
-	if _, err := newImageServer(c, st, nil, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := newImageServer(c, st, nil, true, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	if u2, p2 := written(); u2 != user || p2 != pass {
@@ -106,7 +106,27 @@ func TestNewImageServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Images.PullSecretFiles = []string{link}
-	if _, err := newImageServer(c, st, nil, slog.New(slog.DiscardHandler)); err == nil {
+	if _, err := newImageServer(c, st, nil, true, slog.New(slog.DiscardHandler)); err == nil {
 		t.Errorf("a pull secret file that is a symbolic link was accepted")
+	}
+}
+
+// TestNoPullSecretsWithoutKubelet: restores through the CRI never pull
+// from the endpoint, so no pull secret file is written (a node without
+// kubelet has no /var/lib/kubelet, and systemd keeps it read-only).
+func TestNoPullSecretsWithoutKubelet(t *testing.T) {
+	c := config.Default()
+	c.Node.DataDir = t.TempDir()
+	pullFile := filepath.Join(t.TempDir(), "kubelet", "config.json")
+	c.Images.PullSecretFiles = []string{pullFile}
+	st, err := store.Open(filepath.Join(c.Node.DataDir, "checkpoints"), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newImageServer(c, st, nil, false, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Dir(pullFile)); !os.IsNotExist(err) {
+		t.Errorf("restores through the CRI: the pull secret file's directory exists (%v)", err)
 	}
 }
