@@ -18,6 +18,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
@@ -72,6 +73,7 @@ type daemonRun struct {
 	agent   *agent.Agent
 	cluster *cluster.Cluster
 	rec     *metrics.Recorder
+	caps    *capability.Watch // what this node's runtime can do
 }
 
 func (d *daemonRun) setGauges() {
@@ -94,7 +96,7 @@ func (d *daemonRun) statusLine() string {
 	if d.cluster != nil {
 		s += "; " + d.cluster.StatusLine()
 	}
-	return s
+	return s + capabilitiesStatus(d.caps)
 }
 
 // newCluster sets up the cluster side from the [cluster] configuration.
@@ -194,6 +196,10 @@ func (d *daemonRun) run(format string) error {
 	rec := metrics.New(metrics.Options{DSN: c.Metrics.PostgresDSN, QueueSize: c.Metrics.QueueSize, Node: c.Node.Name,
 		Log: d.log.With("component", "metrics")})
 	d.rec = rec
+	// What the runtime can do, found out at start and every 5 minutes
+	// (the native restore path is not wired into the agent yet).
+	caps, capsComp := newCapabilities(c, rt, rec, false, d.log)
+	d.caps = caps
 	// The cluster publishes who owns what on the board; the agent reads it
 	// and queues its reports; the cluster asks the agent to act. Nothing
 	// else connects them.
@@ -223,6 +229,7 @@ func (d *daemonRun) run(format string) error {
 		cb = cl
 		comps = append(comps, component{"cluster", cl.Run})
 	}
+	comps = append(comps, capsComp)
 	comps = append(comps, component{"metrics recorder", func(ctx context.Context) error { rec.Run(ctx); return nil }})
 	if addr := c.Metrics.PrometheusAddr; addr != "" {
 		comps = append(comps, component{"prometheus endpoint on " + addr, func(ctx context.Context) error {
@@ -395,6 +402,7 @@ func (s statusWithVersion) Status() api.Status {
 	st := s.d.agent.Status()
 	st.Version = versionString()
 	st.ConfigFile = s.d.cfgPath
+	st.Capabilities = capabilitiesOf(s.d.caps)
 	return st
 }
 
