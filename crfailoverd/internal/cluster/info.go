@@ -9,6 +9,7 @@ import (
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 )
 
 // Members lists the gossip members with their Raft role.
@@ -95,3 +96,6 @@ func (c *Cluster) GossipAddr() string { return c.ml.GossipAddr() }
 
 // RPCAddr is this node's advertised RPC (gRPC and Raft) address.
 func (c *Cluster) RPCAddr() string { return c.ml.RPCAddr() }
+
+// State is a copy of the replicated state as this node has applied it.
+func (c *Cluster) State() *state.State { return c.fsm.State() }

@@ -8,6 +8,8 @@
 package clustertest
 
 import (
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -42,6 +44,9 @@ type Options struct {
 	MaxAttempts       int    // default 3
 	// Verbose logs the nodes' debug lines through t.Log.
 	Verbose bool
+	// Capabilities, when set, is what each node's runtime can do (asked
+	// on every look, so a test may change it); nil: nothing is reported.
+	Capabilities func(node string) capability.Node
 }
 
 // Cluster is a running test cluster.
@@ -55,6 +60,14 @@ type Cluster struct {
 	// nodesMu guards it against the copy sampler's reads.
 	nodesMu sync.Mutex
 	Nodes   []*Node
+}
+
+// capabilities is node's Options.Capabilities, or nil.
+func (c *Cluster) capabilities(node string) func() capability.Node {
+	if c.o.Capabilities == nil {
+		return nil
+	}
+	return func() capability.Node { return c.o.Capabilities(node) }
 }
 
 // Node is one member.
@@ -182,7 +195,7 @@ func (n *Node) Start() {
 		TLS: n.tls, ReplicationFactor: c.o.ReplicationFactor, Profile: "lan", Lease: Lease, DeadServerGrace: time.Hour,
 		MaxVoters: 5, Policy: c.o.Policy, MaxAttempts: c.o.MaxAttempts, Store: n.Store, Local: n.Fake, Board: n.Board,
 		Log: log, Network: n.Switch, WrapTransport: n.Switch.WrapTransport, Tick: 50 * time.Millisecond, LostGrace: time.Second,
-		Stabilization: 300 * time.Millisecond,
+		Stabilization: 300 * time.Millisecond, Capabilities: c.capabilities(n.Name),
 	})
 	if err != nil {
 		c.t.Fatalf("start %s: %v", n.Name, err)
