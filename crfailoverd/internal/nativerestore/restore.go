@@ -269,6 +269,16 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 	return res, nil
 }
 
+// EnsureImage makes sure the registration's image is in the namespace,
+// unpacked, pulling it when missing: a node that receives a checkpoint can
+// call it then, so that a restore does not wait for a pull.
+func (r *Restorer) EnsureImage(ctx context.Context, reg restorecfg.Config) error {
+	if _, err := r.ensureImage(r.ctx(ctx), reg.Container.GetImage().GetImage(), ""); err != nil {
+		return fmt.Errorf("native restore: ensure the image of %s: %w", workloadOf(reg), err)
+	}
+	return nil
+}
+
 // ensureImage returns the registration's image in the namespace, unpacked,
 // pulling it when missing. When the archive names the image ID its
 // container ran on (config.dump's rootfsImageRef, a config digest), the
