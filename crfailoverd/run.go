@@ -102,7 +102,11 @@ func (d *daemonRun) statusLine() string {
 // newCluster sets up the cluster side from the [cluster] configuration.
 // The node is the agent, which the cluster asks to act; board is where the
 // cluster publishes the ownership view the agent reads.
-func newCluster(c config.Config, st *store.Store, node *agent.Agent, board *ownership.Board, log *slog.Logger, onEvent event.Sink) (*cluster.Cluster, error) {
+//
+// caps is what this node's runtime can do (the zero Node until it is
+// found out): the cluster records it, and places and replicates only
+// where a checkpoint can be restored.
+func newCluster(c config.Config, st *store.Store, node *agent.Agent, board *ownership.Board, caps func() capability.Node, log *slog.Logger, onEvent event.Sink) (*cluster.Cluster, error) {
 	t, err := peer.LoadTLS(c.Cluster.TLSCert, c.Cluster.TLSKey, c.Cluster.TLSCA)
 	if err != nil {
 		return nil, fmt.Errorf("cluster TLS: %w", err)
@@ -118,7 +122,7 @@ func newCluster(c config.Config, st *store.Store, node *agent.Agent, board *owne
 		RPCAddr: c.Cluster.RPCAddr, Join: c.Cluster.Join, BootstrapExpect: c.Cluster.BootstrapExpect, GossipKey: key, TLS: t,
 		ReplicationFactor: c.Cluster.ReplicationFactor, Profile: c.Cluster.FailureProfile, Lease: c.Cluster.Lease,
 		DeadServerGrace: c.Cluster.DeadServerGrace, MaxVoters: c.Cluster.MaxVoters, Policy: c.Restore.Policy,
-		MaxAttempts: c.Restore.MaxAttempts, Store: st, Local: node, Board: board, Log: log, OnEvent: onEvent,
+		MaxAttempts: c.Restore.MaxAttempts, Store: st, Local: node, Board: board, Capabilities: caps, Log: log, OnEvent: onEvent,
 	})
 }
 
@@ -213,7 +217,7 @@ func (d *daemonRun) run(format string) error {
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	var cl *cluster.Cluster
 	if c.Cluster.Enabled {
-		if cl, err = newCluster(c, st, d.agent, board, d.log, rec.ClusterEvent); err != nil {
+		if cl, err = newCluster(c, st, d.agent, board, d.caps.Current, d.log, rec.ClusterEvent); err != nil {
 			return err
 		}
 	}
