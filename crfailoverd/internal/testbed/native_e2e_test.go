@@ -1,8 +1,10 @@
 package testbed
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -139,6 +141,20 @@ func TestE2ENativeRestore(t *testing.T) {
 	if err := b.KillNode(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
+	// A restore that CRIU fails (no images) leaves nothing behind: no
+	// container, task, snapshot or state directory.
+	empty := withoutCRIUImages(t, shipped)
+	if _, err := r.Restore(ctx, nativerestore.Request{ID: "counter-broken", Archive: empty, Registration: reg}); err == nil {
+		t.Fatal("a restore without CRIU images worked")
+	} else {
+		t.Logf("a restore without CRIU images fails: %v", err)
+	}
+	if list, err := r.List(ctx); err != nil || len(list) != 0 {
+		t.Errorf("after a failed restore: containers %+v, %v", list, err)
+	}
+	if _, err := os.Stat(filepath.Join(n2.Dir, "native", "counter-broken")); !os.IsNotExist(err) {
+		t.Errorf("a failed restore left its state directory: %v", err)
+	}
 	res, err := r.Restore(ctx, nativerestore.Request{ID: "counter-native", Archive: shipped, Registration: reg})
 	if err != nil {
 		t.Fatal(err)
@@ -187,6 +203,50 @@ func TestE2ENativeRestore(t *testing.T) {
 		fmt.Printf("E2E native-restore: containerd=%s counter_at_checkpoint=%d counter_after_restore=%d restore_ms=%d checkpoint_ms=%d criu_restore_ms=%d prepull_ms=%d cri_restore=refused\n",
 			version, atCheckpoint, afterRestore, res.Total.Milliseconds(), checkpointTime.Milliseconds(), res.Restore.Milliseconds(), prepull.Milliseconds())
 	}
+}
+
+// withoutCRIUImages writes a copy of the archive at path with an empty
+// checkpoint/ directory (spec.dump, config.dump and rootfs-diff.tar kept).
+func withoutCRIUImages(t *testing.T, path string) string {
+	t.Helper()
+	in, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out := strings.TrimSuffix(path, ".tar") + "-no-images.tar"
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	tr := tar.NewReader(in)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.TrimPrefix(h.Name, "./")
+		if strings.HasPrefix(name, "checkpoint/") && h.Typeflag != tar.TypeDir {
+			continue
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func criContainerIDs(ctx context.Context, t *testing.T, socket string) []string {
