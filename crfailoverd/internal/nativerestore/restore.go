@@ -254,7 +254,7 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 	// rootfs-diff.tar found beside it, and starts the task.
 	pid, err := ctr.Restore(ctx, cio.LogFile(filepath.Join(dir, "container.log")), filepath.Join(extracted, "checkpoint"))
 	if err != nil {
-		return res, fmt.Errorf("restore the task with CRIU (runc and CRIU log to containerd's log): %w", err)
+		return res, fmt.Errorf("restore the task with CRIU: %w", err)
 	}
 	res.Restore = time.Since(t)
 	res.PID = uint32(pid)
