@@ -224,7 +224,8 @@ func capNames(in []string) []string {
 
 // seccompOf is the registration's seccomp profile: the runtime's default,
 // or none (unconfined, or not asked for, as the CRI does). A profile file
-// of the node's is refused.
+// of the node's is refused. The deprecated seccomp_profile_path, which
+// kubelet no longer sends, is not read.
 func seccompOf(sc *runtimeapi.LinuxContainerSecurityContext) (oci.SpecOpts, error) {
 	if p := sc.GetSeccomp(); p != nil {
 		switch p.GetProfileType() {
@@ -236,14 +237,7 @@ func seccompOf(sc *runtimeapi.LinuxContainerSecurityContext) (oci.SpecOpts, erro
 			return nil, fmt.Errorf("build the restore spec: seccomp profile %s %q: %w", p.GetProfileType(), p.GetLocalhostRef(), ErrUnsupported)
 		}
 	}
-	switch p := sc.GetSeccompProfilePath(); p {
-	case "", "unconfined":
-		return nil, nil
-	case "runtime/default", "docker/default":
-		return seccomp.WithDefaultProfile(), nil
-	default:
-		return nil, fmt.Errorf("build the restore spec: seccomp profile %q: %w", p, ErrUnsupported)
-	}
+	return nil, nil
 }
 
 // kernelMounts are the CRI runtime's own mounts of kernel file systems,

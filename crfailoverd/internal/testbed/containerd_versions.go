@@ -89,7 +89,7 @@ func ParseNodeRuntimes(s string) (map[string]NodeRuntime, error) {
 	for _, item := range strings.Split(s, ",") {
 		node, rt, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok || !validNodeName(node) {
-			return nil, fmt.Errorf("%s: %q: want NODE=RUNTIME with NODE n1, n2, ...", EnvNodeRuntimes, item)
+			return nil, fmt.Errorf("%s: %q: want NODE=RUNTIME, NODE being n1, n2 or another nN", EnvNodeRuntimes, item)
 		}
 		if _, dup := out[node]; dup {
 			return nil, fmt.Errorf("%s: node %s named twice", EnvNodeRuntimes, node)
