@@ -245,15 +245,15 @@ func (c Config) anyNodeRuns(n int, runtime string) bool {
 }
 
 // containerdRestoreViaCreate decides whether a node's containerd config
-// sets enable_experimental_restore_via_create: only containerd 2.2 and 2.3
-// have the option (off by default there; 2.1 restores without it, 2.4
-// removed restore through CreateContainer). A built containerd gets it when
-// the bed asks (EnvContainerdRestore), so that a 2.3 node with restore left
-// off can be had; the root file system's containerd always, as before the
-// flavors.
+// sets enable_experimental_restore_via_create. A built containerd gets it
+// when the bed asks (EnvContainerdRestore) and has the option: 2.2 and 2.3
+// (off by default there; 2.4 removed restore through CreateContainer), so
+// that a 2.3 node with restore left off can be had. The root file
+// system's containerd gets it from 2.3 on, as before the flavors (a
+// containerd without the option ignores it).
 func containerdRestoreViaCreate(version string, built, restore bool) bool {
-	if CompareVersions(version, "2.2.0") < 0 || CompareVersions(version, "2.4.0") >= 0 {
-		return false
+	if !built {
+		return CompareVersions(version, "2.3.0") >= 0
 	}
-	return restore || !built
+	return restore && CompareVersions(version, "2.2.0") >= 0 && CompareVersions(version, "2.4.0") < 0
 }

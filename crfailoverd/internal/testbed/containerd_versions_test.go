@@ -80,12 +80,13 @@ func TestContainerdRestoreViaCreate(t *testing.T) {
 	}{
 		{"2.1.9", false, false, false}, // restores without the option
 		{"2.1.9", false, true, false},
-		{"2.2.1", false, false, true}, // Debian's: on, as the bed always had it
+		{"2.2.1", true, true, true},
+		{"2.2.1", false, false, false}, // Debian's: from 2.3 on, as the bed always had it
 		{"2.3.7", false, false, true},
 		{"2.3.7", true, false, false}, // built, left off: the incapable 2.3 node
 		{"2.3.7", true, true, true},
 		{"2.4.2", true, true, false}, // the option is gone
-		{"2.4.2", false, false, false},
+		{"2.4.2", false, false, true},
 	} {
 		if got := containerdRestoreViaCreate(tc.version, tc.built, tc.restore); got != tc.want {
 			t.Errorf("containerdRestoreViaCreate(%s, built=%v, restore=%v) = %v, want %v", tc.version, tc.built, tc.restore, got, tc.want)
