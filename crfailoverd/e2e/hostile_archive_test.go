@@ -228,7 +228,7 @@ func TestE2EHostileArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := dial(holder).Fetch(ctx, tmp, counterStore, before.Newest.Seq)
+	good, err := dial(holder).Fetch(ctx, tmp, counterStore, before.Newest.Seq, peer.Expect{SHA256: before.Newest.SHA256, Size: before.Newest.Size})
 	if err != nil {
 		t.Fatal(err)
 	}

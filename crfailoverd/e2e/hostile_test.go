@@ -146,7 +146,7 @@ func TestE2EHostilePeer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = dial(holder).Fetch(ctx, st, wid, before.Newest.Seq)
+			_, err = dial(holder).Fetch(ctx, st, wid, before.Newest.Seq, peer.Expect{})
 			return err
 		}},
 	}

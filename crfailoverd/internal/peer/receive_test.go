@@ -316,7 +316,7 @@ func TestFetchRefusesHostileArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.client(t, a).Fetch(context.Background(), local, w, e.Seq)
+	_, err = b.client(t, a).Fetch(context.Background(), local, w, e.Seq, Expect{})
 	if err == nil || !strings.Contains(err.Error(), `archive refused: member "checkpoint/../../etc/cron.d/x": unsafe member name`) {
 		t.Errorf("Fetch of a hostile archive: %v", err)
 	}
@@ -330,7 +330,7 @@ func TestFetchRefusesHostileArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := addEntry(t, b.store, "ns/pod/other", 100_000)
-	_, err = b.client(t, a).Fetch(context.Background(), small, good.Workload, good.Seq)
+	_, err = b.client(t, a).Fetch(context.Background(), small, good.Workload, good.Seq, Expect{})
 	if !errors.As(err, new(tooMuch)) || toStatus(err).Code() != codes.ResourceExhausted ||
 		!strings.Contains(err.Error(), fmt.Sprintf("announced size %d bytes is above the limit of 4096 bytes", good.Size)) {
 		t.Errorf("Fetch above the local limit: %v", err)

@@ -641,17 +641,29 @@ func (c *Client) Migrate(ctx context.Context, workload, to string) (uint64, time
 	return reply.Seq, downtime, nil
 }
 
+// Expect is what a fetched archive must be: the sha256 and size the
+// cluster records for it. The zero Expect takes the sender's word (tools,
+// tests).
+type Expect struct {
+	SHA256 string
+	Size   int64
+}
+
 // Fetch pulls the peer's entry seq of w (0: its newest good one) into st,
-// verifying its sha256, and returns the local entry.
-func (c *Client) Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error) {
-	e, err := c.fetch(ctx, st, w, seq)
+// verifying its sha256, and returns the local entry. With want set, a
+// header announcing another digest or size is refused before any chunk
+// is read, and the content is checked against want, not against the
+// header: nothing that is not the recorded archive is stored. The entry's
+// source is the peer, its method "replica", whatever the header says.
+func (c *Client) Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64, want Expect) (store.Entry, error) {
+	e, err := c.fetch(ctx, st, w, seq, want)
 	if err != nil {
 		return store.Entry{}, fmt.Errorf("peer %s: fetch %s seq %d: %w", c.name, w, seq, err)
 	}
 	return e, nil
 }
 
-func (c *Client) fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error) {
+func (c *Client) fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64, want Expect) (store.Entry, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if the import stops early
 	stream, err := c.conn.NewStream(ctx, &serviceDesc.Streams[fetchStream], fullMethod("Fetch"))
@@ -675,6 +687,14 @@ func (c *Client) fetch(ctx context.Context, st *store.Store, w store.Workload, s
 	if hw != w || (seq != 0 && h.Seq != seq) {
 		return store.Entry{}, fmt.Errorf("peer sent %s seq %d", hw, h.Seq)
 	}
+	if want.SHA256 != "" {
+		if !strings.EqualFold(h.SHA256, want.SHA256) || h.Size != want.Size {
+			return store.Entry{}, fmt.Errorf("%w: the peer announced sha256 %s and %d bytes, the cluster records sha256 %s and %d bytes: refused before reading it",
+				store.ErrDigest, h.SHA256, h.Size, want.SHA256, want.Size)
+		}
+		meta.SHA256, meta.Size = strings.ToLower(want.SHA256), want.Size
+	}
+	meta.Source, meta.Method = c.name, "replica"
 	limit := maxArchiveBytes(st)
 	if err := checkAnnounced(h, limit); err != nil {
 		return store.Entry{}, err

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -182,23 +183,68 @@ func TestFetch(t *testing.T) {
 	c := b.client(t, a)
 	ctx := context.Background()
 
-	got, err := c.Fetch(ctx, local, w, e1.Seq)
+	got, err := c.Fetch(ctx, local, w, e1.Seq, Expect{})
 	if err != nil {
 		t.Fatalf("Fetch seq %d: %v", e1.Seq, err)
 	}
-	if got.Seq != e1.Seq || got.SHA256 != e1.SHA256 || got.Source != e1.Source {
-		t.Errorf("fetched %+v, want %+v", got, e1)
+	if got.Seq != e1.Seq || got.SHA256 != e1.SHA256 || got.Source != "node-b" || got.Method != "replica" {
+		t.Errorf("fetched %+v, want %+v from node-b as a replica", got, e1)
 	}
 	if err := local.Verify(got); err != nil {
 		t.Error(err)
 	}
-	latest, err := c.Fetch(ctx, local, w, 0)
+	latest, err := c.Fetch(ctx, local, w, 0, Expect{})
 	if err != nil || latest.Seq != e2.Seq || latest.SHA256 != e2.SHA256 {
 		t.Errorf("Fetch latest: %+v, %v; want seq %d", latest, err, e2.Seq)
 	}
-	_, err = c.Fetch(ctx, local, w, 99)
+	_, err = c.Fetch(ctx, local, w, 99, Expect{})
 	if status.Code(errors.Unwrap(err)) != codes.NotFound {
 		t.Errorf("Fetch of a missing seq: %v, want NotFound", err)
+	}
+}
+
+// TestFetchExpected: a fetch that expects the cluster's record refuses a
+// header announcing another archive before reading it, and content that
+// does not match the record even when the header does; neither leaves an
+// entry or a file.
+func TestFetchExpected(t *testing.T) {
+	ca := newCA(t, "cluster-ca")
+	a := ca.nodeTLS(t, "node-a")
+	b := startPeer(t, ca, "node-b", Handlers{})
+	w := mustWorkload(t, "ns/pod/ctr")
+	e1 := addEntry(t, b.store, w.String(), 700_000)
+	e2 := addEntry(t, b.store, w.String(), 300_000)
+	local, root := openStore(t)
+	c := b.client(t, a)
+	ctx := context.Background()
+	noEntries := func(what string) {
+		t.Helper()
+		if es, _ := local.List(w); len(es) != 0 {
+			t.Errorf("%s: entries %+v", what, es)
+		}
+		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".tmp-") {
+				t.Errorf("%s: left %s", what, p)
+			}
+			return nil
+		})
+	}
+	_, err := c.Fetch(ctx, local, w, e1.Seq, Expect{SHA256: e2.SHA256, Size: e2.Size})
+	if !errors.Is(err, store.ErrDigest) || !strings.Contains(err.Error(), "refused before reading it") || !strings.Contains(err.Error(), e2.SHA256) {
+		t.Errorf("fetch of #%d expecting #%d's record: %v; want ErrDigest naming both", e1.Seq, e2.Seq, err)
+	}
+	noEntries("another archive announced")
+	// The holder's copy of #1 is damaged: its header still says #1.
+	if err := os.WriteFile(e1.Path, bytes.Repeat([]byte{'x'}, int(e1.Size)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Fetch(ctx, local, w, e1.Seq, Expect{SHA256: e1.SHA256, Size: e1.Size})
+	if err == nil {
+		t.Fatal("fetch of a damaged copy succeeded")
+	}
+	noEntries("damaged content")
+	if got, err := c.Fetch(ctx, local, w, e2.Seq, Expect{SHA256: e2.SHA256, Size: e2.Size}); err != nil || got.SHA256 != e2.SHA256 {
+		t.Errorf("fetch of #%d as recorded: %+v, %v", e2.Seq, got, err)
 	}
 }
 

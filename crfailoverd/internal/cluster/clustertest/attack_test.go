@@ -140,7 +140,7 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = c.ClientAs("mallory", c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq)
+			_, err = c.ClientAs("mallory", c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq, peer.Expect{})
 			return err
 		}, "not a node of the cluster"},
 		{"a fetch by a member that holds nothing of it", func() error {
@@ -148,7 +148,7 @@ func TestEveryRuleRefusesOtherCallers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = c.ClientAs(other, c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq)
+			_, err = c.ClientAs(other, c.Node(holder)).Fetch(ctx, st, counter, w.Newest.Seq, peer.Expect{})
 			return err
 		}, "neither placed there nor a holder"},
 		{"a registration of a new privileged workload by a name that is no member", func() error {

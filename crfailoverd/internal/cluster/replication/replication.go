@@ -33,7 +33,7 @@ type Proposer interface {
 // Peer is one other node's archive service.
 type Peer interface {
 	Push(ctx context.Context, e store.Entry, progress func(sent int64)) error
-	Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64) (store.Entry, error)
+	Fetch(ctx context.Context, st *store.Store, w store.Workload, seq uint64, want peer.Expect) (store.Entry, error)
 }
 
 // Queue sends entries to peers in the background (peer.Replicator).
@@ -262,7 +262,7 @@ func (r *Replication) Fetch(ctx context.Context, w state.Workload, seq uint64) (
 			continue
 		}
 		fctx, cancel := context.WithTimeout(ctx, r.o.FetchTimeout)
-		e, err := p.Fetch(fctx, r.o.Store, id, seq)
+		e, err := p.Fetch(fctx, r.o.Store, id, seq, peer.Expect{SHA256: want.SHA256, Size: want.Size})
 		cancel()
 		if err == nil && (e.SHA256 != want.SHA256 || e.Size != want.Size) {
 			// The holder sent another archive than the one the state

@@ -14,6 +14,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -61,7 +62,7 @@ type fakePeer struct {
 }
 
 func (p fakePeer) Push(context.Context, store.Entry, func(int64)) error { return p.pushErr }
-func (p fakePeer) Fetch(_ context.Context, _ *store.Store, w store.Workload, seq uint64) (store.Entry, error) {
+func (p fakePeer) Fetch(_ context.Context, _ *store.Store, w store.Workload, seq uint64, _ peer.Expect) (store.Entry, error) {
 	if p.fetchErr != nil {
 		return store.Entry{}, p.fetchErr
 	}
