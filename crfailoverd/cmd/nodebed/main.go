@@ -149,7 +149,16 @@ func run(ctx context.Context, cmd string, args []string) error {
 		if err := testbed.EnsureKubelet(ctx, cfg, os.Stdout); err != nil {
 			return err
 		}
-		return testbed.EnsureCRIO(ctx, cfg, os.Stdout)
+		if err := testbed.EnsureCRIO(ctx, cfg, os.Stdout); err != nil {
+			return err
+		}
+		// containerd 2.3 and 2.4 node flavors (the tests use both).
+		for _, v := range testbed.ContainerdVersions {
+			if _, err := testbed.EnsureContainerd(ctx, cfg, v, os.Stdout); err != nil {
+				return err
+			}
+		}
+		return nil
 	case "demo":
 		return clusterDemo(ctx, cfg, *keep)
 	case "restore-demo":

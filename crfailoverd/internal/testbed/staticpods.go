@@ -109,6 +109,12 @@ func (b *Bed) TakenOver(node string) bool {
 // "containerd+kubelet", "crio+kubelet", ...
 func (b *Bed) Flavor() string {
 	f := b.cfg.Runtime
+	switch cd := b.cfg.Containerd; {
+	case len(cd.Nodes) > 0:
+		f = "mixed"
+	case cd.Version != "" && f == RuntimeContainerd:
+		f += "-" + cd.Version
+	}
 	if b.cfg.CRIOPatched {
 		f += "-patched"
 	}
