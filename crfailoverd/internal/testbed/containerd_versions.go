@@ -26,11 +26,18 @@ const (
 	EnvContainerdRestore = "CRF_BED_CONTAINERD_RESTORE"
 	// EnvNodeRuntimes gives nodes their own runtime, as a comma-separated
 	// list of NODE=RUNTIME, RUNTIME being containerd (Debian's),
-	// containerd-VERSION (a built one) or crio, e.g.
-	// "n1=containerd,n2=containerd-2.4.2,n3=crio". Nodes not named run the
-	// bed's runtime (CRF_BED_RUNTIME, CRF_BED_CONTAINERD).
+	// containerd-VERSION (a built one), containerd-VERSION+restore (a
+	// built 2.2/2.3 with restore through CreateContainer turned on for
+	// that node alone, as EnvContainerdRestore does for every node) or
+	// crio, e.g. "n1=containerd,n2=containerd-2.3.7+restore,n3=crio,
+	// n4=containerd-2.3.7". Nodes not named run the bed's runtime
+	// (CRF_BED_RUNTIME, CRF_BED_CONTAINERD).
 	EnvNodeRuntimes = "CRF_BED_NODE_RUNTIMES"
 )
+
+// restoreSuffix asks, in EnvNodeRuntimes, for restore through
+// CreateContainer on one node's built containerd.
+const restoreSuffix = "+restore"
 
 // ContainerdVersions are the containerd releases the bed can build as node
 // flavors: the newest 2.3 and 2.4 the Go module proxy serves.
@@ -38,15 +45,22 @@ var ContainerdVersions = []string{"2.3.7", "2.4.2"}
 
 // NodeRuntime is the runtime of one node: RuntimeContainerd (with the
 // version of a built containerd, "" for the root file system's) or
-// RuntimeCRIO.
+// RuntimeCRIO. Restore turns restore through CreateContainer on for this
+// node's built containerd (EnvNodeRuntimes' "+restore"), whatever
+// EnvContainerdRestore says for the bed.
 type NodeRuntime struct {
 	Runtime    string `json:"runtime"`
 	Containerd string `json:"containerd,omitempty"`
+	Restore    bool   `json:"restore,omitempty"`
 }
 
 func (r NodeRuntime) String() string {
 	if r.Runtime == RuntimeContainerd && r.Containerd != "" {
-		return RuntimeContainerd + "-" + r.Containerd
+		s := RuntimeContainerd + "-" + r.Containerd
+		if r.Restore {
+			s += restoreSuffix
+		}
+		return s
 	}
 	return r.Runtime
 }
@@ -99,12 +113,16 @@ func ParseNodeRuntimes(s string) (map[string]NodeRuntime, error) {
 		case rt == RuntimeContainerd || rt == RuntimeCRIO:
 			r.Runtime = rt
 		case strings.HasPrefix(rt, RuntimeContainerd+"-"):
-			r.Runtime, r.Containerd = RuntimeContainerd, strings.TrimPrefix(strings.TrimPrefix(rt, RuntimeContainerd+"-"), "v")
+			version, restore := strings.CutSuffix(strings.TrimPrefix(rt, RuntimeContainerd+"-"), restoreSuffix)
+			r.Runtime, r.Containerd, r.Restore = RuntimeContainerd, strings.TrimPrefix(version, "v"), restore
 			if !slices.Contains(ContainerdVersions, r.Containerd) {
 				return nil, fmt.Errorf("%s: node %s: containerd version %q: want one of %s", EnvNodeRuntimes, node, r.Containerd, strings.Join(ContainerdVersions, ", "))
 			}
+			if restore && !containerdRestoreViaCreate(r.Containerd, true, true) {
+				return nil, fmt.Errorf("%s: node %s: %q: containerd %s has no enable_experimental_restore_via_create to turn on (2.2 and 2.3 have it; drop %s)", EnvNodeRuntimes, node, rt, r.Containerd, restoreSuffix)
+			}
 		default:
-			return nil, fmt.Errorf("%s: node %s: runtime %q: want %s, %s-VERSION (VERSION one of %s) or %s", EnvNodeRuntimes, node, rt, RuntimeContainerd, RuntimeContainerd, strings.Join(ContainerdVersions, ", "), RuntimeCRIO)
+			return nil, fmt.Errorf("%s: node %s: runtime %q: want %s, %s-VERSION[%s] (VERSION one of %s) or %s", EnvNodeRuntimes, node, rt, RuntimeContainerd, RuntimeContainerd, restoreSuffix, strings.Join(ContainerdVersions, ", "), RuntimeCRIO)
 		}
 		out[node] = r
 	}
@@ -133,6 +151,14 @@ func (c Config) nodeRuntime(name string) NodeRuntime {
 		r.Containerd = c.Containerd.Version
 	}
 	return r
+}
+
+// containerdRestore reports whether the bed asks for restore through
+// CreateContainer on node's built containerd: for every node
+// (EnvContainerdRestore) or for this one (EnvNodeRuntimes' "+restore").
+// containerdRestoreViaCreate decides whether its version has the option.
+func (c Config) containerdRestore(node string) bool {
+	return c.Containerd.Restore || c.Containerd.Nodes[node].Restore
 }
 
 // nodeRuntimes are the runtimes nodes n1 to nN run, sorted by node.
