@@ -13,8 +13,8 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/event"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
-	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
