@@ -54,7 +54,9 @@ type Options struct {
 	// its log). containerd must see it at the same path. Required.
 	StateDir string
 	// CgroupParent is the cgroup under which each container gets its own,
-	// CgroupParent/ID (default "/crfailoverd").
+	// CgroupParent/ID (default "/crfailoverd"), when its registration's
+	// sandbox names no cgroup parent (one that does gets PARENT/ID, as
+	// the CRI places a pod's containers).
 	CgroupParent string
 	// Resolver fetches base images (nil: plain HTTP to localhost, HTTPS
 	// elsewhere, no credentials).
@@ -224,7 +226,7 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 	}
 	spec, err := BuildSpec(ctx, SpecInput{
 		ID: req.ID, Registration: req.Registration, Image: imgSpec.Config,
-		CgroupsPath: strings.TrimSuffix(r.opts.CgroupParent, "/") + "/" + req.ID,
+		CgroupsPath: cgroupsPath(r.opts.CgroupParent, req.Registration, req.ID),
 		DumpedBinds: d.Binds, Files: files, CgroupNamespace: r.cgroupNamespace,
 	})
 	if err != nil {
@@ -236,6 +238,10 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 	}
 	labels[LabelWorkload] = workloadOf(req.Registration)
 	labels[LabelArchive] = filepath.Base(req.Archive)
+	ext, err := registrationExtension(req.Registration)
+	if err != nil {
+		return res, err
+	}
 	ctr, err = r.client.NewContainer(ctx, req.ID,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.opts.Snapshotter),
@@ -243,6 +249,7 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 		containerd.WithSpec(spec),
 		containerd.WithRuntime(r.opts.Runtime, nil),
 		containerd.WithContainerLabels(labels),
+		containerd.WithContainerExtension(ExtensionRegistration, ext),
 	)
 	if err != nil {
 		return res, fmt.Errorf("create the container: %w", err)
@@ -267,6 +274,16 @@ func (r *Restorer) Restore(ctx context.Context, req Request) (res Result, err er
 	log.Info("restored natively", "pid", res.PID, "image", res.Image, "rootfs_diff", d.RootfsDiff,
 		"extract_ms", res.Extract.Milliseconds(), "image_ms", res.EnsureImage.Milliseconds(), "create_ms", res.Create.Milliseconds(), "restore_ms", res.Restore.Milliseconds(), "total_ms", res.Total.Milliseconds())
 	return res, nil
+}
+
+// cgroupsPath is a restored container's cgroup: below the registration's
+// sandbox cgroup parent when it has one (as the CRI places a pod's
+// containers), else below parent.
+func cgroupsPath(parent string, reg restorecfg.Config, id string) string {
+	if p := reg.Sandbox.GetLinux().GetCgroupParent(); strings.HasPrefix(p, "/") {
+		parent = p
+	}
+	return strings.TrimSuffix(parent, "/") + "/" + id
 }
 
 // EnsureImage makes sure the registration's image is in the namespace,
