@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/nativerestore"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
@@ -276,4 +277,13 @@ func (r *Runtime) RemovePod(ctx context.Context, sandboxID string) error {
 	delete(r.infos, id)
 	r.mu.Unlock()
 	return nil
+}
+
+// Wanted reports whether a node whose CRI reports runtime name and
+// version restores natively: by capability's rules, a containerd that
+// has no CRI restore (2.4 and later) on a node without kubelet. It does no
+// I/O.
+func Wanted(name, version string, kubelet bool) bool {
+	n := capability.Decide(capability.Inputs{Name: name, Version: version, NativeRestore: true, Kubelet: kubelet})
+	return n.Restore == capability.RestoreNative
 }

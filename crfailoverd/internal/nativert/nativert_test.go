@@ -323,3 +323,23 @@ func TestRandomID(t *testing.T) {
 
 // regexpID is nativerestore's rule for container IDs.
 var regexpID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$`)
+
+func TestWanted(t *testing.T) {
+	for _, tc := range []struct {
+		name, version string
+		kubelet       bool
+		want          bool
+	}{
+		{"containerd", "v2.4.2", false, true},
+		{"containerd", "2.5.0", false, true},
+		{"containerd", "v2.4.2", true, false}, // kubelet would not see native copies
+		{"containerd", "v2.3.7", false, false},
+		{"containerd", "v2.1.9", false, false},
+		{"cri-o", "1.36.3", false, false},
+		{"containerd", "garbage", false, false},
+	} {
+		if got := Wanted(tc.name, tc.version, tc.kubelet); got != tc.want {
+			t.Errorf("Wanted(%s %s, kubelet %v) = %v, want %v", tc.name, tc.version, tc.kubelet, got, tc.want)
+		}
+	}
+}
