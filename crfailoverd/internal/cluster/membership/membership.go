@@ -53,10 +53,16 @@ func profile(name string) (*memberlist.Config, error) {
 	return nil, fmt.Errorf("unknown failure profile %q (want lan, wan or local)", name)
 }
 
-// Meta is what a node tells the others about itself.
+// Meta is what a node tells the others about itself, in memberlist's node
+// metadata (at most memberlist.MetaMaxSize, 512 bytes, as JSON).
 type Meta struct {
-	RPCAddr string `json:"rpc"` // host:port of its gRPC/Raft listener
+	RPCAddr string `json:"rpc"`            // host:port of its gRPC/Raft listener
+	Caps    *Caps  `json:"caps,omitempty"` // its runtime capabilities; nil until SetCaps
 }
+
+// updateTimeout bounds how long SetCaps waits for memberlist to broadcast
+// new metadata when its context has no deadline.
+const updateTimeout = 5 * time.Second
 
 // Status is a member's state as this node sees it: alive, dead or left.
 // There is no "suspect": memberlist's event delegate reports a node only
@@ -82,6 +88,9 @@ type Member struct {
 	RPCAddr   string    `json:"rpc_addr"`
 	Status    Status    `json:"status"`
 	DeadSince time.Time `json:"dead_since"` // when it was seen dead or left; zero while alive
+	// Caps are the capabilities it gossips; nil when it gossips none (not
+	// detected yet, or a daemon from before capabilities).
+	Caps *Caps `json:"caps,omitempty"`
 }
 
 // Options configure the membership.
@@ -117,6 +126,14 @@ type Membership struct {
 	name       string
 	rpcAddr    string
 	gossipAddr string
+
+	// metaMu guards meta, this node's encoded Meta: SetCaps replaces it,
+	// memberlist reads it (delegate.NodeMeta) from its own goroutines.
+	// setMu serializes SetCaps calls.
+	metaMu sync.Mutex
+	meta   []byte
+	setMu  sync.Mutex
+	caps   *Caps
 
 	mu       sync.Mutex
 	members  map[string]*Member
@@ -180,12 +197,11 @@ func Start(o Options) (*Membership, error) {
 	m := &Membership{log: o.Log, join: o.Join, name: o.Name, members: map[string]*Member{}, deadAddr: map[string]string{}, leaving: map[string]bool{}, changes: make(chan struct{}, 1)}
 	m.gossipAddr = net.JoinHostPort(ip.String(), strconv.Itoa(aport))
 	m.rpcAddr = net.JoinHostPort(ip.String(), strconv.Itoa(o.RPCPort))
-	meta, err := json.Marshal(Meta{RPCAddr: m.rpcAddr})
-	if err != nil {
+	if m.meta, err = encodeMeta(Meta{RPCAddr: m.rpcAddr}); err != nil {
 		_ = tr.Shutdown()
 		return nil, err
 	}
-	c.Delegate = &delegate{meta: meta, m: m}
+	c.Delegate = &delegate{m: m}
 	c.Events = events{m}
 	ml, err := memberlist.Create(c)
 	if err != nil {
@@ -216,6 +232,54 @@ func newNetTransport(c *memberlist.Config) (*memberlist.NetTransport, error) {
 		}
 	}
 	return nil, err
+}
+
+// encodeMeta encodes a node's metadata, refusing what memberlist could not
+// carry.
+func encodeMeta(meta Meta) ([]byte, error) {
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("encode gossip metadata: %w", err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("gossip metadata of %d bytes refused: memberlist carries at most %d", len(b), memberlist.MetaMaxSize)
+	}
+	return b, nil
+}
+
+// SetCaps puts this node's capabilities in its gossiped metadata and
+// broadcasts the change, waiting for memberlist to send it at most until
+// ctx's deadline (5 s without one). Caps the metadata cannot carry are
+// refused and the metadata is left as it was. A broadcast that times out
+// has still changed the metadata, which gossip and the periodic state
+// exchange carry on; the error says so. Setting the same caps again does
+// nothing.
+func (m *Membership) SetCaps(ctx context.Context, c Caps) error {
+	m.setMu.Lock()
+	defer m.setMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("gossip capabilities %q: %w", c.String(), err)
+	}
+	if m.caps != nil && *m.caps == c {
+		return nil
+	}
+	b, err := encodeMeta(Meta{RPCAddr: m.rpcAddr, Caps: &c})
+	if err != nil {
+		return fmt.Errorf("gossip capabilities %q: %w", c.String(), err)
+	}
+	m.metaMu.Lock()
+	m.meta = b
+	m.metaMu.Unlock()
+	m.caps = &c
+	timeout := updateTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	// Not under metaMu: UpdateNode reads the metadata through NodeMeta.
+	if err := m.ml.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("gossip capabilities %q (set; gossip carries them on): %w", c.String(), err)
+	}
+	return nil
 }
 
 // GossipAddr is this node's advertised gossip address (host:port), the
@@ -327,7 +391,7 @@ func (m *Membership) record(n *memberlist.Node, alive bool) Status {
 	x := &Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: StatusAlive}
 	var meta Meta
 	if json.Unmarshal(n.Meta, &meta) == nil {
-		x.RPCAddr = meta.RPCAddr
+		x.RPCAddr, x.Caps = meta.RPCAddr, meta.Caps
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -474,14 +538,24 @@ func (e events) NotifyUpdate(n *memberlist.Node) {
 	e.m.notify()
 }
 
-// delegate hands memberlist the node metadata, fixed at Start, and
-// receives the leaving messages.
+// delegate hands memberlist the node metadata (set at Start and by
+// SetCaps) and receives the leaving messages.
 type delegate struct {
-	meta []byte
-	m    *Membership
+	m *Membership
 }
 
-func (d *delegate) NodeMeta(limit int) []byte { return d.meta }
+// NodeMeta returns the current metadata. encodeMeta keeps it within
+// memberlist's MetaMaxSize; a smaller limit (memberlist passes that one)
+// gets the RPC address alone rather than a cut JSON document.
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.m.metaMu.Lock()
+	b := d.m.meta
+	d.m.metaMu.Unlock()
+	if len(b) > limit {
+		b, _ = json.Marshal(Meta{RPCAddr: d.m.rpcAddr})
+	}
+	return b
+}
 
 func (d *delegate) NotifyMsg(b []byte) {
 	var msg leaveMsg
