@@ -17,7 +17,7 @@ import (
 // (the extracted checkpoint during a restore or checkpoint, the files
 // bound into the container, its log), under the data directory:
 // containerd must see it at the same path.
-func nativeStateDir(c config.Config) string { return filepath.Join(c.Node.DataDir, "native") }
+func nativeStateDir(c config.Config) string { return filepath.Join(c.Node.DataDir, "nativerestore") }
 
 // newRuntime returns the agent's runtime: the CRI client itself, unless
 // the runtime is a containerd without CRI restore (2.4 and later) on a
