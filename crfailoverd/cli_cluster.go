@@ -8,11 +8,13 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 )
 
 func cmdMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("members", "members [--json] [--socket PATH]",
-		"Lists the cluster's members as this node sees them: gossip status, Raft role, leader.", stderr)
+		"Lists the cluster's members as this node sees them: gossip status, Raft role, leader, runtime capabilities.", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	socket, cfgPath := socketFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -25,24 +27,36 @@ func cmdMembers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *asJSON {
 		return printJSON(stdout, ms)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATUS\tGOSSIP ADDRESS\tRPC ADDRESS\tRAFT\tLEADER")
+	return writeMembers(stdout, ms, time.Now())
+}
+
+// writeMembers prints the members table: one row per member, with how
+// long ago a dead or left one was seen so (as of now) and the runtime
+// capabilities it gossips ("-" when none: not detected yet, or an older
+// daemon).
+func writeMembers(w io.Writer, ms []api.Member, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATUS\tGOSSIP ADDRESS\tRPC ADDRESS\tRAFT\tLEADER\tCAPABILITIES")
 	for _, m := range ms {
 		status := m.Status
 		if !m.DeadSince.IsZero() && m.Status != "alive" {
-			status += fmt.Sprintf(" (%s ago)", time.Since(m.DeadSince).Round(time.Second))
+			status += fmt.Sprintf(" (%s ago)", now.Sub(m.DeadSince).Round(time.Second))
 		}
-		raft := m.Raft
-		if raft == "" {
-			raft = "-"
-		}
-		leader := ""
+		leader := "-"
 		if m.Leader {
 			leader = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, status, m.Addr, m.RPCAddr, raft, leader)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, status, m.Addr, m.RPCAddr, orDash(m.Raft), leader, orDash(m.Capabilities))
 	}
 	return tw.Flush()
+}
+
+// orDash is s, or "-" for an empty cell.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func cmdRaft(ctx context.Context, args []string, stdout, stderr io.Writer) error {

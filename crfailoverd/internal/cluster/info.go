@@ -25,6 +25,9 @@ func (c *Cluster) Members() []api.Member {
 	for _, m := range c.ml.Members() {
 		x := api.Member{Name: m.Name, Addr: m.Addr, RPCAddr: m.RPCAddr, Status: string(m.Status), DeadSince: m.DeadSince,
 			Raft: roles[m.Name], Leader: m.Name == leader}
+		if m.Caps != nil {
+			x.Capabilities = m.Caps.String()
+		}
 		out = append(out, x)
 	}
 	return out
