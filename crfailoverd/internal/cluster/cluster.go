@@ -259,6 +259,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 	})
 	g.Go(loop(func(ctx context.Context) { c.ml.JoinLoop(ctx.Done()) }))
 	g.Go(loop(func(ctx context.Context) { c.ml.ReconnectLoop(ctx.Done(), 2*time.Second) }))
+	if c.o.Capabilities != nil {
+		g.Go(loop(c.gossipCaps))
+	}
 	g.Go(loop(c.bootstrap))
 	g.Go(func() error { return c.leader.Run(gctx) })
 	g.Go(func() error { return c.ctrl.Run(gctx) })
@@ -535,4 +538,27 @@ func (c *Cluster) Migrate(ctx context.Context, workload, to string) (uint64, tim
 		return cl.Migrate(ctx, workload, to)
 	}
 	return c.ctrl.Migrate(ctx, workload, to)
+}
+
+// gossipCaps puts this node's capabilities (a short summary: runtime,
+// restore path) in its gossip metadata and keeps them current; SetCaps
+// does nothing for unchanged ones.
+func (c *Cluster) gossipCaps(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	var warned membership.Caps
+	for {
+		if n := c.o.Capabilities(); !n.Checked.IsZero() {
+			caps := membership.CapsOf(n)
+			if err := c.ml.SetCaps(ctx, caps); err != nil && ctx.Err() == nil && caps != warned {
+				c.log.Warn("cannot gossip this node's capabilities", "caps", caps.String(), "err", err)
+				warned = caps
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -53,6 +53,14 @@ func TestPlacementOnlyWhereItCanBeRestored(t *testing.T) {
 		n := c.Node("n3").Cluster().State().Nodes["n2"]
 		return n.Caps != nil && !n.Caps.CanRestore(), fmt.Sprintf("%+v", n.Caps)
 	})
+	c.Eventually(20*time.Second, "n2's gossiped capabilities say it cannot restore, on n3", func() (bool, string) {
+		for _, m := range c.Node("n3").Cluster().Members() {
+			if m.Name == "n2" {
+				return strings.Contains(m.Capabilities, "containerd 2.1.9") && strings.Contains(m.Capabilities, "restore=none"), m.Capabilities
+			}
+		}
+		return false, "n2 is no member"
+	})
 	for _, w := range c.Node("n3").Cluster().Workloads() {
 		if w.ID == counter.String() && (w.Newest == nil || w.Newest.Runtime != "containerd 2.1.9" || w.AtRisk != "") {
 			t.Fatalf("workload %+v: want the newest checkpoint's runtime, and not at risk (n3 can restore it)", w)
