@@ -586,8 +586,14 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		switch {
 		case testbed.CompareVersions(version, "2.0.0") < 0:
 			gate, note = "old", "has no CRI checkpoint/restore; crfailoverd needs containerd 2.0 or newer."
-		case testbed.CompareVersions(version, "2.3.0") >= 0:
-			gate, note = "restore-off", "turned restore through CreateContainer off by default"
+		case testbed.CompareVersions(version, "2.2.0") < 0:
+		case testbed.CompareVersions(version, "2.4.0") >= 0:
+			gate, note = "removed", "has no restore through the CRI (removed in 2.4)"
+		case testbed.CompareVersions(version, "2.3.4") >= 0,
+			testbed.CompareVersions(version, "2.2.7") >= 0 && testbed.CompareVersions(version, "2.3.0") < 0:
+			gate, note = "restore-option", "turned restore through CreateContainer off by default"
+		default:
+			gate, note = "restore-on", "restores through CreateContainer by default"
 		}
 		msg := "containerd " + version + " " + note
 		sec := taskSection(playbookOut, "Check the containerd version gate")
@@ -596,6 +602,12 @@ func checkRuntime(ctx context.Context, t *testing.T, s *testbed.SystemdNodes, nd
 		}
 		if m := strings.TrimSpace(run("sh", "-c", "ls /etc/crio 2>&1 || true")); !strings.Contains(m, "No such file") {
 			fail("the role wrote CRI-O files on a containerd node: /etc/crio: %s", m)
+		}
+		// Only versions with the restore option off by default get the
+		// role's drop-in and its import.
+		dropin := strings.TrimSpace(run("sh", "-c", "ls /etc/containerd/conf.d/50-crfailoverd.toml 2>&1; grep -c '# BEGIN crfailoverd' /etc/containerd/config.toml 2>/dev/null || true"))
+		if gate != "restore-option" && !strings.Contains(dropin, "No such file") {
+			fail("containerd %s (gate %s): the role's restore drop-in or import is there: %s", version, gate, dropin)
 		}
 		t.Logf("%s: the role's version gate: %q", nd.Name, msg)
 		r.summary = "(gate=" + gate + ")"
