@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/capability"
 )
 
@@ -163,6 +164,9 @@ func TestE2EMixedRuntimes(t *testing.T) {
 			cut, owner, r.ServedOn, r.Detect.Milliseconds(), r.Downtime.Milliseconds(), r.CounterLast, r.CounterAfter, r.Lost(), ans.Restore, r.Workload.Owner, r.Workload.Epoch)
 		failovers++
 		owner = r.ServedOn
+		if cut < 2 {
+			waitProtected(ctx, t, b, owner, r.Cut)
+		}
 	}
 
 	stopWatch()
@@ -180,6 +184,26 @@ func TestE2EMixedRuntimes(t *testing.T) {
 		return
 	}
 	fmt.Println(line)
+}
+
+// waitProtected waits until owner has taken a checkpoint of the counter
+// after since and a peer holds it, as before the first cut (with no
+// capable peer alive, replication sends it to the others, from which a
+// capable node could fetch it).
+func waitProtected(ctx context.Context, t *testing.T, b *Bed, owner string, since time.Time) {
+	t.Helper()
+	var w api.ClusterWorkload
+	err := poll(ctx, 60*time.Second, "a checkpoint of the counter on "+owner+" held by a peer", func() (bool, error) {
+		var err error
+		if w, err = b.ClusterWorkload(ctx, owner, CounterWorkload); err != nil {
+			return false, err
+		}
+		return w.Owner == owner && w.Status == "running" && w.Newest != nil && w.Newest.Created.After(since) && len(w.Newest.Holders) >= 2, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the counter is protected again on %s: #%d (%s) held by %v", owner, w.Newest.Seq, w.Newest.Runtime, w.Newest.Holders)
 }
 
 // capableNodes are the nodes whose capabilities can restore a checkpoint
