@@ -63,6 +63,7 @@ type Runtime struct {
 	// newID makes a containerd container ID for a restore (random
 	// suffix; tests replace it).
 	newID func(sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig) string
+	now   func() time.Time
 
 	mu    sync.Mutex
 	infos map[string]nativerestore.Info // by containerd ID: what does not change, read once
@@ -73,7 +74,7 @@ func New(c CRI, n Native, log *slog.Logger) *Runtime {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Runtime{cri: c, nat: n, log: log.With("component", "native-runtime"), newID: randomID, infos: map[string]nativerestore.Info{}}
+	return &Runtime{cri: c, nat: n, log: log.With("component", "native-runtime"), newID: randomID, now: time.Now, infos: map[string]nativerestore.Info{}}
 }
 
 // IsNative reports whether a sandbox or container ID is a native copy's.
@@ -127,7 +128,7 @@ func (r *Runtime) ListPods(ctx context.Context) ([]cri.Pod, error) {
 			r.log.Warn("a native container without a readable registration is not supervised", "container", c.ID, "err", err)
 			continue
 		}
-		pods = append(pods, podOf(c, info))
+		pods = append(pods, podOf(c, info, r.now()))
 	}
 	r.mu.Lock()
 	for id := range r.infos {
@@ -157,8 +158,9 @@ func (r *Runtime) info(ctx context.Context, id string) (nativerestore.Info, erro
 	return info, nil
 }
 
-// podOf presents a native container as a pod. It does no I/O.
-func podOf(c nativerestore.Container, info nativerestore.Info) cri.Pod {
+// podOf presents a native container as a pod at time now. It does no
+// I/O.
+func podOf(c nativerestore.Container, info nativerestore.Info, now time.Time) cri.Pod {
 	sb, ctr := info.Registration.Sandbox, info.Registration.Container
 	md := sb.GetMetadata()
 	id := NativeID(c.ID)
@@ -167,21 +169,35 @@ func podOf(c nativerestore.Container, info nativerestore.Info) cri.Pod {
 		Labels: sb.GetLabels(), Annotations: sb.GetAnnotations(), CreatedAt: info.Created,
 		Containers: []cri.Container{{
 			ID: id, Name: ctr.GetMetadata().GetName(), Attempt: ctr.GetMetadata().GetAttempt(),
-			State: stateOf(c.Status), CreatedAt: info.Created, Image: ctr.GetImage().GetImage(),
+			State: stateOf(c.Status, now.Sub(info.Created)), CreatedAt: info.Created, Image: ctr.GetImage().GetImage(),
 		}},
 	}
 }
 
-// stateOf maps a containerd task status to the CRI's container state: a
-// paused task (a checkpoint in progress) runs; a container without a
-// task has exited.
-func stateOf(status string) cri.ContainerState {
+// restoreWindow bounds how long a container may be without a task
+// because it is being restored (between its creation and CRIU's restore
+// of its task): within it such a container is created, as the CRI shows
+// one made and not yet started; past it, the task is gone (a reboot) and
+// the copy has exited.
+const restoreWindow = 5 * time.Minute
+
+// stateOf maps a containerd task status to the CRI's container state,
+// for a container age old: a paused task (a checkpoint in progress) runs;
+// a container without a task is being restored when young (created: a
+// listing taken during a restore must not read as the copy's exit), else
+// has exited.
+func stateOf(status string, age time.Duration) cri.ContainerState {
 	switch status {
 	case "running", "paused", "pausing":
 		return cri.StateRunning
 	case "created":
 		return cri.StateCreated
-	case "stopped", "":
+	case "":
+		if age < restoreWindow {
+			return cri.StateCreated
+		}
+		return cri.StateExited
+	case "stopped":
 		return cri.StateExited
 	}
 	return cri.StateUnknown
@@ -258,7 +274,7 @@ func (r *Runtime) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandbo
 		return "", "", err
 	}
 	r.mu.Lock()
-	r.infos[id] = nativerestore.Info{ID: id, Created: time.Now(), Image: res.Image, Registration: reg}
+	r.infos[id] = nativerestore.Info{ID: id, Created: r.now().Add(-res.Total), Image: res.Image, Registration: reg}
 	r.mu.Unlock()
 	return NativeID(id), NativeID(id), nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/nativerestore"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/restorecfg"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/store"
 )
 
@@ -298,13 +299,50 @@ func TestRegistrationAfterRestart(t *testing.T) {
 }
 
 func TestStateOf(t *testing.T) {
-	for status, want := range map[string]cri.ContainerState{
-		"running": cri.StateRunning, "paused": cri.StateRunning, "pausing": cri.StateRunning,
-		"created": cri.StateCreated, "stopped": cri.StateExited, "": cri.StateExited, "weird": cri.StateUnknown,
+	for _, tc := range []struct {
+		status string
+		age    time.Duration
+		want   cri.ContainerState
+	}{
+		{"running", time.Hour, cri.StateRunning},
+		{"paused", time.Second, cri.StateRunning}, // a checkpoint in progress
+		{"pausing", time.Second, cri.StateRunning},
+		{"created", time.Second, cri.StateCreated},
+		{"stopped", time.Second, cri.StateExited},
+		// No task: being restored while young, gone (a reboot) later.
+		{"", 100 * time.Millisecond, cri.StateCreated},
+		{"", restoreWindow, cri.StateExited},
+		{"", 24 * time.Hour, cri.StateExited},
+		{"weird", time.Second, cri.StateUnknown},
 	} {
-		if got := stateOf(status); got != want {
-			t.Errorf("stateOf(%q) = %s, want %s", status, got, want)
+		if got := stateOf(tc.status, tc.age); got != tc.want {
+			t.Errorf("stateOf(%q, %s) = %s, want %s", tc.status, tc.age, got, tc.want)
 		}
+	}
+}
+
+// A listing taken while a restore runs (the container made, its task not
+// yet) shows the copy created, not exited: the agent must not take it for
+// the application's exit and restore again.
+func TestListDuringRestore(t *testing.T) {
+	ctx := context.Background()
+	n := newFakeNative()
+	r := newRuntime(&fakeCRI{}, n)
+	now := time.Unix(1000, 0).Add(300 * time.Millisecond)
+	r.now = func() time.Time { return now }
+	sb, ctr := registration("2")
+	n.ctrs["crf-counter-9"] = nativerestore.Info{ID: "crf-counter-9", Created: time.Unix(1000, 0), Registration: restorecfgOf(sb, ctr)}
+	n.status["crf-counter-9"] = "" // no task yet
+	pods, err := r.ListPods(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pods) != 1 || pods[0].Containers[0].State != cri.StateCreated {
+		t.Fatalf("during a restore: %+v, want the copy created", pods)
+	}
+	now = now.Add(restoreWindow) // long after: the task is gone, the copy has exited
+	if pods, _ := r.ListPods(ctx); pods[0].Containers[0].State != cri.StateExited {
+		t.Errorf("a copy without a task long after its creation shows %s, want exited", pods[0].Containers[0].State)
 	}
 }
 
@@ -319,6 +357,10 @@ func TestRandomID(t *testing.T) {
 			t.Errorf("ID %q breaks containerd's rules", id)
 		}
 	}
+}
+
+func restorecfgOf(sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig) restorecfg.Config {
+	return restorecfg.Config{Sandbox: sb, Container: ctr}
 }
 
 // regexpID is nativerestore's rule for container IDs.
