@@ -60,7 +60,9 @@ bench-short:
 # End-to-end tests on the real runtime; they print the E2E result lines.
 # The bed itself on both runtimes (containerd, CRI-O; the CRI-O restore and
 # the patch comparison), containerd 2.4.2 nodes (restore through
-# containerd's own client) and a mixed bed (2.1.9, 2.4.2, CRI-O, 2.3.7), then the acceptance suite on kubelet nodes: real
+# containerd's own client) and a mixed bed (2.1.9, 2.3.7 with restore on,
+# 2.4.2, 2.3.7 with it off, CRI-O: failovers only where it can be
+# restored), then the acceptance suite on kubelet nodes: real
 # kubelet v1.37 with containerd, then with CRI-O (the ansible test, which
 # brings its own systemd nodes, runs once).
 E2E_RUN = CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m
@@ -68,7 +70,7 @@ e2e:
 	$(E2E_RUN) ./crfailoverd/internal/testbed/
 	CRF_BED_RUNTIME=crio $(E2E_RUN) ./crfailoverd/internal/testbed/
 	CRF_BED_CONTAINERD=2.4.2 $(E2E_RUN) -run 'E2ENativeRestore' ./crfailoverd/internal/testbed/
-	CRF_BED_NODE_RUNTIMES=n1=containerd,n2=containerd-2.4.2,n3=crio,n4=containerd-2.3.7 $(E2E_RUN) -run 'E2ENodeRuntimes' ./crfailoverd/internal/testbed/
+	CRF_BED_NODE_RUNTIMES=n1=containerd,n2=containerd-2.3.7+restore,n3=containerd-2.4.2,n4=containerd-2.3.7,n5=crio $(E2E_RUN) -run 'E2ENodeRuntimes|E2EMixedRuntimes' ./crfailoverd/internal/testbed/
 	CRF_BED_KUBELET=1 $(E2E_RUN) ./crfailoverd/e2e/
 	CRF_BED_KUBELET=1 CRF_BED_RUNTIME=crio $(E2E_RUN) -skip 'Ansible' ./crfailoverd/e2e/
 

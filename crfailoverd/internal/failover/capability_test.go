@@ -77,7 +77,8 @@ func TestDecideByCapability(t *testing.T) {
 			[]state.Command{&state.Unplaceable{At: now, ID: "a", Epoch: 1, Reason: deadN1 + "; no node can restore it: " +
 				whyN2 + "; " + whyN3 + "; " + whyN4 + "; n5: not alive"}}},
 		{"a capable holder that is dead: wait for it", wl("a", "n1", 1, state.StatusRunning, 0, ccp(3, "n1", "n5")),
-			view([]string{"n2", "n3", "n4"}, map[string]time.Duration{"n1": time.Minute, "n5": time.Minute}), nil},
+			view([]string{"n2", "n3", "n4"}, map[string]time.Duration{"n1": time.Minute, "n5": time.Minute}),
+			[]state.Command{waiting("a", 1, deadN1+"; waiting for n1, n5 to come back")}},
 		{"the dead owner is the only capable holder: wait for it, and say why", wl("a", "n1", 1, state.StatusRunning, 0, ccp(3, "n1", "n2", "n4")),
 			view([]string{"n2", "n3", "n4"}, map[string]time.Duration{"n1": time.Minute, "n5": time.Minute}),
 			[]state.Command{&state.Unplaceable{At: now, ID: "a", Epoch: 1, Reason: deadN1 + "; waiting for n1 to come back; no node can restore it: " +

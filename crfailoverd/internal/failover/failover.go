@@ -230,7 +230,12 @@ func (d *decider) move(w *state.Workload, reason string, ownerLast bool) state.C
 	case c.node != "":
 		return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq, Reason: reason}
 	case c.waiting && !c.incapable:
-		return nil
+		// Only holders that are not alive can take it: say so, once.
+		msg := reason + "; waiting for " + strings.Join(c.waitingOn, ", ") + " to come back; no node can restore it: no alive node holds a checkpoint of it"
+		if w.LastError == msg {
+			return nil
+		}
+		return &state.Unplaceable{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: msg}
 	case len(w.Checkpoints) == 0:
 		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch, Reason: reason + "; no checkpoint of it exists"}
 	case c.incapable:

@@ -79,6 +79,11 @@ func giveUp(id string, epoch uint64, reason string) *state.GiveUp {
 
 const deadN1 = "node n1 dead since 2026-11-24T11:59:00Z"
 
+// waiting is the report of a workload only dead nodes hold checkpoints of.
+func waiting(id string, epoch uint64, reason string) state.Command {
+	return &state.Unplaceable{At: now, ID: id, Epoch: epoch, Reason: reason + "; no node can restore it: no alive node holds a checkpoint of it"}
+}
+
 func TestDecideRules(t *testing.T) {
 	all := []string{"n1", "n2", "n3", "n4"}
 	notN1 := []string{"n2", "n3", "n4"}
@@ -112,11 +117,12 @@ func TestDecideRules(t *testing.T) {
 		{"dead owner holds the newest only: older checkpoint", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(4, "n1"), cp(3, "n1", "n4"))),
 			view(notN1, n1DeadMinute), policy, []state.Command{place("a", "n4", 2, 3, deadN1)}},
 		{"dead owner is the only holder: wait for it", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(4, "n1"))),
-			view(notN1, n1DeadMinute), policy, nil},
+			view(notN1, n1DeadMinute), policy, []state.Command{waiting("a", 1, deadN1+"; waiting for n1 to come back")}},
 		{"only holder is another dead node: wait for it", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(4, "n1", "n2"))),
-			view([]string{"n3", "n4"}, map[string]time.Duration{"n1": time.Minute, "n2": time.Minute}), policy, nil},
+			view([]string{"n3", "n4"}, map[string]time.Duration{"n1": time.Minute, "n2": time.Minute}), policy,
+			[]state.Command{waiting("a", 1, deadN1+"; waiting for n1, n2 to come back")}},
 		{"holder removed from the cluster is no candidate", newState(wl("a", "n1", 1, state.StatusRunning, 0, cp(4, "n1", "n9"))),
-			view([]string{"n2", "n9"}, n1DeadMinute), policy, nil},
+			view([]string{"n2", "n9"}, n1DeadMinute), policy, []state.Command{waiting("a", 1, deadN1+"; waiting for n1 to come back")}},
 		{"dead owner, no checkpoint at all", newState(wl("a", "n1", 1, state.StatusRunning, 0)),
 			view(notN1, n1DeadMinute), policy,
 			[]state.Command{giveUp("a", 1, deadN1+"; no checkpoint of it exists")}},
@@ -162,7 +168,7 @@ func TestDecideRules(t *testing.T) {
 			view(notN1, nil), policy, nil},
 		{"only untried holder never seen: wait", newState(tried(wl("a", "n2", 3, state.StatusRestoring, 5, cp(5, "n2", "n3")),
 			state.Try{Node: "n2", Seq: 5, Error: "e2"})),
-			view([]string{"n1", "n2"}, nil), policy, nil},
+			view([]string{"n1", "n2"}, nil), policy, []state.Command{waiting("a", 3, "restore of #5 on n2 failed: e2; waiting for n3 to come back")}},
 
 		// Rule 4
 		{"app failed: another holder", newState(reason(wl("a", "n1", 3, state.StatusAppFailed, 2, cp(5, "n1", "n3")), "probe failed")),
@@ -239,7 +245,8 @@ func TestDecideRules(t *testing.T) {
 			[]state.Command{giveUp("a", 3, "restore of #5 on n2 failed: e2; no untried copy of a checkpoint left (#5 on n2 n3); tried n3#5 (e1), n2#5 (e2)")}},
 		{"untried pair on a dead node: wait", newState(tried(wl("a", "n2", 3, state.StatusRestoring, 5, cp(5, "n2", "n3")),
 			state.Try{Node: "n2", Seq: 5, Error: "e2"})),
-			view([]string{"n1", "n2"}, map[string]time.Duration{"n3": time.Hour}), policy, nil},
+			view([]string{"n1", "n2"}, map[string]time.Duration{"n3": time.Hour}), policy,
+			[]state.Command{waiting("a", 3, "restore of #5 on n2 failed: e2; waiting for n3 to come back")}},
 
 		// Output order
 		{"sorted by workload ID, one command each", newState(
@@ -414,6 +421,8 @@ func commandID(cmd state.Command) (string, time.Time) {
 	case *state.GiveUp:
 		return c.ID, c.At
 	case *state.RestoreDone:
+		return c.ID, c.At
+	case *state.Unplaceable:
 		return c.ID, c.At
 	}
 	panic(fmt.Sprintf("unexpected command %T", cmd))

@@ -63,7 +63,7 @@ func TestE2ENodeRuntimes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", node.Name, err)
 			}
-			if wantOn := containerdRestoreViaCreate(wantVersion, want.Containerd != "", c.Containerd.Restore); on != wantOn {
+			if wantOn := containerdRestoreViaCreate(wantVersion, want.Containerd != "", c.containerdRestore(node.Name)); on != wantOn {
 				t.Errorf("%s: enable_experimental_restore_via_create is %v, want %v", node.Name, on, wantOn)
 			}
 			entry += fmt.Sprintf("(restore_via_create=%v)", on)

@@ -71,7 +71,7 @@ func (b *Bed) containerdConfig(n Node) string {
 	if n.Containerd != "" {
 		version = n.Containerd
 	}
-	if containerdRestoreViaCreate(version, n.Containerd != "", b.cfg.Containerd.Restore) {
+	if containerdRestoreViaCreate(version, n.Containerd != "", b.cfg.containerdRestore(n.Name)) {
 		// containerd 2.2 and 2.3 turned restore through CreateContainer off by default.
 		extra = "  enable_experimental_restore_via_create = true\n"
 	}
