@@ -193,6 +193,15 @@ func (d *daemonRun) run(format string) error {
 		return err
 	}
 	defer rt.Close()
+	// containerd 2.4 and later on a node without kubelet: restores (and
+	// the restored copies' checkpoints) go through containerd's own client.
+	vctx, vcancel := context.WithTimeout(context.Background(), c.Runtime.CallTimeout)
+	agentRT, native, closeNative, err := newRuntime(vctx, c, rt, d.log)
+	vcancel()
+	if err != nil {
+		return err
+	}
+	defer closeNative()
 	kc, err := newKubelet(c, d.log)
 	if err != nil {
 		return err
@@ -200,9 +209,8 @@ func (d *daemonRun) run(format string) error {
 	rec := metrics.New(metrics.Options{DSN: c.Metrics.PostgresDSN, QueueSize: c.Metrics.QueueSize, Node: c.Node.Name,
 		Log: d.log.With("component", "metrics")})
 	d.rec = rec
-	// What the runtime can do, found out at start and every 5 minutes
-	// (the native restore path is not wired into the agent yet).
-	caps, capsComp := newCapabilities(c, rt, rec, false, d.log)
+	// What the runtime can do, found out at start and every 5 minutes.
+	caps, capsComp := newCapabilities(c, rt, rec, native, d.log)
 	d.caps = caps
 	// The cluster publishes who owns what on the board; the agent reads it
 	// and queues its reports; the cluster asks the agent to act. Nothing
@@ -213,7 +221,7 @@ func (d *daemonRun) run(format string) error {
 		board = ownership.NewBoard(c.Node.Name)
 		own = board
 	}
-	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: rt, Kubelet: kc, Store: st, Ownership: own, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name, archives: st}, DataDir: c.Node.DataDir,
+	d.agent = agent.New(agent.Options{Settings: settingsOf(c), Runtime: agentRT, Kubelet: kc, Store: st, Ownership: own, StaticPods: static, Observer: observer{rec: rec, node: c.Node.Name, archives: st}, DataDir: c.Node.DataDir,
 		MaxConcurrent: c.Checkpoint.MaxConcurrent, Log: d.log})
 	var cl *cluster.Cluster
 	if c.Cluster.Enabled {
