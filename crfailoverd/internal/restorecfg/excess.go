@@ -455,10 +455,12 @@ var runtimeFiles = map[string]string{
 }
 
 // runtimeStateDirs are the directories in which containerd and CRI-O keep
-// a sandbox's or container's files (under any root): a source of a
-// runtime file must be in one, as <dir>/<id>/.../<file>, where <id> is
-// the archive's own container's or its sandbox's.
-var runtimeStateDirs = []string{"/io.containerd.grpc.v1.cri/sandboxes/", "/io.containerd.grpc.v1.cri/containers/", "/overlay-containers/"}
+// a sandbox's or container's files (under any root), and crfailoverd
+// those of a container it restored through containerd's own client
+// (<data_dir>/nativerestore/<id>/files): a source of a runtime file must
+// be in one, as <dir>/<id>/.../<file>, where <id> is the archive's own
+// container's or its sandbox's.
+var runtimeStateDirs = []string{"/io.containerd.grpc.v1.cri/sandboxes/", "/io.containerd.grpc.v1.cri/containers/", "/overlay-containers/", "/nativerestore/"}
 
 // mountExcess lists the spec's mounts that are neither the runtime's own
 // nor the registration's, and the registration's mounts that the spec

@@ -222,6 +222,12 @@ func TestExcess(t *testing.T) {
 		{name: "another container's CRI-O state", spec: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/run/containers/storage/overlay-containers/0000/userdata/secrets"})
 		}, want: []string{"runtime file /run/containers/storage/overlay-containers/0000/userdata/secrets at /run/secrets of another sandbox or container 0000"}},
+		{name: "a natively restored container's own files pass", spec: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/var/lib/crfailoverd/nativerestore/" + benchContainerID + "/files/secrets"})
+		}},
+		{name: "another natively restored container's files", spec: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/var/lib/crfailoverd/nativerestore/crf-other-1234/files/secrets"})
+		}, want: []string{"runtime file /var/lib/crfailoverd/nativerestore/crf-other-1234/files/secrets at /run/secrets of another sandbox or container crf-other-1234"}},
 		{name: "the archive's own container's state passes", spec: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets", Type: "bind", Source: "/run/containerd/io.containerd.grpc.v1.cri/containers/" + benchContainerID + "/secrets"})
 		}},
