@@ -69,7 +69,7 @@ E2E_RUN = CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m
 e2e:
 	$(E2E_RUN) ./crfailoverd/internal/testbed/
 	CRF_BED_RUNTIME=crio $(E2E_RUN) ./crfailoverd/internal/testbed/
-	CRF_BED_CONTAINERD=2.4.2 $(E2E_RUN) -run 'E2ENativeRestore' ./crfailoverd/internal/testbed/
+	CRF_BED_CONTAINERD=2.4.2 $(E2E_RUN) -run 'E2ENativeRestore|E2ENativeDaemon' ./crfailoverd/internal/testbed/
 	CRF_BED_NODE_RUNTIMES=n1=containerd,n2=containerd-2.3.7+restore,n3=containerd-2.4.2,n4=containerd-2.3.7,n5=crio $(E2E_RUN) -run 'E2ENodeRuntimes|E2EMixedRuntimes' ./crfailoverd/internal/testbed/
 	CRF_BED_KUBELET=1 $(E2E_RUN) ./crfailoverd/e2e/
 	CRF_BED_KUBELET=1 CRF_BED_RUNTIME=crio $(E2E_RUN) -skip 'Ansible' ./crfailoverd/e2e/
