@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -46,10 +48,17 @@ func newImageServer(c config.Config, st *store.Store, key *seal.Key, viaKubelet 
 		if !viaKubelet {
 			break
 		}
+		before, _ := os.ReadFile(f)
 		if err := pullsecret.Write(f, hosts, pullsecret.Auth{Username: creds.Username, Password: creds.Password}); err != nil {
 			return nil, fmt.Errorf("images.pull_secret_files: %w", err)
 		}
-		log.Info("image endpoint credentials written", "file", f, "hosts", hosts)
+		if after, _ := os.ReadFile(f); !bytes.Equal(before, after) {
+			// kubelet keeps what it read for 5 minutes.
+			log.Warn("image endpoint credentials written anew: a kubelet that already runs uses them only after up to 5 minutes (its credential cache); restart kubelet now (systemctl restart kubelet), or static-pod restores are refused until then; starting crfailoverd before kubelet avoids it",
+				"file", f, "hosts", hosts)
+		} else {
+			log.Info("image endpoint credentials in place", "file", f, "hosts", hosts)
+		}
 	}
 	srv := ociserve.NewServer(st, log)
 	srv.CacheDir = dir

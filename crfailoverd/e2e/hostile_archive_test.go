@@ -191,12 +191,6 @@ func TestE2EHostileArchive(t *testing.T) {
 	if unauth != 401 {
 		t.Errorf("an unprivileged local user's pull of %s got %d, want 401", manifest, unauth)
 	}
-	// The credentials are kubelet's, which every pod's pull on the node
-	// uses: with them, a checkpoint is served only while its restore is
-	// handed to kubelet here (the failover below pulls one that is).
-	if code, err := pullAs(ctx, on, manifest, true); err != nil || code != 404 {
-		t.Errorf("a pull of %s with the endpoint's credentials and no restore pending got %d, %v; want 404", manifest, code, err)
-	}
 
 	// A holder of the newest checkpoint, as the leader records it.
 	var before api.ClusterWorkload
@@ -214,6 +208,13 @@ func TestE2EHostileArchive(t *testing.T) {
 		return holder != "", fmt.Sprintf("newest %+v", before.Newest)
 	})
 	counterStore := store.Workload{Namespace: "default", Pod: "counter", Container: "counter"}
+	// The credentials are kubelet's, which every pod's pull on the node
+	// uses: with them, a checkpoint is served only while its restore is
+	// handed to kubelet there (the failover below pulls one that is). The
+	// holder has the counter's replicas and no restore pending.
+	if code, err := pullAs(ctx, mustNode(t, cb.b, holder), manifest, true); err != nil || code != 404 {
+		t.Errorf("a pull of %s on %s with the endpoint's credentials and no restore pending got %d, %v; want 404", manifest, holder, code, err)
+	}
 	as := nodeTLS(t, cb.b, owner)
 	dial := func(node string) *peer.Client {
 		c, err := peer.Dial(node, rpcAddr(t, cb.b, node), as)

@@ -13,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ociserve"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pullsecret"
 )
 
 // KubeletVersion is the kubelet the bed builds from the Go module proxy.
@@ -113,6 +116,22 @@ featureGates: {ContainerCheckpoint: true}
 		"/"+cgroupRoot+"/"+n.Name, n.podLogsDir())
 }
 
+// provisionPullSecret makes the node's image endpoint secret (the one the
+// daemon keeps in its data directory and reads at every start) and writes
+// its credentials into kubelet's config.json before kubelet starts, as a
+// node whose crfailoverd starts before kubelet has them: kubelet caches
+// the registry credentials it read for 5 minutes, so a daemon started
+// after kubelet's first pull would otherwise see its first static-pod
+// restores refused.
+func provisionPullSecret(n Node) error {
+	creds, err := ociserve.NodeCredentials(filepath.Join(n.DaemonDir(), "images", "secret"))
+	if err != nil {
+		return fmt.Errorf("image endpoint secret: %w", err)
+	}
+	hosts := []string{"localhost:7948", "127.0.0.1:7948"}
+	return pullsecret.Write(n.PullSecretFile(), hosts, pullsecret.Auth{Username: creds.Username, Password: creds.Password})
+}
+
 // startKubelet starts a real kubelet on node n in standalone mode, in the
 // node's network namespace against the node's runtime, and waits until its
 // API answers TLS on the node address.
@@ -123,6 +142,9 @@ func (b *Bed) startKubelet(ctx context.Context, n *Node) error {
 		}
 	}
 	if err := makeNodeCgroups(n.Name); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if err := provisionPullSecret(*n); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	cfgPath := filepath.Join(n.Dir, "kubelet.yaml")
