@@ -180,6 +180,21 @@ func TestE2EHostileArchive(t *testing.T) {
 	}
 	cb.runCounter(ctx, owner)
 	observer := leader
+	// On kubelet nodes crfailoverd takes the user's static pod over after
+	// its first checkpoint (a restore handed to kubelet): the attack below
+	// starts once the taken-over copy serves.
+	poll.Until(t, time.Minute, "the owner serves the taken-over copy", func() (bool, string) {
+		if !strings.Contains(cb.b.Flavor(), "kubelet") {
+			return true, ""
+		}
+		pods, err := runningPods(ctx, mustNode(t, cb.b, owner))
+		if err != nil || !cb.b.TakenOver(owner) {
+			return false, fmt.Sprintf("pods %v, %v", pods, err)
+		}
+		a, err := getRestore(ctx, cb.b, owner)
+		// crfailoverd's static pod is POD-rSEQ (the user's is gone).
+		return err == nil && len(pods) == 1 && strings.HasPrefix(pods[0], "counter-r"), fmt.Sprintf("pods %v, counter %+v %v", pods, a, err)
+	})
 
 	// (c) The image endpoint asks for credentials.
 	on := mustNode(t, cb.b, owner)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/admin"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/archive"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/seal"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/testbed"
 )
 
@@ -94,7 +96,7 @@ func TestE2ELocalRestore(t *testing.T) {
 	})
 
 	// inspect shows CRIU's statistics.
-	out, err := exec.CommandContext(ctx, bin, "inspect", cs[0].Path).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, "inspect", "--config", n1.DaemonConfigPath(), cs[0].Path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("crfailoverd inspect: %v\n%s", err, out)
 	}
@@ -103,7 +105,8 @@ func TestE2ELocalRestore(t *testing.T) {
 			t.Errorf("inspect output lacks %q:\n%s", want, out)
 		}
 	}
-	info, err := archive.Read(cs[0].Path)
+	// The archive is sealed on disk; the bed's data key opens it.
+	info, err := readSealed(b, cs[0].Path)
 	if err != nil || info.Stats == nil || info.Stats.PagesWritten == 0 || info.Stats.FrozenTime <= 0 {
 		t.Fatalf("archive %s: stats %+v, %v", cs[0].Path, info, err)
 	}
@@ -207,4 +210,31 @@ func meanInterval(cs []api.CheckpointInfo) time.Duration {
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Seq < cs[j].Seq })
 	defer sort.Slice(cs, func(i, j int) bool { return cs[i].Seq > cs[j].Seq })
 	return cs[len(cs)-1].Created.Sub(cs[0].Created) / time.Duration(len(cs)-1)
+}
+
+// readSealed reads the archive at path, which must be sealed with the
+// bed's data key.
+func readSealed(b *testbed.Bed, path string) (*archive.Info, error) {
+	key, err := seal.Load(b.PKI.DataKey())
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	prefix := make([]byte, seal.HeaderLen)
+	if _, err := io.ReadFull(f, prefix); err != nil || !seal.Encrypted(prefix) {
+		return nil, fmt.Errorf("%s is not sealed at rest (%v)", path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	sr, err := key.DecryptAt(f, fi.Size())
+	if err != nil {
+		return nil, err
+	}
+	return archive.ReadFrom(sr, sr.Size(), path)
 }
