@@ -195,7 +195,7 @@ func (d *daemonRun) run(format string) error {
 	defer rt.Close()
 	// containerd 2.4 and later on a node without kubelet: restores (and
 	// the restored copies' checkpoints) go through containerd's own client.
-	vctx, vcancel := context.WithTimeout(context.Background(), c.Runtime.CallTimeout)
+	vctx, vcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	agentRT, native, closeNative, err := newRuntime(vctx, c, rt, d.log)
 	vcancel()
 	if err != nil {

@@ -75,10 +75,16 @@ func (c *Client) RestorePodImplemented(ctx context.Context) (bool, error) {
 	switch status.Code(err) {
 	case codes.Unimplemented:
 		return false, nil
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-		return false, c.wrap("RestorePod (probe)", err)
+	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.Unknown:
+		// The call exists and refused the empty request (runtimes return
+		// their own errors as Unknown).
+		return true, nil
+	case codes.OK:
+		return true, nil
 	}
-	return true, nil
+	// Anything else (unavailable, denied by a proxy, out of resources)
+	// says nothing about the call.
+	return false, c.wrap("RestorePod (probe)", err)
 }
 
 // ParseCheckpointConfig reads the checkpoint settings from a verbose

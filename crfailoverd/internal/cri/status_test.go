@@ -159,6 +159,13 @@ func TestClientStatusCalls(t *testing.T) {
 			t.Errorf("RestorePod answering %v: implemented = %v, %v; want %v", tc.code, got, err, tc.want)
 		}
 	}
+	// A refusal that says nothing about the call (a proxy's) is an error,
+	// not "implemented".
+	f := &statusRuntime{name: name, version: version, info: info, restorePod: codes.PermissionDenied}
+	c := serveStatus(t, f)
+	if got, err := c.RestorePodImplemented(context.Background()); got || err == nil {
+		t.Errorf("RestorePod answering PermissionDenied: implemented = %v, %v; want false and an error", got, err)
+	}
 }
 
 // A runtime that does not answer is an error, not "no RestorePod".

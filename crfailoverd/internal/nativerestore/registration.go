@@ -27,6 +27,10 @@ const registrationTypeURL = "crfailoverd.io/restorecfg.v1+json"
 // (not one of crfailoverd's, or made by an older version).
 var ErrNoRegistration = errors.New("the container carries no registration")
 
+// ErrBadRegistration is wrapped when a container's registration cannot be
+// read (ErrNoRegistration included): no daemon can supervise it.
+var ErrBadRegistration = errors.New("unreadable registration")
+
 // registrationExtension encodes reg as the container extension.
 func registrationExtension(reg restorecfg.Config) (*anypb.Any, error) {
 	b, err := restorecfg.Marshal(reg.Sandbox, reg.Container)
@@ -40,14 +44,14 @@ func registrationExtension(reg restorecfg.Config) (*anypb.Any, error) {
 func registrationOf(ext map[string]typeurl.Any) (restorecfg.Config, error) {
 	a, ok := ext[ExtensionRegistration]
 	if !ok || a == nil {
-		return restorecfg.Config{}, ErrNoRegistration
+		return restorecfg.Config{}, fmt.Errorf("%w: %w", ErrBadRegistration, ErrNoRegistration)
 	}
 	if a.GetTypeUrl() != registrationTypeURL {
-		return restorecfg.Config{}, fmt.Errorf("extension %s is of type %q, want %q", ExtensionRegistration, a.GetTypeUrl(), registrationTypeURL)
+		return restorecfg.Config{}, fmt.Errorf("%w: extension %s is of type %q, want %q", ErrBadRegistration, ExtensionRegistration, a.GetTypeUrl(), registrationTypeURL)
 	}
 	reg, err := restorecfg.Parse(a.GetValue())
 	if err != nil {
-		return restorecfg.Config{}, fmt.Errorf("extension %s: %w", ExtensionRegistration, err)
+		return restorecfg.Config{}, fmt.Errorf("%w: extension %s: %w", ErrBadRegistration, ExtensionRegistration, err)
 	}
 	return reg, nil
 }

@@ -80,6 +80,20 @@ func BuildSpec(ctx context.Context, in SpecInput) (*specs.Spec, error) {
 	if nsOpts.GetNetwork() != runtimeapi.NamespaceMode_NODE {
 		return nil, fmt.Errorf("build the restore spec: the pod's network is %s, and a pod network needs CNI, which the native path does not set up (host network only): %w", nsOpts.GetNetwork(), ErrUnsupported)
 	}
+	// What the native path cannot apply is refused, not dropped: the copy
+	// would run with less confinement than registered.
+	if u := nsOpts.GetUsernsOptions(); u != nil && u.GetMode() != runtimeapi.NamespaceMode_NODE {
+		return nil, fmt.Errorf("build the restore spec: a user namespace (%s): %w", u.GetMode(), ErrUnsupported)
+	}
+	if p := sc.GetApparmor(); p != nil && p.GetProfileType() != runtimeapi.SecurityProfile_Unconfined {
+		return nil, fmt.Errorf("build the restore spec: an AppArmor profile (%s %s): %w", p.GetProfileType(), p.GetLocalhostRef(), ErrUnsupported)
+	}
+	if o := sc.GetSelinuxOptions(); o.GetType() != "" || o.GetLevel() != "" || o.GetUser() != "" || o.GetRole() != "" {
+		return nil, fmt.Errorf("build the restore spec: SELinux options (%s): %w", o.String(), ErrUnsupported)
+	}
+	if g := sc.GetSupplementalGroups(); len(g) > 0 {
+		return nil, fmt.Errorf("build the restore spec: supplemental groups %v: %w", g, ErrUnsupported)
+	}
 	seccompOpt, err := seccompOf(sc)
 	if err != nil {
 		return nil, err

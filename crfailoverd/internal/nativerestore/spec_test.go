@@ -219,6 +219,18 @@ func TestBuildSpecRefuses(t *testing.T) {
 			c.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/x.json"}
 		}, want: "seccomp", unsupported: true},
 		{name: "image user name", edit: nil, want: "is a name", unsupported: true},
+		{name: "user namespace", edit: func(_ *runtimeapi.PodSandboxConfig, c *runtimeapi.ContainerConfig) {
+			c.Linux.SecurityContext.NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD}
+		}, want: "user namespace", unsupported: true},
+		{name: "AppArmor profile", edit: func(_ *runtimeapi.PodSandboxConfig, c *runtimeapi.ContainerConfig) {
+			c.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		}, want: "AppArmor", unsupported: true},
+		{name: "SELinux options", edit: func(_ *runtimeapi.PodSandboxConfig, c *runtimeapi.ContainerConfig) {
+			c.Linux.SecurityContext.SelinuxOptions = &runtimeapi.SELinuxOption{Type: "container_t"}
+		}, want: "SELinux", unsupported: true},
+		{name: "supplemental groups", edit: func(_ *runtimeapi.PodSandboxConfig, c *runtimeapi.ContainerConfig) {
+			c.Linux.SecurityContext.SupplementalGroups = []int64{1000}
+		}, want: "supplemental groups", unsupported: true},
 		// A planted bind mount of the host's root: the archive says so,
 		// the registration does not.
 		{name: "bind the registration lacks", dumped: []string{"/etc/hosts", "/host"}, want: "bind mounts at /host"},

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -124,9 +125,18 @@ func (r *Runtime) ListPods(ctx context.Context) ([]cri.Pod, error) {
 			if nativerestore.IsNotFound(err) {
 				continue // removed meanwhile
 			}
-			// Not one the agent can supervise: say so, but list the rest.
-			r.log.Warn("a native container without a readable registration is not supervised", "container", c.ID, "err", err)
-			continue
+			if errors.Is(err, nativerestore.ErrBadRegistration) {
+				// No daemon can supervise or fence it: it must not run
+				// beside a copy the cluster places elsewhere.
+				r.log.Error("REMOVED a native container whose registration cannot be read", "container", c.ID, "err", err)
+				if rerr := r.nat.Remove(ctx, c.ID); rerr != nil {
+					return nil, fmt.Errorf("remove native container %s, whose registration cannot be read (%v): %w", c.ID, err, rerr)
+				}
+				continue
+			}
+			// A transient failure: no listing rather than one without a
+			// live copy (which the cluster would take for lost).
+			return nil, fmt.Errorf("list the native copies: %w", err)
 		}
 		pods = append(pods, podOf(c, info, r.now()))
 	}

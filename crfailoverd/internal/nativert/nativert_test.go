@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,10 +62,11 @@ func (f *fakeCRI) RemovePod(_ context.Context, id string) error {
 
 // fakeNative keeps containers in memory as containerd would.
 type fakeNative struct {
-	ctrs     map[string]nativerestore.Info
-	status   map[string]string
-	calls    []string
-	inspects int
+	ctrs       map[string]nativerestore.Info
+	status     map[string]string
+	calls      []string
+	inspects   int
+	inspectErr map[string]error // by container ID
 }
 
 func newFakeNative() *fakeNative {
@@ -90,6 +92,9 @@ func (f *fakeNative) List(context.Context) ([]nativerestore.Container, error) {
 }
 func (f *fakeNative) Inspect(_ context.Context, id string) (nativerestore.Info, error) {
 	f.inspects++
+	if err := f.inspectErr[id]; err != nil {
+		return nativerestore.Info{}, err
+	}
 	i, ok := f.ctrs[id]
 	if !ok {
 		return i, fmt.Errorf("inspect %s: %w", id, errdefs.ErrNotFound)
@@ -383,5 +388,39 @@ func TestWanted(t *testing.T) {
 		if got := Wanted(tc.name, tc.version, tc.kubelet); got != tc.want {
 			t.Errorf("Wanted(%s %s, kubelet %v) = %v, want %v", tc.name, tc.version, tc.kubelet, got, tc.want)
 		}
+	}
+}
+
+// TestListPodsUnreadableCopies: a native copy whose registration cannot
+// be read by any daemon is removed (it could be neither supervised nor
+// fenced); a transient failure to inspect one fails the listing, so that
+// the agent keeps what it knew instead of taking the copy for lost.
+func TestListPodsUnreadableCopies(t *testing.T) {
+	ctx := context.Background()
+	c, n := &fakeCRI{}, newFakeNative()
+	r := newRuntime(c, n)
+	sb, ctr := registration("12")
+	if _, _, err := r.RestoreContainer(ctx, sb, ctr, "/tmp/a.tar"); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for k := range n.ctrs {
+		id = k
+	}
+	r = newRuntime(c, n) // a restarted daemon: nothing cached
+	n.inspectErr = map[string]error{id: fmt.Errorf("inspect %s: %w", id, errors.New("connection reset"))}
+	if pods, err := r.ListPods(ctx); err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Errorf("transient inspect failure: pods %+v, %v; want the listing to fail", pods, err)
+	}
+	if _, still := n.ctrs[id]; !still {
+		t.Fatal("a transient failure removed the copy")
+	}
+	n.inspectErr = map[string]error{id: fmt.Errorf("inspect %s: %w", id, nativerestore.ErrBadRegistration)}
+	pods, err := r.ListPods(ctx)
+	if err != nil || len(pods) != 0 {
+		t.Errorf("unreadable registration: pods %+v, %v; want none listed", pods, err)
+	}
+	if _, still := n.ctrs[id]; still || !slices.Contains(n.calls, "Remove "+id) {
+		t.Errorf("a copy with an unreadable registration was not removed (calls %v)", n.calls)
 	}
 }

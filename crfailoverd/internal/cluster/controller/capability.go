@@ -28,7 +28,7 @@ func (c *Controller) reportCapabilities(ctx context.Context, st *state.State) {
 	if c.o.Capabilities == nil {
 		return
 	}
-	caps := c.o.Capabilities()
+	caps := state.ClampCapabilities(c.o.Capabilities())
 	n := st.Nodes[c.o.Node]
 	if n == nil || (caps.Checked.IsZero() && caps.Runtime == (capability.Runtime{})) {
 		return // not recorded yet, or not found out yet

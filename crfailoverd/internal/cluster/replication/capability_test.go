@@ -35,7 +35,8 @@ func TestChooseTargets(t *testing.T) {
 		why     string
 	}{
 		{"all capable: rendezvous as before", 2, peers, peer.Targets("ns/p/c", "n1", peers, 2), ""},
-		{"one capable: only it, though the factor is 2", 2, []string{"n4"}, []string{"n4"}, ""},
+		{"one capable, factor 2: it, then an incapable one (the factor's copies are kept)", 2, []string{"n4"},
+			append([]string{"n4"}, peer.Targets("ns/p/c", "n1", []string{"n2", "n3", "n5"}, 1)...), ""},
 		{"two capable of four: rendezvous among them", 1, []string{"n3", "n5"}, peer.Targets("ns/p/c", "n1", []string{"n3", "n5"}, 1), ""},
 		{"none capable: among all, and why", 1, nil, peer.Targets("ns/p/c", "n1", peers, 1),
 			"no alive peer can restore it (n2: restore is off; n3: restore is off; n4: restore is off; n5: restore is off)"},
@@ -44,10 +45,18 @@ func TestChooseTargets(t *testing.T) {
 		if !reflect.DeepEqual(got, tc.want) || why != tc.why {
 			t.Errorf("%s: ChooseTargets = %v, %q; want %v, %q", tc.name, got, why, tc.want, tc.why)
 		}
+		// Capable peers come first: an incapable one only fills a slot
+		// no capable peer is left for.
+		seenIncapable := false
 		for _, n := range got {
-			if ok, _ := can(tc.capable...)(n); !ok && len(tc.capable) > 0 {
-				t.Errorf("%s: incapable %s chosen while %v can restore", tc.name, n, tc.capable)
+			if ok, _ := can(tc.capable...)(n); !ok {
+				seenIncapable = true
+			} else if seenIncapable {
+				t.Errorf("%s: capable %s after an incapable peer in %v", tc.name, n, got)
 			}
+		}
+		if seenIncapable && len(tc.capable) >= tc.factor {
+			t.Errorf("%s: an incapable peer chosen while %v (enough for the factor %d) can restore", tc.name, tc.capable, tc.factor)
 		}
 	}
 	if got, why := ChooseTargets("ns/p/c", "n1", nil, 1, can()); len(got) != 0 || why != "" {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -208,8 +209,9 @@ const NoCapablePeer event.Kind = "no-capable-peer"
 
 // ChooseTargets picks factor replica targets for workload among peers
 // (sorted, this node excluded): by rendezvous among those that can
-// restore the checkpoint (fewer than factor when fewer can: an incapable
-// peer is never chosen while a capable one exists); when none can, by
+// restore the checkpoint, first; when fewer than factor can, the other
+// slots go to incapable peers by rendezvous (the factor's copies are kept;
+// a capable node can fetch from them); when none can, by
 // rendezvous among all peers (a copy there still survives this node's
 // disk, and a capable node can fetch it), with why naming each peer and
 // why it cannot restore. It does no I/O.
@@ -222,10 +224,26 @@ func ChooseTargets(workload, self string, peers []string, factor int, can func(n
 			reasons = append(reasons, p+": "+reason)
 		}
 	}
-	if len(capable) > 0 || len(peers) == 0 {
-		return peer.Targets(workload, self, capable, factor), ""
+	if len(peers) == 0 {
+		return nil, ""
 	}
-	return peer.Targets(workload, self, peers, factor), "no alive peer can restore it (" + strings.Join(reasons, "; ") + ")"
+	if len(capable) == 0 {
+		return peer.Targets(workload, self, peers, factor), "no alive peer can restore it (" + strings.Join(reasons, "; ") + ")"
+	}
+	targets = peer.Targets(workload, self, capable, factor)
+	if len(targets) < factor {
+		// Fewer capable peers than the factor: the other slots go to
+		// peers that cannot restore it (a copy there still survives this
+		// node's disk, and a capable node can fetch it from them).
+		var rest []string
+		for _, p := range peers {
+			if !slices.Contains(capable, p) {
+				rest = append(rest, p)
+			}
+		}
+		targets = append(targets, peer.Targets(workload, self, rest, factor-len(targets))...)
+	}
+	return targets, ""
 }
 
 // Replicated records that peer to committed a copy of e (queued, in

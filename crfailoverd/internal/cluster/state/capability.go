@@ -36,6 +36,29 @@ func (s *State) nodeCapabilities(c *NodeCapabilities) error {
 	return nil
 }
 
+// ClampCapabilities cuts c to what NodeCapabilities accepts: texts to
+// their limit, CPU flags longer than their limit left out, at most
+// MaxCPUFlags of them (a node proposes what the state can record, instead
+// of a report refused for ever).
+func ClampCapabilities(c capability.Node) capability.Node {
+	cut := func(s string) string {
+		if len(s) <= maxCapsText {
+			return s
+		}
+		return s[:maxCapsText-3] + "..."
+	}
+	c.Runtime.Name, c.Runtime.Version = cut(c.Runtime.Name), cut(c.Runtime.Version)
+	c.CheckpointReason, c.RestoreReason, c.Kernel, c.CRIU = cut(c.CheckpointReason), cut(c.RestoreReason), cut(c.Kernel), cut(c.CRIU)
+	var flags []string
+	for _, f := range c.CPUFlags {
+		if len(f) <= maxFlagLen && len(flags) < MaxCPUFlags {
+			flags = append(flags, f)
+		}
+	}
+	c.CPUFlags = flags
+	return c
+}
+
 func checkCaps(c capability.Node) error {
 	if len(c.CPUFlags) > MaxCPUFlags {
 		return fmt.Errorf("%d CPU flags, more than %d", len(c.CPUFlags), MaxCPUFlags)
@@ -45,12 +68,19 @@ func checkCaps(c capability.Node) error {
 			return fmt.Errorf("CPU flag %.16q... is longer than %d bytes", f, maxFlagLen)
 		}
 	}
-	for name, v := range map[string]string{"runtime name": c.Runtime.Name, "runtime version": c.Runtime.Version,
-		"checkpoint reason": c.CheckpointReason, "restore path": string(c.Restore), "restore reason": c.RestoreReason,
-		"kernel": c.Kernel, "criu": c.CRIU} {
-		if len(v) > maxCapsText {
-			return fmt.Errorf("%s is longer than %d bytes", name, maxCapsText)
+	// A slice, not a map: the first field named is the same on every node.
+	for _, f := range []struct{ name, v string }{{"runtime name", c.Runtime.Name}, {"runtime version", c.Runtime.Version},
+		{"checkpoint reason", c.CheckpointReason}, {"restore path", string(c.Restore)}, {"restore reason", c.RestoreReason},
+		{"kernel", c.Kernel}, {"criu", c.CRIU}} {
+		if len(f.v) > maxCapsText {
+			return fmt.Errorf("%s is longer than %d bytes", f.name, maxCapsText)
 		}
+	}
+	switch c.Restore {
+	case "", capability.RestoreCreate, capability.RestorePod, capability.RestoreNative, capability.RestoreNone:
+	default:
+		return fmt.Errorf("restore path %q is none of %q, %q, %q, %q", c.Restore,
+			capability.RestoreCreate, capability.RestorePod, capability.RestoreNative, capability.RestoreNone)
 	}
 	return nil
 }
@@ -146,7 +176,13 @@ func (s *State) CanRestore(name string, cp *Checkpoint) (bool, string) {
 	case n.Caps == nil:
 		return true, ""
 	}
-	need, _ := s.Needs(cp)
+	need, cpuKnown := s.Needs(cp)
+	if !cpuKnown && n.CPUDigest != cp.CPU {
+		// The node that took cp reports other CPU flags now: what cp
+		// needs is known only by its digest, which only a node with the
+		// same flags matches.
+		return false, fmt.Sprintf("its CPU flags are not those of the node that took checkpoint #%d (digest %.12s), whose flags the cluster no longer records", cp.Seq, cp.CPU)
+	}
 	return capability.Compatible(*n.Caps, need)
 }
 

@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -131,6 +132,17 @@ func TestCommitCheckpointNeeds(t *testing.T) {
 	}
 }
 
+// TestNodeCapabilitiesRefusesUnknownRestorePath: a node may not claim a
+// restore path crfailoverd does not know (which would count as able to
+// restore).
+func TestNodeCapabilitiesRefusesUnknownRestorePath(t *testing.T) {
+	s := capsFixture(t)
+	err := s.Apply(&NodeCapabilities{At: t0, Node: "n2", Caps: caps(rtContainerd, capability.RestorePath("bogus"))})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `restore path "bogus"`) {
+		t.Errorf("NodeCapabilities with restore path bogus: %v; want ErrInvalid naming it", err)
+	}
+}
+
 func TestCanRestore(t *testing.T) {
 	s := capsFixture(t)
 	s.Nodes["n4"] = &Node{Name: "n4"}
@@ -161,8 +173,11 @@ func TestCanRestore(t *testing.T) {
 		{"n5", old, ""},
 		{"n1", old, ""},
 		{"n9", old, "not a node of the cluster"},
-		// The digest no node records any more: the CPU is not checked.
-		{"n2", lost, ""},
+		// The digest no node records any more (the taking node's CPU
+		// changed): only a node with those very flags could be sure, and
+		// none reports them.
+		{"n2", lost, "whose flags the cluster no longer records"},
+		{"n1", lost, "whose flags the cluster no longer records"},
 	} {
 		ok, why := s.CanRestore(tc.node, tc.cp)
 		if tc.want == "" && (!ok || why != "") || tc.want != "" && (ok || !strings.Contains(why, tc.want)) {
@@ -240,5 +255,28 @@ func TestUnplaceable(t *testing.T) {
 	// An older node skips it: the type has the ignore flag.
 	if TypeUnplaceable&IgnoreUnknownFlag == 0 || TypeNodeCapabilities&IgnoreUnknownFlag != 0 {
 		t.Fatal("Unplaceable must be skippable, NodeCapabilities must not")
+	}
+}
+
+// TestClampCapabilities: what a node would report beyond the limits is cut
+// to what NodeCapabilities accepts, so the report is not refused for ever.
+func TestClampCapabilities(t *testing.T) {
+	s := capsFixture(t)
+	long := strings.Repeat("x", 5000)
+	flags := []string{strings.Repeat("f", 100)}
+	for i := 0; i < MaxCPUFlags+10; i++ {
+		flags = append(flags, fmt.Sprintf("flag%d", i))
+	}
+	c := caps(rtContainerd, capability.RestoreNone)
+	c.RestoreReason, c.Kernel, c.CPUFlags = long, long, flags
+	if err := s.Apply(&NodeCapabilities{At: t0, Node: "n2", Caps: c}); err == nil {
+		t.Fatal("over-long capabilities accepted: the clamp would not be needed")
+	}
+	cl := ClampCapabilities(c)
+	if err := s.Apply(&NodeCapabilities{At: t0, Node: "n2", Caps: cl}); err != nil {
+		t.Fatalf("clamped capabilities refused: %v", err)
+	}
+	if len(cl.RestoreReason) > maxCapsText || !strings.HasSuffix(cl.RestoreReason, "...") || len(cl.CPUFlags) != MaxCPUFlags || cl.CPUFlags[0] != "flag0" {
+		t.Errorf("clamped: reason %d bytes, %d flags (first %q)", len(cl.RestoreReason), len(cl.CPUFlags), cl.CPUFlags[0])
 	}
 }
