@@ -358,8 +358,7 @@ var nsFiles = map[specs.LinuxNamespaceType]string{
 	specs.MountNamespace: "mnt", specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.TimeNamespace: "time",
 }
 
-// pinnedNamespaceDirs are the directories (under /var/run or /run) in
-// which namespaces of a type are pinned by name: CNI's and the runtimes'
+// pinnedNamespaceDirs are the directory names in which namespaces of a type are pinned by name: CNI's and the runtimes'
 // netns for the network, and CRI-O's pinns directories (its
 // namespaces_dir, /var/run by default, with <type>ns under it).
 var pinnedNamespaceDirs = map[specs.LinuxNamespaceType][]string{
@@ -372,8 +371,9 @@ var pinnedNamespaceDirs = map[specs.LinuxNamespaceType][]string{
 // namespacePathOK reports whether p is a shape of path by which a runtime
 // joins a pod's namespace of type t: exactly /proc/<pid>/ns/<t> with pid
 // above 2 (1 is the node's init, 2 its kthreadd, both in the node's
-// namespaces), or /var/run/<dir>/<name> or /run/<dir>/<name> for a
-// pinned namespace of t. Anything else (another file, /proc/self,
+// namespaces), or <dir>/<type>ns/<name> (not under /proc, /sys or /dev)
+// for a namespace pinned by CNI or CRI-O's pinns (its namespaces_dir,
+// /var/run by default). Anything else (another file, /proc/self,
 // /proc/<pid>/root/..., "..", a relative path) is not; nor is any path of
 // a mount namespace, which no runtime shares between a pod's containers.
 func namespacePathOK(t specs.LinuxNamespaceType, p string) bool {
@@ -389,10 +389,13 @@ func namespacePathOK(t specs.LinuxNamespaceType, p string) bool {
 		n, err := strconv.Atoi(pid)
 		return err == nil && n > 2 && nsFiles[t] != "" && parts[3] == nsFiles[t]
 	}
-	if len(parts) == 4 && parts[0] == "var" {
-		parts = parts[1:]
+	if parts[0] == "proc" || parts[0] == "sys" || parts[0] == "dev" {
+		return false
 	}
-	return len(parts) == 3 && parts[0] == "run" && slices.Contains(pinnedNamespaceDirs[t], parts[1]) && parts[2] != "" && parts[2] != "."
+	// <dir>/<type>ns/<name>: a pinned namespace under any directory (CRI-O's
+	// namespaces_dir may be set anywhere; /var/run by default).
+	n := len(parts)
+	return n >= 2 && slices.Contains(pinnedNamespaceDirs[t], parts[n-2]) && parts[n-1] != "" && parts[n-1] != "."
 }
 
 // namespaceExcess lists the namespaces the spec shares with the node where

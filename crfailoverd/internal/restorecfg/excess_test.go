@@ -200,6 +200,16 @@ func TestExcess(t *testing.T) {
 			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/etc/passwd"
 		}, want: []string{"ipc namespace joined by path /proc/26478/ns/ipc/x", "uts namespace joined by path /etc/passwd",
 			"network namespace joined by path /var/run/netns/../../proc/1/ns/net"}},
+		{name: "CRI-O's namespaces pinned under a namespaces_dir of its own pass", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/var/lib/crfailoverd-bed/nodes/n1/crio/ns/ipcns/457b4f59-83ac-42b1-815c-35693feba893"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/srv/crio/ns/utsns/457b4f59"
+		}},
+		{name: "a pinned-looking path under /proc, /sys or /dev, or of another type", spec: func(s *specs.Spec) {
+			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/proc/1/ipcns/x"
+			s.Linux.Namespaces[nsIndex(s, specs.UTSNamespace)].Path = "/srv/crio/ns/ipcns/457b4f59"
+			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/dev/netns/x"
+		}, want: []string{"ipc namespace joined by path /proc/1/ipcns/x", "uts namespace joined by path /srv/crio/ns/ipcns/457b4f59",
+			"network namespace joined by path /dev/netns/x"}},
 		{name: "CNI's and the runtimes' pinned namespaces pass", spec: func(s *specs.Spec) {
 			s.Linux.Namespaces[nsIndex(s, specs.NetworkNamespace)].Path = "/var/run/netns/cni-1f9b3c6e-2a4d-4b7e-9c1f-5a8d2e6b3c90"
 			s.Linux.Namespaces[nsIndex(s, specs.IPCNamespace)].Path = "/run/ipcns/1f9b3c6e"
