@@ -175,15 +175,6 @@ func (cb *clusterBed) oneCopy(ctx context.Context, when string) {
 	})
 }
 
-func mustCopies(t *testing.T, cb *clusterBed, ctx context.Context) map[string]int {
-	t.Helper()
-	m, err := cb.copies(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // TestE2EPartition cuts the counter's node off the network: the majority
 // restores it, the cut-off node stops its copy within the lease, and after
 // the heal exactly one copy runs.
