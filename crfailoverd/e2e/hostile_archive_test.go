@@ -231,14 +231,7 @@ func TestE2EHostileArchive(t *testing.T) {
 		t.Errorf("a pull of %s on %s with the endpoint's credentials and no restore pending got %d, %v; want 404", manifest, holder, code, err)
 	}
 	as := nodeTLS(t, cb.b, owner)
-	dial := func(node string) *peer.Client {
-		c, err := peer.Dial(node, rpcAddr(t, cb.b, node), as)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	dial := func(node string) *peer.Client { return dialAs(t, cb.b, node, as) }
 	// The plaintext of the newest checkpoint, fetched as the owner.
 	tmp, err := store.Open(t.TempDir(), 3)
 	if err != nil {
@@ -275,13 +268,7 @@ func TestE2EHostileArchive(t *testing.T) {
 	if err := syscall.Kill(cb.pids[owner], syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	enc := func(cmd state.Command) []byte {
-		b, err := state.Encode(cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	enc := func(cmd state.Command) []byte { return encode(t, cmd) }
 	seq := before.Newest.Seq + 1
 	now := time.Now()
 	if err := dial(leader).Apply(ctx, enc(&state.CommitCheckpoint{At: now, ID: counterWL, Node: owner, Epoch: before.Epoch,

@@ -45,6 +45,28 @@ func malloryTLS(t *testing.T, b *testbed.Bed) *peer.TLS {
 	return tl
 }
 
+// dialAs is a peer client of node with the certificate tl, closed when
+// the test ends.
+func dialAs(t *testing.T, b *testbed.Bed, node string, tl *peer.TLS) *peer.Client {
+	t.Helper()
+	c, err := peer.Dial(node, rpcAddr(t, b, node), tl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// encode is cmd as a Raft log entry.
+func encode(t *testing.T, cmd state.Command) []byte {
+	t.Helper()
+	b, err := state.Encode(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func rpcAddr(t *testing.T, b *testbed.Bed, node string) string {
 	t.Helper()
 	n, err := b.Node(node)
@@ -84,14 +106,7 @@ func TestE2EHostilePeer(t *testing.T) {
 		return holder != "" && leader != "", fmt.Sprintf("newest %+v, leader %q", before.Newest, leader)
 	})
 	mt := malloryTLS(t, cb.b)
-	dial := func(node string) *peer.Client {
-		c, err := peer.Dial(node, rpcAddr(t, cb.b, node), mt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	dial := func(node string) *peer.Client { return dialAs(t, cb.b, node, mt) }
 	evil, err := restorecfg.Marshal(&runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: "counter", Namespace: "default", Uid: "evil"},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{Privileged: true,
@@ -102,13 +117,7 @@ func TestE2EHostilePeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc := func(cmd state.Command) []byte {
-		b, err := state.Encode(cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	enc := func(cmd state.Command) []byte { return encode(t, cmd) }
 	now := time.Now()
 	archive := filepath.Join(t.TempDir(), "evil.tar")
 	payload := []byte(strings.Repeat("not a checkpoint ", 64))

@@ -23,14 +23,7 @@ import (
 // and a power cut of that node brings it back a second time, on the last
 // node, from the native checkpoint.
 func TestE2ENativeDaemon(t *testing.T) {
-	c := requireE2E(t)
-	if c.Runtime != RuntimeContainerd || c.Containerd.Version != nativeContainerd || len(c.Containerd.Nodes) > 0 {
-		t.Skipf("the native daemon runs on a bed of containerd %s nodes: set %s=%s (this bed: runtime %s, containerd %q, per-node runtimes %v)",
-			nativeContainerd, EnvContainerd, nativeContainerd, c.Runtime, c.Containerd.Version, c.Containerd.Nodes)
-	}
-	if c.Kubelet {
-		t.Skip("the native path is for nodes without kubelet: unset " + EnvKubelet)
-	}
+	c := requireNativeBed(t, "the native daemon")
 	b := upBed(t, c, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()

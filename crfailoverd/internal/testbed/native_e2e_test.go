@@ -24,6 +24,22 @@ import (
 // CRI restore, on which TestE2ENativeRestore runs.
 const nativeContainerd = "2.4.2"
 
+// requireNativeBed is the bed's configuration when it is one of containerd
+// nativeContainerd nodes without kubelet, where what (a test) runs, and
+// skips the test, saying why and what to set, otherwise.
+func requireNativeBed(t *testing.T, what string) Config {
+	t.Helper()
+	c := requireE2E(t)
+	if c.Runtime != RuntimeContainerd || c.Containerd.Version != nativeContainerd || len(c.Containerd.Nodes) > 0 {
+		t.Skipf("%s runs on a bed of containerd %s nodes: set %s=%s (this bed: runtime %s, containerd %q, per-node runtimes %v)",
+			what, nativeContainerd, EnvContainerd, nativeContainerd, c.Runtime, c.Containerd.Version, c.Containerd.Nodes)
+	}
+	if c.Kubelet {
+		t.Skipf("%s is for nodes without kubelet: unset %s", what, EnvKubelet)
+	}
+	return c
+}
+
 // TestE2ENativeRestore runs the counter on n1 of a containerd 2.4.2 bed
 // through the CRI, checkpoints it through the CRI, shows that CRI restore
 // (CreateContainer with the archive) is refused on n2, power-cuts n1, and
@@ -32,14 +48,7 @@ const nativeContainerd = "2.4.2"
 // it; the counter must go on from its checkpointed value. Then List sees
 // the container and Remove fences it.
 func TestE2ENativeRestore(t *testing.T) {
-	c := requireE2E(t)
-	if c.Runtime != RuntimeContainerd || c.Containerd.Version != nativeContainerd || len(c.Containerd.Nodes) > 0 {
-		t.Skipf("native restore runs on a bed of containerd %s nodes: set %s=%s (this bed: runtime %s, containerd %q, per-node runtimes %v)",
-			nativeContainerd, EnvContainerd, nativeContainerd, c.Runtime, c.Containerd.Version, c.Containerd.Nodes)
-	}
-	if c.Kubelet {
-		t.Skip("native restore is for nodes without kubelet: unset " + EnvKubelet)
-	}
+	c := requireNativeBed(t, "native restore")
 	b := upBed(t, c, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
