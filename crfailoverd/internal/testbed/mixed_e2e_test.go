@@ -138,6 +138,9 @@ func TestE2EMixedRuntimes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A peer must hold a checkpoint begun after before was read, or
+		// "not below before" would not follow from a kept state.
+		waitProtected(ctx, t, b, owner, time.Now())
 		r, err := b.PowerCutFailover(ctx, owner, observer, testWriter{t})
 		if err != nil {
 			t.Fatalf("cut %d of %s (capable nodes left: %v): %v", cut, owner, left, err)

@@ -48,6 +48,10 @@ func TestE2ENativeDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The restored counter can only be held to "not below before" if
+		// a peer holds a checkpoint begun after before was read (CI once
+		// cut n1 when the newest replicated checkpoint was older).
+		waitProtected(ctx, t, b, owner, time.Now())
 		r, err := b.PowerCutFailover(ctx, owner, observer, testWriter{t})
 		if err != nil {
 			t.Fatalf("cut %d of %s: %v", cut, owner, err)
@@ -61,9 +65,12 @@ func TestE2ENativeDaemon(t *testing.T) {
 		if err := httpGet(ctx, served.AppURL()+"/restore", &ans); err != nil {
 			t.Fatalf("GET /restore on %s: %v", r.ServedOn, err)
 		}
-		if !ans.Restore || r.CounterAfter < before {
+		// As in the mixed-runtimes test: the state is kept when the
+		// counter goes on from at least before (a fresh start counts from
+		// 0); the app's restore flag, a pause of its clock, is a hint.
+		if r.CounterAfter < before || before == 0 {
 			restoredOK = false
-			t.Errorf("cut %d: on %s restore=%v counter %d after the restore, %d two seconds before the cut: want restored, not below", cut, r.ServedOn, ans.Restore, r.CounterAfter, before)
+			t.Errorf("cut %d: on %s counter %d after the restore, %d before the cut (restore flag %v): want not below %d", cut, r.ServedOn, r.CounterAfter, before, ans.Restore, before)
 		}
 		// The copy is native: containerd has it in crfailoverd's
 		// namespace, the CRI does not.
@@ -172,7 +179,8 @@ func nativeContainers(ctx context.Context, t *testing.T, n Node) []string {
 	}
 	var ids []string
 	for _, c := range cs {
-		if c.Status == "running" {
+		// A copy being checkpointed is paused for a tenth of a second.
+		if c.Status == "running" || c.Status == "paused" || c.Status == "pausing" {
 			ids = append(ids, c.ID)
 		}
 	}
