@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -27,6 +29,8 @@ type PodSpec struct {
 	Container   string // container name, default "counter"
 	Labels      map[string]string
 	Annotations map[string]string // for example hitachienergy.com/cr_mode: "cr"
+	Args        []string          // the app's arguments (for example -listen :8081); none: its defaults
+	Port        int               // the port it serves on (its -listen); 0: AppPort
 }
 
 // Pod is a pod running on a node.
@@ -88,6 +92,7 @@ func containerConfig(p PodSpec, image string) *runtimeapi.ContainerConfig {
 			LabelPodName: p.Name, LabelPodNamespace: p.Namespace, LabelPodUID: p.UID, LabelContainerName: p.Container,
 		},
 		LogPath: path.Join(p.Container, "0.log"),
+		Args:    p.Args,
 		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 			NamespaceOptions: &runtimeapi.NamespaceOption{
 				Network: runtimeapi.NamespaceMode_NODE,
@@ -163,19 +168,29 @@ func (b *Bed) RunTestApp(ctx context.Context, node string, p PodSpec) (Pod, erro
 		return pod, fmt.Errorf("node %s: start container %s: %w", node, p.Container, err)
 	}
 	pod.StartTime = time.Since(start)
-	return pod, b.WaitApp(ctx, node, 30*time.Second)
+	return pod, b.waitAppOn(ctx, node, p.Port, 30*time.Second)
 }
 
 // WaitApp waits until the counter application on node answers /health.
 func (b *Bed) WaitApp(ctx context.Context, node string, within time.Duration) error {
+	return b.waitAppOn(ctx, node, AppPort, within)
+}
+
+// waitAppOn waits until the test app on node answers /health on port
+// (0: AppPort).
+func (b *Bed) waitAppOn(ctx context.Context, node string, port int, within time.Duration) error {
 	n, err := b.Node(node)
 	if err != nil {
 		return err
 	}
+	u := n.AppURL()
+	if port != 0 {
+		u = "http://" + net.JoinHostPort(n.Addr.String(), strconv.Itoa(port))
+	}
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	for {
-		err := httpGet(ctx, n.AppURL()+"/health", nil)
+		err := httpGet(ctx, u+"/health", nil)
 		if err == nil {
 			return nil
 		}

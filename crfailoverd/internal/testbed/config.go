@@ -61,6 +61,10 @@ type Config struct {
 	Kubelet      bool             // a real kubelet on every node instead of the emulator
 	CRIOPatched  bool             // CRI-O nodes run the build with 0001-customization.patch
 	Containerd   ContainerdFlavor // built containerd versions, per bed or per node (containerd_versions.go)
+	// DataTmpfs, when set ("1536m"), is the size of a tmpfs mounted on
+	// each node's crfailoverd data directory before its runtime starts, so
+	// that filling it fills that node only (the soak's disk-full fault).
+	DataTmpfs string
 }
 
 // ConfigFromEnv reads the bed's configuration from the environment, with

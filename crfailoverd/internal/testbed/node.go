@@ -28,6 +28,8 @@ type Node struct {
 	RuntimePID  int        `json:"runtime_pid"`
 	EmulatorPID int        `json:"emulator_pid"`
 	KubeletPID  int        `json:"kubelet_pid"`
+	// DataTmpfs: the size of the tmpfs on DaemonDir ("" none; Config.DataTmpfs).
+	DataTmpfs string `json:"data_tmpfs,omitempty"`
 }
 
 // KubeletURL is the base URL of the node's kubelet emulator.
@@ -60,6 +62,7 @@ func (b *Bed) newNode(i int) Node {
 		Netns:      NetnsPath(name),
 		Runtime:    rt.Runtime,
 		Containerd: rt.Containerd,
+		DataTmpfs:  b.cfg.DataTmpfs,
 	}
 }
 
@@ -98,7 +101,8 @@ state = "/run/containerd"
 // with pivot_root (CRIU refuses a chroot) and runs the runtime ($RUNTIME
 // --config $CONFIG: containerd or CRI-O). The bed directory is bound at its
 // own path, so paths of sockets, archives and logs are the same inside the
-// node and on the host.
+// node and on the host; $DATADIR, when set, is a mount under it (the
+// daemon's tmpfs) bound too.
 const runtimeScript = `set -e
 mount --make-rprivate /
 mount --bind "$ROOTFS" "$ROOTFS"
@@ -109,6 +113,7 @@ mount -t tmpfs tmpfs "$ROOTFS/run"
 mount -t tmpfs tmpfs "$ROOTFS/tmp"
 mkdir -p "$ROOTFS$BEDDIR" "$ROOTFS/.oldroot"
 mount --bind "$BEDDIR" "$ROOTFS$BEDDIR"
+if [ -n "$DATADIR" ]; then mount --bind "$DATADIR" "$ROOTFS$DATADIR"; fi
 cd "$ROOTFS"
 pivot_root . .oldroot
 umount -l /.oldroot
@@ -122,6 +127,9 @@ func (b *Bed) startNode(ctx context.Context, n *Node) error {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
+	}
+	if err := mountDataTmpfs(*n); err != nil {
+		return err
 	}
 	if err := b.startRuntime(ctx, n); err != nil {
 		return err
@@ -164,6 +172,9 @@ func (b *Bed) runRuntime(ctx context.Context, n *Node, name, root, binary, confi
 	_ = os.Remove(n.Socket)
 	env := []string{"ROOTFS=" + root, "BEDDIR=" + b.cfg.Dir, "RUNTIME=" + binary, "CONFIG=" + config,
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	if n.DataTmpfs != "" {
+		env = append(env, "DATADIR="+n.DaemonDir())
+	}
 	pid, err := b.spawn(n.logPath(name), n.Netns, env, "unshare", "--mount", "--fork", "sh", "-c", runtimeScript, "sh")
 	if err != nil {
 		return fmt.Errorf("node %s: start %s: %w", n.Name, name, err)
@@ -256,3 +267,39 @@ func killNodeProcesses(netns string) error {
 func nodeCgroupParent(node, podUID string) string {
 	return "/" + cgroupRoot + "/" + node + "/pod" + strings.ReplaceAll(podUID, "-", "")
 }
+
+// mountDataTmpfs mounts a tmpfs of n.DataTmpfs on the node's daemon data
+// directory unless one is there already (a node booted again keeps its
+// "disk").
+func mountDataTmpfs(n Node) error {
+	if n.DataTmpfs == "" {
+		return nil
+	}
+	dir := n.DaemonDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if isTmpfs(dir) {
+		return nil
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size="+n.DataTmpfs+",mode=0700"); err != nil {
+		return fmt.Errorf("node %s: mount a tmpfs of %s on %s: %w", n.Name, n.DataTmpfs, dir, err)
+	}
+	return nil
+}
+
+// isTmpfs reports whether dir is the mount point of a tmpfs.
+func isTmpfs(dir string) bool {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil || st.Type != tmpfsMagic {
+		return false
+	}
+	// A tmpfs further up (/tmp, say) is not this directory's own.
+	var a, b syscall.Stat_t
+	if syscall.Stat(dir, &a) != nil || syscall.Stat(filepath.Dir(dir), &b) != nil {
+		return false
+	}
+	return a.Dev != b.Dev
+}
+
+const tmpfsMagic = 0x01021994

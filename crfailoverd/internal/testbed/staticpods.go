@@ -16,6 +16,12 @@ import (
 // network, the bed registry's image, the given annotations (for example
 // hitachienergy.com/cr_mode: "cr").
 func (b *Bed) CounterManifest(name string, ann map[string]string) string {
+	return b.AppManifest(name, ann, nil, AppPort)
+}
+
+// AppManifest is CounterManifest with the app's arguments (args, none:
+// its defaults) and the port it serves on.
+func (b *Bed) AppManifest(name string, ann map[string]string, args []string, port int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\n", name)
 	if len(ann) > 0 {
@@ -36,9 +42,14 @@ func (b *Bed) CounterManifest(name string, ann map[string]string) string {
   - name: counter
     image: %s
     imagePullPolicy: IfNotPresent
-    ports:
-    - containerPort: %d
-`, b.CounterImage(), AppPort)
+`, b.CounterImage())
+	if len(args) > 0 {
+		sb.WriteString("    args:\n")
+		for _, a := range args {
+			fmt.Fprintf(&sb, "    - %q\n", a)
+		}
+	}
+	fmt.Fprintf(&sb, "    ports:\n    - containerPort: %d\n", port)
 	return sb.String()
 }
 
@@ -46,6 +57,11 @@ func (b *Bed) CounterManifest(name string, ann map[string]string) string {
 // NAME.yaml) into node's static pod directory and waits until kubelet runs
 // it and it answers.
 func (b *Bed) RunStaticCounter(ctx context.Context, node, name string, ann map[string]string) error {
+	return b.RunStaticApp(ctx, node, name, ann, nil, AppPort)
+}
+
+// RunStaticApp is RunStaticCounter with the app's arguments and port.
+func (b *Bed) RunStaticApp(ctx context.Context, node, name string, ann map[string]string, args []string, port int) error {
 	n, err := b.Node(node)
 	if err != nil {
 		return err
@@ -54,13 +70,11 @@ func (b *Bed) RunStaticCounter(ctx context.Context, node, name string, ann map[s
 	if err := os.MkdirAll(n.StaticPodDir(), 0o755); err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(path, []byte(b.CounterManifest(name, ann)), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(b.AppManifest(name, ann, args, port)), 0o644); err != nil {
 		return fmt.Errorf("node %s: write static pod %s: %w", node, path, err)
 	}
 	return poll(ctx, 90*time.Second, "kubelet on "+node+" to run the static pod "+name, func() (bool, error) {
-		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		defer cancel()
-		_, err := b.Counter(cctx, node)
+		err := b.waitAppOn(ctx, node, port, 500*time.Millisecond)
 		return err == nil, err
 	})
 }
@@ -103,6 +117,25 @@ func (b *Bed) TakenOver(node string) bool {
 	}
 	files, err := b.StaticPodFiles(node)
 	return err == nil && len(files) == 1 && files[0] == "crfailoverd-default_counter.yaml"
+}
+
+// TakenOverPod reports whether crfailoverd on node has taken the static
+// pod default/POD over (its manifest replaced by crfailoverd's; other pods'
+// files may be there too); always true on nodes without kubelet.
+func (b *Bed) TakenOverPod(node, pod string) bool {
+	if !b.cfg.Kubelet {
+		return true
+	}
+	files, err := b.StaticPodFiles(node)
+	if err != nil {
+		return false
+	}
+	mine, user := false, false
+	for _, f := range files {
+		mine = mine || f == "crfailoverd-default_"+pod+".yaml"
+		user = user || f == pod+".yaml"
+	}
+	return mine && !user
 }
 
 // Flavor names the bed's node flavor for the E2E lines: "containerd",
