@@ -148,6 +148,9 @@ type Outage struct {
 	Workload   string
 	Start, End time.Duration // End: first sample serving again (or the soak's end)
 	Fault      int           // index into Input.Faults it is put down to; -1: none
+	// Open: the workload was still not serving at the soak's end (or
+	// never served, or its final check found no copy).
+	Open bool
 }
 
 // FaultResult is one fault and what it cost.

@@ -1,0 +1,179 @@
+package soak
+
+import (
+	"slices"
+	"time"
+)
+
+// attributeSettle is how long after a fault was undone an outage that
+// starts is still put down to it (the schedule's default Settle).
+const attributeSettle = DefaultSettle
+
+// Check judges what the observer sampled: double copies, outages and what
+// caused them, counter regressions, checksum mismatches, and what the
+// runner collected (given-up workloads, crashes, error lines).
+func Check(in Input) Report {
+	r := Report{
+		Seed:       in.Seed,
+		Duration:   in.Duration,
+		GivenUp:    slices.Clone(in.GivenUp),
+		Crashes:    slices.Clone(in.Crashes),
+		ErrorLines: slices.Clone(in.ErrorLines),
+	}
+	r.Faults = make([]FaultResult, len(in.Faults))
+	for i, f := range in.Faults {
+		r.Faults[i] = FaultResult{Fault: f}
+	}
+
+	samples := slices.Clone(in.Samples)
+	slices.SortStableFunc(samples, func(a, b Sample) int { return cmpDur(a.At, b.At) })
+
+	type state struct {
+		served     bool // served at least once (startup is over)
+		down       bool // in an outage
+		downSince  time.Duration
+		seen       bool // highest is set
+		highest    int64
+		lastServed bool
+	}
+	states := map[string]*state{}
+	get := func(w string) *state {
+		s := states[w]
+		if s == nil {
+			s = &state{}
+			states[w] = s
+		}
+		return s
+	}
+	for _, w := range in.Workloads {
+		get(w)
+	}
+	var outages []Outage
+
+	for _, sm := range samples {
+		st := get(sm.Workload)
+		var nodes []string
+		for _, c := range sm.Copies {
+			if c.Serving && !slices.Contains(nodes, c.Node) {
+				nodes = append(nodes, c.Node)
+			}
+			if c.Checksum != "" && c.WantCheck != "" && c.Checksum != c.WantCheck {
+				r.ChecksumMismatches = append(r.ChecksumMismatches, Mismatch{
+					At: sm.At, Workload: sm.Workload, Node: c.Node, Counter: c.Counter, Got: c.Checksum, Want: c.WantCheck,
+				})
+			}
+		}
+		if len(nodes) >= 2 {
+			slices.Sort(nodes)
+			r.DoubleCopies = append(r.DoubleCopies, DoubleCopy{At: sm.At, Workload: sm.Workload, Nodes: nodes})
+		}
+
+		for _, c := range sm.Copies {
+			if !c.Serving {
+				continue
+			}
+			switch {
+			case !st.seen:
+				st.seen, st.highest = true, c.Counter
+			case c.Counter < st.highest-in.RegressionBound:
+				r.Regressions = append(r.Regressions, Regression{
+					At: sm.At, Workload: sm.Workload, Node: c.Node, From: st.highest, To: c.Counter,
+				})
+				st.highest = c.Counter // one regression per drop
+			case c.Counter > st.highest:
+				st.highest = c.Counter
+			}
+		}
+
+		serving := len(nodes) > 0
+		st.lastServed = serving
+		switch {
+		case !st.served:
+			st.served = serving
+		case !serving && !st.down:
+			st.down, st.downSince = true, sm.At
+		case serving && st.down:
+			st.down = false
+			outages = append(outages, Outage{Workload: sm.Workload, Start: st.downSince, End: sm.At})
+		}
+	}
+
+	// Still down at the end, never served, or not serving at the final check.
+	var extra []string // sampled but not named in Workloads
+	for w := range states {
+		if !slices.Contains(in.Workloads, w) {
+			extra = append(extra, w)
+		}
+	}
+	slices.Sort(extra)
+	names := append(slices.Clone(in.Workloads), extra...)
+	for i, w := range names {
+		st := states[w]
+		finalDown := i < len(in.Workloads) && i < len(in.Final) && !in.Final[i].Serving
+		switch {
+		case st.down:
+			outages = append(outages, Outage{Workload: w, Start: st.downSince, End: in.Duration, Open: true})
+		case !st.served:
+			outages = append(outages, Outage{Workload: w, Start: firstSample(samples, w), End: in.Duration, Open: true})
+		case finalDown:
+			outages = append(outages, Outage{Workload: w, Start: in.Duration, End: in.Duration, Open: true})
+		}
+	}
+
+	for i := range outages {
+		o := &outages[i]
+		o.Fault = attribute(in, o.Start)
+		d := o.End - o.Start
+		if o.Fault >= 0 {
+			fr := &r.Faults[o.Fault]
+			fr.Outages++
+			fr.Recovery = max(fr.Recovery, d)
+		}
+		r.MaxRecovery = max(r.MaxRecovery, d)
+		if o.Open || (in.RecoveryBound > 0 && d > in.RecoveryBound) {
+			r.Unrecovered = append(r.Unrecovered, *o)
+		}
+	}
+	r.Outages = outages
+	return r
+}
+
+func firstSample(samples []Sample, w string) time.Duration {
+	for _, s := range samples {
+		if s.Workload == w {
+			return s.At
+		}
+	}
+	return 0
+}
+
+// attribute returns the index of the fault an outage starting at start is
+// put down to: among faults whose [Start, End+settle] holds start, the one
+// that started latest; -1: none.
+func attribute(in Input, start time.Duration) int {
+	best := -1
+	var bestStart time.Duration
+	for i, f := range in.Faults {
+		s, e := FaultSpan(f, in.Duration)
+		if start < s || start > e+attributeSettle {
+			continue
+		}
+		if best < 0 || s >= bestStart {
+			best, bestStart = i, s
+		}
+	}
+	return best
+}
+
+// FaultSpan is when a fault really ran: Start to End as the runner set
+// them, the planned At to At+For when it set neither, and to the soak's
+// end when it started but never ended.
+func FaultSpan(f Fault, soakEnd time.Duration) (start, end time.Duration) {
+	if f.Start == 0 && f.End == 0 {
+		return f.At, f.At + f.For
+	}
+	if f.End < f.Start {
+		return f.Start, soakEnd
+	}
+	return f.Start, f.End
+}
