@@ -102,6 +102,7 @@ type Cluster struct {
 	Lease             time.Duration `toml:"lease"`                            // lease: > 0
 	DeadServerGrace   time.Duration `toml:"dead_server_grace"`                // dead_server_grace: > 0
 	MaxVoters         int           `toml:"max_voters"`                       // max_voters: odd, >= 1
+	FenceGuard        bool          `toml:"fence_guard"`                      // fence_guard: run the fence guard (crfailoverd fence-guard) next to the daemon
 }
 
 // Images is the [images] table: the embedded, read-only OCI registry that
@@ -188,6 +189,7 @@ func Default() Config {
 			Lease:             3 * time.Second,
 			DeadServerGrace:   30 * time.Second,
 			MaxVoters:         5,
+			FenceGuard:        true,
 		},
 		Metrics: Metrics{QueueSize: 10000},
 		Images:  Images{ListenAddr: "127.0.0.1:7948", PullSecretFiles: []string{"/var/lib/kubelet/config.json"}},

@@ -104,6 +104,7 @@ failure_profile = "wan"
 lease = "3s"
 dead_server_grace = "2m"
 max_voters = 3
+fence_guard = false
 
 [metrics]
 postgres_dsn = "postgres://m@db/metrics"
@@ -136,7 +137,7 @@ min_free = 0
 			GossipKeyFile: "/etc/crf/gossip.key",
 			TLSCert:       "/etc/crf/tls.crt", TLSKey: "/etc/crf/tls.key", TLSCA: "/etc/crf/ca.crt",
 			ReplicationFactor: 0, FailureProfile: "wan", Lease: 3 * time.Second,
-			DeadServerGrace: 2 * time.Minute, MaxVoters: 3,
+			DeadServerGrace: 2 * time.Minute, MaxVoters: 3, FenceGuard: false,
 		},
 		Metrics: Metrics{"postgres://m@db/metrics", ":9100", 1},
 		Images:  Images{ListenAddr: "127.0.0.1:5001"},

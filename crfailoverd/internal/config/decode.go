@@ -146,6 +146,7 @@ func (d *decoder) decode(c *Config) {
 	t.duration("lease", &c.Cluster.Lease)
 	t.duration("dead_server_grace", &c.Cluster.DeadServerGrace)
 	t.integer("max_voters", &c.Cluster.MaxVoters)
+	t.boolean("fence_guard", &c.Cluster.FenceGuard)
 
 	t = d.table("metrics")
 	t.str("postgres_dsn", &c.Metrics.PostgresDSN)
