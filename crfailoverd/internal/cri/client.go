@@ -235,8 +235,12 @@ func (c *Client) RestorePod(ctx context.Context, dir string, sb *runtimeapi.PodS
 // checkpoint image name) into a new pod: RunPodSandbox, CreateContainer with
 // the archive as its image, StartContainer. Before that it does what the
 // runtime needs done (see prepareRestore: on CRI-O, the base image pulled
-// and the checkpoint's mounts carried). On failure it removes the sandbox
-// it made.
+// and the checkpoint's mounts carried). When the runtime refuses the
+// container's name because a container that is not running holds it (one
+// left by a failed or interrupted restore, or by a node boot), that
+// container is removed and the create tried once more; a running holder
+// is never removed (ErrNameHeldByRunning, naming it). On failure it
+// removes the sandbox it made.
 func (c *Client) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandboxConfig, ctr *runtimeapi.ContainerConfig, archive string) (sandboxID, containerID string, err error) {
 	cc := cloneProto(ctr)
 	if err := c.prepareRestore(ctx, sb, cc, archive); err != nil {
@@ -256,9 +260,21 @@ func (c *Client) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandbox
 	}()
 	cc.Image = &runtimeapi.ImageSpec{Image: archive}
 	// Restore can take longer than an ordinary call: CRIU restores memory.
-	cctx, cancel = context.WithTimeout(ctx, 4*c.timeout)
-	cr, err := c.rt.CreateContainer(cctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandboxID, Config: cc, SandboxConfig: sb})
-	cancel()
+	create := func() (*runtimeapi.CreateContainerResponse, error) {
+		cctx, cancel := context.WithTimeout(ctx, 4*c.timeout)
+		defer cancel()
+		return c.rt.CreateContainer(cctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandboxID, Config: cc, SandboxConfig: sb})
+	}
+	cr, err := create()
+	if holder, held := nameConflict(err); held {
+		// An exited copy left by a failed or interrupted restore, or by a
+		// node boot, holds the name: remove it (never a running one) and
+		// try once more.
+		if ferr := c.freeName(ctx, sandboxID, cc, holder); ferr != nil {
+			return sandboxID, "", fmt.Errorf("%w; %w", c.wrap("CreateContainer from "+archive, err), ferr)
+		}
+		cr, err = create()
+	}
 	if err != nil {
 		return sandboxID, "", c.wrap("CreateContainer from "+archive, err)
 	}

@@ -4,16 +4,21 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -145,6 +150,51 @@ type fakeRuntime struct {
 	mu      sync.Mutex
 	calls   []string
 	created *runtimeapi.ContainerConfig
+	// holder, when set, holds the name of the container CreateContainer
+	// is asked for, until RemoveContainer removes it; holdMsg is the
+	// runtime's refusal (%s: the holder's ID; "" names no ID).
+	holder  *runtimeapi.Container
+	holdMsg string
+}
+
+func (f *fakeRuntime) ListContainers(_ context.Context, r *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	f.record("ListContainers")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.holder == nil || (r.Filter.GetPodSandboxId() != "" && r.Filter.GetPodSandboxId() != f.holder.PodSandboxId) {
+		return &runtimeapi.ListContainersResponse{}, nil
+	}
+	return &runtimeapi.ListContainersResponse{Containers: []*runtimeapi.Container{f.holder}}, nil
+}
+
+func (f *fakeRuntime) ContainerStatus(_ context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	f.record("ContainerStatus " + r.ContainerId)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.holder == nil || f.holder.Id != r.ContainerId {
+		return nil, status.Errorf(codes.NotFound, "container %q not found", r.ContainerId)
+	}
+	return &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: f.holder.Id, Metadata: f.holder.Metadata, State: f.holder.State}}, nil
+}
+
+func (f *fakeRuntime) RemoveContainer(_ context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
+	f.record("RemoveContainer " + r.ContainerId)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.holder != nil && f.holder.Id == r.ContainerId {
+		f.holder = nil
+	}
+	return &runtimeapi.RemoveContainerResponse{}, nil
+}
+
+func (f *fakeRuntime) StopPodSandbox(context.Context, *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
+	f.record("StopPodSandbox")
+	return &runtimeapi.StopPodSandboxResponse{}, nil
+}
+
+func (f *fakeRuntime) RemovePodSandbox(context.Context, *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
+	f.record("RemovePodSandbox")
+	return &runtimeapi.RemovePodSandboxResponse{}, nil
 }
 
 func (f *fakeRuntime) record(call string) {
@@ -179,8 +229,15 @@ func (f *fakeRuntime) RunPodSandbox(context.Context, *runtimeapi.RunPodSandboxRe
 func (f *fakeRuntime) CreateContainer(_ context.Context, r *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
 	f.record("CreateContainer")
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h := f.holder; h != nil && h.Metadata.GetName() == r.Config.GetMetadata().GetName() && h.Metadata.GetAttempt() == r.Config.GetMetadata().GetAttempt() {
+		msg := f.holdMsg
+		if strings.Contains(msg, "%s") {
+			msg = fmt.Sprintf(msg, h.Id)
+		}
+		return nil, status.Error(codes.Unknown, msg)
+	}
 	f.created = r.Config
-	f.mu.Unlock()
 	return &runtimeapi.CreateContainerResponse{ContainerId: "ctr"}, nil
 }
 
@@ -273,5 +330,104 @@ func TestNamespaceOptionsFromSpec(t *testing.T) {
 	}
 	if specFromInfo(map[string]string{"info": "not json"}) != nil || specFromInfo(nil) != nil {
 		t.Error("specFromInfo of no spec is not nil")
+	}
+}
+
+// The runtimes' refusals of a taken container name, as they word them.
+const (
+	containerdHeld = `failed to reserve container name "counter_p_default_uid_0": name "counter_p_default_uid_0" is reserved for "%s"`
+	crioHeld       = `the container name "k8s_counter_p_default_uid_0" is already in use by %s. You have to remove that container to be able to reuse that name: that name is already in use`
+)
+
+func TestRestoreContainerNameHeld(t *testing.T) {
+	archive := crioArchive(t)
+	exited, running := runtimeapi.ContainerState_CONTAINER_EXITED, runtimeapi.ContainerState_CONTAINER_RUNNING
+	for _, tc := range []struct {
+		name    string
+		runtime string
+		msg     string
+		state   runtimeapi.ContainerState
+		holder  string // the holder's metadata name ("": the restored container's)
+		calls   []string
+		ok      bool
+		running bool // the refusal is ErrNameHeldByRunning
+	}{
+		{"containerd exited holder", "containerd", containerdHeld, exited, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+		{"cri-o exited holder", "cri-o", crioHeld, exited, "",
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+		{"created (never started) holder", "containerd", containerdHeld, runtimeapi.ContainerState_CONTAINER_CREATED, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+		{"holder not named in the refusal: found in the sandbox", "containerd", "that name is already in use", exited, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ListContainers", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+		{"running holder: refused, not removed", "containerd", containerdHeld, running, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true},
+		{"cri-o running holder: refused", "cri-o", crioHeld, running, "",
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeRuntime{name: tc.runtime, have: true, holdMsg: tc.msg,
+				holder: &runtimeapi.Container{Id: "old", PodSandboxId: "sb", State: tc.state,
+					Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}}}
+			c := serveFake(t, f)
+			sb := &runtimeapi.PodSandboxConfig{LogDirectory: filepath.Join(t.TempDir(), "pods", "p")}
+			ctr := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}, LogPath: "counter/0.log"}
+			sbID, ctrID, err := c.RestoreContainer(context.Background(), sb, ctr, archive)
+			switch {
+			case tc.ok && (err != nil || sbID != "sb" || ctrID != "ctr"):
+				t.Fatalf("restore: %q %q %v", sbID, ctrID, err)
+			case !tc.ok && err == nil:
+				t.Fatalf("restore over a %s holder succeeded", tc.state)
+			}
+			if got := errors.Is(err, ErrNameHeldByRunning); got != tc.running {
+				t.Errorf("error %v: ErrNameHeldByRunning %v, want %v", err, got, tc.running)
+			}
+			if tc.running && !strings.Contains(err.Error(), "old") {
+				t.Errorf("the refusal does not name the running holder: %v", err)
+			}
+			if !slices.Equal(f.calls, tc.calls) {
+				t.Errorf("calls\n%v\nwant\n%v", f.calls, tc.calls)
+			}
+			if removed := f.holder == nil; removed != tc.ok {
+				t.Errorf("holder removed: %v, want %v", removed, tc.ok)
+			}
+		})
+	}
+}
+
+// A holder the refusal names but whose metadata is of another container
+// (a misread ID) is not removed.
+func TestFreeNameRefusesAnotherContainer(t *testing.T) {
+	f := &fakeRuntime{name: "containerd",
+		holder: &runtimeapi.Container{Id: "old", PodSandboxId: "sb", State: runtimeapi.ContainerState_CONTAINER_EXITED,
+			Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}}}
+	c := serveFake(t, f)
+	for _, md := range []*runtimeapi.ContainerMetadata{{Name: "other"}, {Name: "counter", Attempt: 1}} {
+		err := c.freeName(context.Background(), "sb", &runtimeapi.ContainerConfig{Metadata: md}, "old")
+		if err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("freeName for %v: %v, want a refusal", md, err)
+		}
+	}
+	if f.holder == nil {
+		t.Fatal("a container of another name or attempt was removed")
+	}
+}
+
+func TestNameConflict(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		holder string
+		ok     bool
+	}{
+		{status.Error(codes.Unknown, fmt.Sprintf(containerdHeld, "0123abcd")), "0123abcd", true},
+		{status.Error(codes.Unknown, fmt.Sprintf(crioHeld, "0123abcd")), "0123abcd", true},
+		{status.Error(codes.AlreadyExists, "exists"), "", true},
+		{status.Error(codes.Unknown, "image not known"), "", false},
+		{nil, "", false},
+	} {
+		holder, ok := nameConflict(tc.err)
+		if holder != tc.holder || ok != tc.ok {
+			t.Errorf("nameConflict(%v) = %q %v, want %q %v", tc.err, holder, ok, tc.holder, tc.ok)
+		}
 	}
 }
