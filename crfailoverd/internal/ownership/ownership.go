@@ -19,6 +19,7 @@ import (
 	"maps"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/notify"
@@ -139,6 +140,25 @@ type Board struct {
 	mu      sync.Mutex
 	v       *View
 	changed notify.Signal
+	quorum  time.Time // last real quorum contact (SetQuorumContact)
+}
+
+// SetQuorumContact records the cluster's last real contact with a quorum
+// (zero: none since the daemon started). It wakes nobody: it changes at
+// every look while connected, and only the fence guard's renewals read it.
+func (b *Board) SetQuorumContact(t time.Time) {
+	b.mu.Lock()
+	if t.After(b.quorum) {
+		b.quorum = t
+	}
+	b.mu.Unlock()
+}
+
+// QuorumContact is the last time given to SetQuorumContact (zero: none).
+func (b *Board) QuorumContact() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.quorum
 }
 
 // NewBoard returns a board whose first View is not connected (copies

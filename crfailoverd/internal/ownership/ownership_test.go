@@ -87,3 +87,22 @@ func TestBoardWakesOnlyOnChange(t *testing.T) {
 		t.Fatal("a clone shares the published View's map")
 	}
 }
+
+func TestBoardQuorumContact(t *testing.T) {
+	b := NewBoard("n1")
+	if !b.QuorumContact().IsZero() {
+		t.Fatal("a new board has quorum contact")
+	}
+	changed := b.Changed()
+	t1 := time.Unix(100, 0)
+	b.SetQuorumContact(t1)
+	b.SetQuorumContact(t1.Add(-time.Second)) // older: ignored
+	if got := b.QuorumContact(); !got.Equal(t1) {
+		t.Fatalf("QuorumContact %v, want %v", got, t1)
+	}
+	select {
+	case <-changed:
+		t.Fatal("quorum contact woke the view's readers")
+	default:
+	}
+}

@@ -180,6 +180,16 @@ func (c *Controller) Fenced() (bool, string) {
 	return c.verdict.fenced, c.verdict.why
 }
 
+// LastQuorum is this node's last real contact with a working quorum (it
+// led, or heard a leader), as the fence clock counts it; zero when it had
+// none since the controller started. The fence guard's deadline is derived
+// from it and from nothing else.
+func (c *Controller) LastQuorum() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fence.lastQuorum
+}
+
 // Run reacts until ctx ends, then waits for the restores and
 // registrations it started.
 func (c *Controller) Run(ctx context.Context) error {
@@ -259,7 +269,11 @@ func (c *Controller) observeQuorum() fenceVerdict {
 	v := c.fence.observe(s)
 	was := c.verdict.fenced
 	c.verdict = v
+	lastQuorum := c.fence.lastQuorum
 	c.mu.Unlock()
+	if c.o.Board != nil {
+		c.o.Board.SetQuorumContact(lastQuorum)
+	}
 	switch {
 	case v.firstContact:
 		c.log.Info("connected to the cluster's quorum", "leader", c.o.Quorum.Leader())

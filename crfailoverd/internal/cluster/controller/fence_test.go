@@ -60,3 +60,40 @@ func TestFenceClock(t *testing.T) {
 		})
 	}
 }
+
+// TestFenceClockLastQuorum: the fence guard's deadline comes from
+// lastQuorum, which only real contact moves, and never backwards.
+func TestFenceClockLastQuorum(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	cases := []struct {
+		name    string
+		samples []quorumSample
+		want    time.Time
+	}{
+		{"no contact since start: zero", []quorumSample{
+			{now: at(0), voters: 3, votersUp: 3},
+			{now: at(900), leaderKnown: true, voters: 3, votersUp: 3}, // a leader known, but never heard
+		}, time.Time{}},
+		{"leader: its own look", []quorumSample{{now: at(700), leader: true, leaderKnown: true, voters: 3, votersUp: 3}}, at(700)},
+		{"follower: the leader's last contact, not the look", []quorumSample{{now: at(900), leaderKnown: true, lastContact: at(400), voters: 3, votersUp: 3}}, at(400)},
+		{"looks without contact do not move it", []quorumSample{
+			{now: at(0), leaderKnown: true, lastContact: at(0), voters: 3, votersUp: 3},
+			{now: at(2000), voters: 3, votersUp: 1},
+			{now: at(4000), voters: 3, votersUp: 3},
+		}, at(0)},
+		{"an older contact does not move it back", []quorumSample{
+			{now: at(1000), leader: true, leaderKnown: true, voters: 3, votersUp: 3},
+			{now: at(1100), leaderKnown: true, lastContact: at(500), voters: 3, votersUp: 3},
+		}, at(1000)},
+	}
+	for _, tc := range cases {
+		f := fenceClock{lease: 3 * time.Second}
+		for _, s := range tc.samples {
+			f.observe(s)
+		}
+		if !f.lastQuorum.Equal(tc.want) {
+			t.Errorf("%s: lastQuorum %v, want %v", tc.name, f.lastQuorum, tc.want)
+		}
+	}
+}
