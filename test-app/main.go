@@ -8,6 +8,15 @@
 //	               process finds itself restored from a checkpoint
 //	GET  /kill     answers, then exits with status 1
 //	GET  /health   200
+//	GET  /checksum {"counter":N,"sha256":"..."}: the big state's hash with
+//	               the counter it belongs to (404 without -state-mb)
+//
+// With -state-mb N the app also holds N MiB of big state
+// (test-app/bigstate, filled from -state-seed) and rewrites one page of it
+// on every tick, so a restored copy can be checked byte for byte:
+// /checksum must equal bigstate.Expected(N, seed, counter). Hashing 100 MB
+// takes a few hundred milliseconds, during which the counter waits. POST
+// /state sets the big state to match the new counter.
 //
 // It writes one log line per second.
 package main
@@ -23,6 +32,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/test-app/bigstate"
 )
 
 type app struct {
@@ -30,13 +41,20 @@ type app struct {
 	counter  int64
 	restored bool
 	lastTick time.Time
+	state    *bigstate.State // nil: no big state
 }
 
 func main() {
 	addr := flag.String("listen", ":8080", "listen address (must be a wildcard address so a restored process can serve on another node)")
+	stateMB := flag.Int("state-mb", 0, "MiB of big state to hold and check (0: none)")
+	stateSeed := flag.Uint64("state-seed", 1, "seed the big state is filled from")
 	flag.Parse()
 
 	a := &app{lastTick: time.Now()}
+	if *stateMB > 0 {
+		a.state = bigstate.New(*stateMB, *stateSeed)
+		log.Printf("counter: holding %d MiB of big state from seed %d", *stateMB, *stateSeed)
+	}
 	go a.count()
 	go a.logLoop()
 
@@ -72,6 +90,9 @@ func (a *app) tick(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.counter++
+	if a.state != nil {
+		a.state.Tick(a.counter)
+	}
 	// Wall clock, not Go's monotonic reading: CRIU restores the container's
 	// time namespace so that its monotonic clock shows no gap.
 	if now.Round(0).Sub(a.lastTick.Round(0)) > restoreGap {
@@ -106,6 +127,9 @@ func (a *app) routes() http.Handler {
 		}
 		a.mu.Lock()
 		a.counter = *body.Counter
+		if a.state != nil {
+			a.state.Set(a.counter)
+		}
 		a.mu.Unlock()
 		writeJSON(w, map[string]int64{"counter": *body.Counter})
 	})
@@ -113,6 +137,16 @@ func (a *app) routes() http.Handler {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		writeJSON(w, map[string]any{"restore": a.restored, "counter": a.counter})
+	})
+	mux.HandleFunc("GET /checksum", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.state == nil {
+			http.Error(w, "no big state: the app was started without -state-mb", http.StatusNotFound)
+			return
+		}
+		// Counter and memory under one lock: the sum is the counter's.
+		writeJSON(w, map[string]any{"counter": a.counter, "sha256": a.state.Sum()})
 	})
 	mux.HandleFunc("GET /kill", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "exiting with status 1")

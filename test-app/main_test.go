@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/crfailoverd/crfailoverd/test-app/bigstate"
 )
 
 func get(t *testing.T, h http.Handler, method, path, body string) (int, map[string]any) {
@@ -57,4 +59,51 @@ func TestTickGapMarksRestore(t *testing.T) {
 	if !a.restored || a.counter != 2 {
 		t.Fatalf("after a 5 s gap: restored=%t counter=%d", a.restored, a.counter)
 	}
+}
+
+func TestChecksum(t *testing.T) {
+	// Without big state: 404, with a message that says why.
+	plain := (&app{lastTick: time.Now()}).routes()
+	rec := httptest.NewRecorder()
+	plain.ServeHTTP(rec, httptest.NewRequest("GET", "/checksum", nil))
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "-state-mb") {
+		t.Fatalf("GET /checksum without big state: %d %q", rec.Code, rec.Body.String())
+	}
+
+	// With 1 MiB: the sum is the one the reported counter implies, after
+	// ticks and after a POST /state.
+	const seed = 5
+	a := &app{lastTick: time.Now(), state: bigstate.New(1, seed)}
+	h := a.routes()
+	now := a.lastTick
+	check := func(wantCounter int64) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/checksum", nil))
+		var body struct {
+			Counter *int64 `json:"counter"`
+			SHA256  string `json:"sha256"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != 200 || body.Counter == nil {
+			t.Fatalf("GET /checksum: %d %q (%v)", rec.Code, rec.Body.String(), err)
+		}
+		if *body.Counter != wantCounter {
+			t.Fatalf("GET /checksum: counter %d, want %d", *body.Counter, wantCounter)
+		}
+		if want := bigstate.Expected(1, seed, *body.Counter); body.SHA256 != want {
+			t.Fatalf("GET /checksum at counter %d: sha256 %s, want %s", *body.Counter, body.SHA256, want)
+		}
+	}
+	check(0)
+	for i := 0; i < 300; i++ { // past the 256 pages of 1 MiB
+		now = now.Add(100 * time.Millisecond)
+		a.tick(now)
+	}
+	check(300)
+	if code, _ := get(t, h, "POST", "/state", `{"counter":41}`); code != 200 {
+		t.Fatalf("POST /state: %d", code)
+	}
+	check(41)
+	a.tick(now.Add(100 * time.Millisecond))
+	check(42)
 }
