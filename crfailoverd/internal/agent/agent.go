@@ -139,6 +139,8 @@ type Agent struct {
 	fencing       map[string]bool            // sandboxes being stopped on the cluster's word
 	handoffs      map[store.Workload]handoff // restores handed to kubelet, until its pod runs
 	gone          map[store.Workload]*worker // the last worker of each workload that went away
+	copies        []LocalCopy                // copies found by the last discovery pass (LocalCopies)
+	copiesKnown   bool
 	wg            sync.WaitGroup
 }
 
@@ -260,6 +262,7 @@ func (a *Agent) discover(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.runtimeErr = ""
+	a.noteCopies(found)
 	var msgs []string
 	for _, p := range problems {
 		msgs = append(msgs, p.Error())
