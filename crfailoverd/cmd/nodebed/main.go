@@ -34,6 +34,12 @@ Commands:
                          node, the counter on n1 checkpointed every second and replicated,
                          n1 power-cut, the counter serving again from a peer with its state;
                          prints the figures and tears down (-keep leaves it up)
+  soak [-nodes 5] [-duration 10m] [-seed S] [-kinds k,k] [-kubelet] [-out DIR] [-keep]
+                         the nemesis soak: random power cuts, partitions, one-way links,
+                         daemon kills and pauses, full disks and leader kills on a 5-node
+                         bed with three workloads, judged from outside (double copies,
+                         recovery, lost state); report.json and timeline.png in DIR
+                         (default soak-SEED/); exit 1 on any problem (soak -h for more)
   restore-demo [-keep]   the manual path underneath: a 2-node bed, the counter on n1
                          checkpointed through n1's kubelet, restored on n2 through CRI
   down                   tear the bed down: processes, namespaces, links, cgroups, node files
@@ -92,6 +98,10 @@ func run(ctx context.Context, cmd string, args []string) error {
 	cfg, err := testbed.ConfigFromEnv()
 	if err != nil {
 		return err
+	}
+	if cmd == "soak" {
+		// A soak waits for the bed's lock (tests queue on it too).
+		return soakCmd(ctx, cfg, args)
 	}
 	if cmd != "leftovers" && cmd != "status" && cmd != "counter" && !isHelp(args) {
 		unlock, err := testbed.LockBed(cfg, false)

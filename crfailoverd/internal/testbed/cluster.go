@@ -27,7 +27,14 @@ func (b *Bed) Admin(node string) (*admin.Client, error) {
 // and waits until every node is an alive Raft member and there is a
 // leader. It returns the daemons' process ids.
 func (b *Bed) StartCluster(ctx context.Context, bin string, extra ...string) (map[string]int, error) {
-	pids := map[string]int{}
+	pids, _, err := b.startCluster(ctx, bin, nil, extra...)
+	return pids, err
+}
+
+// startCluster is StartCluster with each node's configuration passed
+// through edit (nil: as it is); it returns the configurations too.
+func (b *Bed) startCluster(ctx context.Context, bin string, edit func(string) string, extra ...string) (map[string]int, map[string]string, error) {
+	pids, configs := map[string]int{}, map[string]string{}
 	nodes := b.Nodes()
 	method := "cri"
 	if b.cfg.Kubelet {
@@ -36,19 +43,23 @@ func (b *Bed) StartCluster(ctx context.Context, bin string, extra ...string) (ma
 	for _, n := range nodes {
 		cfg, err := b.DaemonConfig(n.Name, method, "")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cl, err := b.ClusterConfig(n.Name, len(nodes), extra...)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if pids[n.Name], err = b.StartDaemon(ctx, n.Name, bin, cfg+cl); err != nil {
-			return nil, err
+		configs[n.Name] = cfg + cl
+		if edit != nil {
+			configs[n.Name] = edit(configs[n.Name])
+		}
+		if pids[n.Name], err = b.StartDaemon(ctx, n.Name, bin, configs[n.Name]); err != nil {
+			return nil, nil, err
 		}
 	}
 	a, err := b.Admin(nodes[0].Name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	err = poll(ctx, 90*time.Second, fmt.Sprintf("%d alive members with a leader", len(nodes)), func() (bool, error) {
 		ms, err := a.Members(ctx)
@@ -64,7 +75,7 @@ func (b *Bed) StartCluster(ctx context.Context, bin string, extra ...string) (ma
 		}
 		return alive == len(nodes) && leader, nil
 	})
-	return pids, err
+	return pids, configs, err
 }
 
 // ClusterWorkload returns the cluster's record of a workload, asked on node.
