@@ -63,7 +63,7 @@ func TestCheck(t *testing.T) {
 		},
 		{
 			name: "one node serving twice is no double copy",
-			in: Input{Duration: s(1), Workloads: []string{"w"}, Samples: []Sample{{At: 0, Workload: "w", Copies: []Copy{serving("n1", 0), serving("n1", 0)}}}},
+			in:   Input{Duration: s(1), Workloads: []string{"w"}, Samples: []Sample{{At: 0, Workload: "w", Copies: []Copy{serving("n1", 0), serving("n1", 0)}}}},
 			check: func(t *testing.T, r Report) {
 				if len(r.DoubleCopies) != 0 {
 					t.Fatalf("double copies %v, want none", r.DoubleCopies)
