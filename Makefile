@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 NODEBED := $(GO) run ./crfailoverd/cmd/nodebed
 
-.PHONY: all build setup demo test unit cluster-race bench bench-short e2e vet down clean package lint-ansible
+.PHONY: all build setup demo test unit cluster-race bench bench-short e2e soak vet down clean package lint-ansible
 
 all: build
 
@@ -66,8 +66,12 @@ bench-short:
 # kubelet v1.37 with containerd, then with CRI-O (the ansible test, which
 # brings its own systemd nodes, runs once).
 E2E_RUN = CRF_E2E=1 $(GO) test -p 1 -count=1 -v -run 'E2E' -timeout 60m
+# The short nemesis soak (fixed seed) runs after the first containerd
+# line; that line skips TestE2ESoak (no CRF_SOAK_DURATION).
+SOAK_SHORT ?= 2m
 e2e:
 	$(E2E_RUN) ./crfailoverd/internal/testbed/
+	CRF_SOAK_DURATION=$(SOAK_SHORT) CRF_SOAK_SEED=1 $(E2E_RUN) -run E2ESoak ./crfailoverd/internal/testbed/
 	CRF_BED_RUNTIME=crio $(E2E_RUN) ./crfailoverd/internal/testbed/
 	CRF_BED_CONTAINERD=2.4.2 $(E2E_RUN) -run 'E2ENativeRestore|E2ENativeDaemon' ./crfailoverd/internal/testbed/
 	CRF_BED_NODE_RUNTIMES=n1=containerd,n2=containerd-2.3.7+restore,n3=containerd-2.4.2,n4=containerd-2.3.7,n5=crio $(E2E_RUN) -run 'E2ENodeRuntimes|E2EMixedRuntimes' ./crfailoverd/internal/testbed/
@@ -89,3 +93,13 @@ down:
 
 clean: down
 	rm -rf bin dist cluster.cover
+
+# The long nemesis soak: three 10-minute runs on containerd nodes (seeds
+# 11, 12, 13), then one on kubelet nodes (seed 21). Every run runs; the
+# target fails if any found a problem. Output in soak-SEED/.
+SOAK_LONG ?= 10m
+soak:
+	@fail=0; \
+	for s in 11 12 13; do $(NODEBED) soak -duration $(SOAK_LONG) -seed $$s || fail=1; done; \
+	$(NODEBED) soak -duration $(SOAK_LONG) -seed 21 -kubelet -out soak-21-kubelet || fail=1; \
+	exit $$fail
