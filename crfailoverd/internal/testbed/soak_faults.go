@@ -161,15 +161,12 @@ func (m *nemesis) powerCut(ctx context.Context, node string) error {
 	})
 }
 
-// undoPowerCut boots the node again (its runtime, and kubelet on kubelet
-// nodes) and starts its daemon.
+// undoPowerCut boots the node again as systemd orders it: its runtime,
+// its daemon, then kubelet (or the emulator).
 func (m *nemesis) undoPowerCut(node string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		return m.locked(func() error {
-			if err := m.b.StartNode(ctx, node); err != nil {
-				return err
-			}
-			return m.startDaemonLocked(ctx, node)
+			return m.b.BootNode(ctx, node, func(ctx context.Context) error { return m.startDaemonLocked(ctx, node) })
 		})
 	}
 }
