@@ -192,6 +192,7 @@ type observer struct {
 
 	wantMu sync.Mutex
 	want   map[int64]string
+	exp    *bigstate.Expecter // made on first use: 100 MiB
 }
 
 // freshFor: an observation older than this says nothing (its prober is
@@ -392,7 +393,10 @@ func (o *observer) wantCheck(counter int64) string {
 	if w, ok := o.want[counter]; ok {
 		return w
 	}
-	w := bigstate.Expected(soakStateMB, soakStateSeed, counter)
+	if o.exp == nil {
+		o.exp = bigstate.NewExpecter(soakStateMB, soakStateSeed)
+	}
+	w := o.exp.Expected(counter)
 	o.want[counter] = w
 	return w
 }
