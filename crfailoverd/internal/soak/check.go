@@ -154,6 +154,9 @@ func attribute(in Input, start time.Duration) int {
 	best := -1
 	var bestStart time.Duration
 	for i, f := range in.Faults {
+		if !Ran(f) {
+			continue
+		}
 		s, e := FaultSpan(f, in.Duration)
 		if start < s || start > e+attributeSettle {
 			continue
@@ -164,6 +167,10 @@ func attribute(in Input, start time.Duration) int {
 	}
 	return best
 }
+
+// Ran reports whether the runner started fault f: a fault with an error
+// and neither Start nor End set never ran (the soak stopped before it).
+func Ran(f Fault) bool { return f.Start != 0 || f.End != 0 || f.Err == "" }
 
 // FaultSpan is when a fault really ran: Start to End as the runner set
 // them, the planned At to At+For when it set neither, and to the soak's

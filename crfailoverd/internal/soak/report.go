@@ -12,12 +12,24 @@ import (
 //
 //	seed=N duration_s=N faults=N double_copy_moments=N max_recovery_ms=N counter_regressions=N checksum_mismatches=N given_up=N unexpected_crashes=N error_lines=N unrecovered=N
 //
-// faults counts the executed faults (Input.Faults), double_copy_moments
+// faults counts the executed faults (see Executed), double_copy_moments
 // the samples with two serving copies.
 func (r Report) Line() string {
 	return fmt.Sprintf("seed=%d duration_s=%d faults=%d double_copy_moments=%d max_recovery_ms=%d counter_regressions=%d checksum_mismatches=%d given_up=%d unexpected_crashes=%d error_lines=%d unrecovered=%d",
-		r.Seed, int64(r.Duration/time.Second), len(r.Faults), len(r.DoubleCopies), r.MaxRecovery.Milliseconds(),
+		r.Seed, int64(r.Duration/time.Second), r.Executed(), len(r.DoubleCopies), r.MaxRecovery.Milliseconds(),
 		len(r.Regressions), len(r.ChecksumMismatches), len(r.GivenUp), len(r.Crashes), len(r.ErrorLines), len(r.Unrecovered))
+}
+
+// Executed is how many of the faults ran (see Ran): a fault the soak was
+// stopped before is in Faults, with its Err, but not counted.
+func (r Report) Executed() int {
+	n := 0
+	for _, f := range r.Faults {
+		if Ran(f.Fault) {
+			n++
+		}
+	}
+	return n
 }
 
 // OK reports whether the soak found no problem (error lines are reported,
@@ -76,12 +88,16 @@ type KindStat struct {
 	Median, P95, Max time.Duration
 }
 
-// KindStats is the recovery distribution per fault kind, in Kinds order
-// (then any other kind by name); kinds without faults are left out.
+// KindStats is the recovery distribution per fault kind over the faults
+// that ran, in Kinds order (then any other kind by name); kinds without
+// faults are left out.
 func (r Report) KindStats() []KindStat {
 	by := map[Kind]*KindStat{}
 	rec := map[Kind][]time.Duration{}
 	for _, f := range r.Faults {
+		if !Ran(f.Fault) {
+			continue
+		}
 		s := by[f.Kind]
 		if s == nil {
 			s = &KindStat{Kind: f.Kind}

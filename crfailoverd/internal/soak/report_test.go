@@ -17,7 +17,7 @@ func sampleReport() Report {
 			{Fault: Fault{Kind: PowerCut, Nodes: []string{"n1"}, At: s(10), For: s(5), Start: s(10), End: s(16)}, Recovery: s(4.2), Outages: 2},
 			{Fault: Fault{Kind: PowerCut, Nodes: []string{"n2"}, At: s(40), For: s(5)}, Recovery: s(2.1), Outages: 1},
 			{Fault: Fault{Kind: PowerCut, Nodes: []string{"n3"}, At: s(60), For: s(5)}},
-			{Fault: Fault{Kind: DiskFull, Nodes: []string{"n3"}, At: s(70), For: s(9), Err: "fill /var/lib/crfailoverd on n3: no such file"}},
+			{Fault: Fault{Kind: DiskFull, Nodes: []string{"n3"}, At: s(70), For: s(9), Start: s(70), End: s(70.2), Err: "fill /var/lib/crfailoverd on n3: no such file"}},
 			{Fault: Fault{Kind: LeaderKill, Nodes: []string{"n4", "n5"}, Workload: 2, At: s(80), For: s(6)}, Recovery: s(9), Outages: 1},
 		},
 		Outages: []Outage{
