@@ -36,6 +36,15 @@ type ReplicatorOptions struct {
 	OnFailed func(e store.Entry, peer string, err error)
 	// Log receives per-attempt failures (nil: discarded).
 	Log *slog.Logger
+	// Aside sets aside peers that cannot take archives (nil: one with
+	// the defaults: 30 s after a ResourceExhausted refusal or 3 failed
+	// pushes in a row, doubling up to 5 minutes, reset on a success).
+	// While a peer is set aside its queue waits, and the entries it held
+	// are reported to OnFailed with an error wrapping ErrSetAside, so the
+	// caller can send them to other peers (see SetAside).
+	Aside *Aside
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
 }
 
 // Replicator pushes local checkpoints to peers. Each peer has its own
@@ -93,6 +102,12 @@ func NewReplicator(o ReplicatorOptions) *Replicator {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	if o.Aside == nil {
+		o.Aside = &Aside{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	return &Replicator{o: o, sem: make(chan struct{}, o.MaxConcurrent), queues: map[string]*queue{}}
 }
 
@@ -137,6 +152,13 @@ func (r *Replicator) Run(ctx context.Context) {
 	r.ctx = nil // no new workers from here on
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// SetAside reports whether peer is set aside now (it refused archives
+// for lack of room, or failed pushes in a row), and until when: choose
+// another peer for new replicas meanwhile.
+func (r *Replicator) SetAside(peer string) (until time.Time, ok bool) {
+	return r.o.Aside.Until(peer, r.o.Now())
 }
 
 // Pending returns, per peer with a backlog, the entries waiting or being
@@ -225,7 +247,11 @@ func (r *Replicator) work(ctx context.Context, q *queue) {
 	defer r.wg.Done()
 	for {
 		r.mu.Lock()
-		i, wait := q.next(time.Now())
+		now := r.o.Now()
+		i, wait := q.next(now)
+		if until, aside := r.o.Aside.Until(q.peer, now); aside && i >= 0 {
+			i, wait = -1, until.Sub(now) // set aside: its queue waits
+		}
 		if (i < 0 && wait == 0) || ctx.Err() != nil {
 			q.working = false // under the same lock as the check: Enqueue starts a new worker
 			r.mu.Unlock()
@@ -251,7 +277,10 @@ func (r *Replicator) work(ctx context.Context, q *queue) {
 		// Take the job only now that a slot is ours, so that entries
 		// enqueued while waiting for it can still replace it.
 		r.mu.Lock()
-		i, _ = q.next(time.Now())
+		i, _ = q.next(r.o.Now())
+		if _, aside := r.o.Aside.Until(q.peer, r.o.Now()); aside {
+			i = -1
+		}
 		if i < 0 {
 			r.mu.Unlock()
 			<-r.sem
@@ -287,6 +316,7 @@ func (r *Replicator) finish(ctx context.Context, q *queue, j *job, took time.Dur
 	r.mu.Lock()
 	q.inflight = nil
 	if err == nil {
+		r.o.Aside.Record(q.peer, nil, r.o.Now())
 		r.mu.Unlock()
 		log.Debug("replicated checkpoint", slog.Duration("took", took), slog.Int64("bytes", j.e.Size))
 		r.o.OnReplicated(j.e, q.peer, took, j.e.Size)
@@ -301,11 +331,28 @@ func (r *Replicator) finish(ctx context.Context, q *queue, j *job, took time.Dur
 	}
 	j.tries++
 	superseded := q.superseded(j.e)
+	setAside, until, why := r.o.Aside.Record(q.peer, err, r.o.Now())
+	if setAside {
+		// Hand this entry and every waiting one back, for other peers.
+		moved := q.waiting
+		if !superseded {
+			moved = append([]*job{j}, moved...)
+		}
+		q.waiting = nil
+		r.mu.Unlock()
+		log.Warn("peer set aside; its replicas go to other peers meanwhile", slog.String("reason", why),
+			slog.Time("until", until), slog.Int("entries", len(moved)))
+		for _, m := range moved {
+			r.o.OnFailed(m.e, q.peer, fmt.Errorf("replicate %s seq %d to %s: %w until %s: %s", m.e.Workload, m.e.Seq, q.peer,
+				ErrSetAside, until.UTC().Format(time.RFC3339), why))
+		}
+		return
+	}
 	giveUp := !superseded && (j.tries >= r.o.MaxTries || errors.Is(err, fs.ErrNotExist))
 	var retryIn time.Duration
 	if !superseded && !giveUp {
 		retryIn = r.backoff(j.tries)
-		j.after = time.Now().Add(retryIn)
+		j.after = r.o.Now().Add(retryIn)
 		q.waiting = append([]*job{j}, q.waiting...)
 	}
 	r.mu.Unlock()

@@ -42,6 +42,13 @@ type Queue interface {
 	Enqueue(e store.Entry, targets []string)
 }
 
+// Aside tells which peers cannot take archives for now (a full disk,
+// failures in a row): new replicas go to other peers meanwhile. A Queue
+// that implements it (peer.Replicator) is used as such.
+type Aside interface {
+	SetAside(peer string) (until time.Time, ok bool)
+}
+
 // Members is the gossip view: which members are alive.
 type Members interface {
 	Alive() map[string]bool
@@ -75,6 +82,7 @@ type Options struct {
 type Replication struct {
 	o       Options
 	queue   Queue
+	aside   Aside // nil: no peer is ever set aside
 	records chan record
 
 	mu      sync.Mutex
@@ -101,8 +109,12 @@ func New(o Options) *Replication {
 }
 
 // UseQueue sets the transfer queue (whose callbacks are Replicated and
-// ReplicateFailed).
-func (r *Replication) UseQueue(q Queue) { r.queue = q }
+// ReplicateFailed). When it also implements Aside, peers it sets aside
+// get no new replicas while they are.
+func (r *Replication) UseQueue(q Queue) {
+	r.queue = q
+	r.aside, _ = q.(Aside)
+}
 
 // Record commits checkpoint e of a local copy of epoch copyEpoch to the
 // replicated state, then replicates it. It does not block: records wait
@@ -176,7 +188,7 @@ func (r *Replication) Targets(workload string) []string {
 func (r *Replication) targets(workload string, cc *state.CommitCheckpoint) []string {
 	var peers []string
 	for n, ok := range r.o.Members.Alive() {
-		if ok && n != r.o.Node {
+		if ok && n != r.o.Node && !r.setAside(n) {
 			peers = append(peers, n)
 		}
 	}
@@ -253,9 +265,46 @@ func (r *Replication) Replicated(e store.Entry, to string, took time.Duration, b
 	r.queueRecord(record{what: "record replica on " + to, cmd: &state.AddHolder{At: time.Now(), ID: e.Workload.String(), Seq: e.Seq, SHA256: e.SHA256, Size: e.Size, Node: to}})
 }
 
-// ReplicateFailed records that e could not be sent to peer to.
+// ReplicateFailed records that e could not be sent to peer to. When the
+// queue set that peer aside (peer.ErrSetAside), e goes to the peers
+// chosen without it that do not hold it yet, to keep the factor.
 func (r *Replication) ReplicateFailed(e store.Entry, to string, err error) {
 	r.o.Events(event.Event{Kind: event.ReplicateFailed, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Err: err.Error()})
+	if !errors.Is(err, peer.ErrSetAside) || r.queue == nil {
+		return
+	}
+	id := e.Workload.String()
+	var held []string
+	if r.o.State != nil {
+		if w := r.o.State.State().Workloads[id]; w != nil {
+			if cp := w.Checkpoint(e.Seq); cp != nil && cp.SHA256 == e.SHA256 {
+				held = cp.Holders
+			} else {
+				return // trimmed or replaced: a newer checkpoint is on its way
+			}
+		}
+	}
+	var instead []string
+	for _, t := range r.targets(id, &state.CommitCheckpoint{ID: id, Node: r.o.Node, Checkpoint: r.Checkpoint(e)}) {
+		if t != to && !slices.Contains(held, t) {
+			instead = append(instead, t)
+		}
+	}
+	if len(instead) == 0 {
+		r.o.Log.Warn("peer set aside and no other peer is left for this replica", "workload", id, "seq", e.Seq, "peer", to)
+		return
+	}
+	r.o.Log.Info("replicating to other peers while a peer is set aside", "workload", id, "seq", e.Seq, "peer", to, "instead", strings.Join(instead, ","))
+	r.queue.Enqueue(e, instead)
+}
+
+// setAside reports whether the queue has set peer n aside.
+func (r *Replication) setAside(n string) bool {
+	if r.aside == nil {
+		return false
+	}
+	_, ok := r.aside.SetAside(n)
+	return ok
 }
 
 // Fetch pulls checkpoint seq of w from one of its holders, in holder order.
