@@ -6,8 +6,10 @@ package timeline
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -164,6 +166,7 @@ func Plot(in soak.Input, r soak.Report) *plot.Plot {
 		p.HideY()
 	}
 	p.Y.Tick.Length = 0
+	p.X.Tick.Marker = secondsTicks{end: max(end.Seconds(), 1)}
 	p.Add(plotter.NewGrid())
 
 	bars := &rects{label: p.X.Tick.Label}
@@ -171,6 +174,9 @@ func Plot(in soak.Input, r soak.Report) *plot.Plot {
 	bars.label.XAlign, bars.label.YAlign = draw.XLeft, draw.YBottom
 	kindsSeen := map[soak.Kind]bool{}
 	for _, f := range faults(in, r) {
+		if !soak.Ran(f) {
+			continue
+		}
 		s, e := soak.FaultSpan(f, end)
 		col := kindColor(f.Kind)
 		kindsSeen[f.Kind] = true
@@ -266,6 +272,33 @@ func servingNodes(s soak.Sample) []string {
 	return out
 }
 
+// secondsTicks marks round seconds up to the soak's end: a labelled tick
+// every 10, 30, 60, 120 or 300 s (about ten), unlabelled ones in between.
+type secondsTicks struct{ end float64 }
+
+// Ticks implements plot.Ticker.
+func (st secondsTicks) Ticks(lo, hi float64) []plot.Tick {
+	hi = min(hi, st.end)
+	step := 10.0
+	for _, s := range []float64{10, 30, 60, 120, 300} {
+		step = s
+		if (hi-lo)/s <= 12 {
+			break
+		}
+	}
+	minor := step / 5
+	var t []plot.Tick
+	for i := math.Ceil(lo / minor); i*minor <= hi; i++ {
+		v := i * minor
+		label := ""
+		if math.Mod(v, step) == 0 {
+			label = strconv.FormatFloat(v, 'f', -1, 64)
+		}
+		t = append(t, plot.Tick{Value: v, Label: label})
+	}
+	return t
+}
+
 func kindOrder(seen map[soak.Kind]bool) []soak.Kind {
 	var out []soak.Kind
 	for _, k := range soak.Kinds {
@@ -350,6 +383,12 @@ func (b *rects) add(from, to time.Duration, y, h float64, c color.Color, label s
 // Plot implements plot.Plotter.
 func (b *rects) Plot(c draw.Canvas, plt *plot.Plot) {
 	trX, trY := plt.Transforms(&c)
+	// A label that would run into the previous one on its row goes below
+	// the bar instead (and the next one above again).
+	type row struct {
+		above, below vg.Length // where the last label above / below ends
+	}
+	rows := map[float64]*row{}
 	for _, r := range b.items {
 		x0, x1 := trX(r.x0), trX(r.x1)
 		if x1-x0 < 1 {
@@ -360,8 +399,24 @@ func (b *rects) Plot(c draw.Canvas, plt *plot.Plot) {
 		if len(pts) > 0 {
 			c.FillPolygon(r.c, pts)
 		}
-		if r.label != "" {
+		if r.label == "" {
+			continue
+		}
+		rw := rows[r.y]
+		if rw == nil {
+			rw = &row{above: -1e9, below: -1e9}
+			rows[r.y] = rw
+		}
+		w := b.label.Width(r.label)
+		switch {
+		case x0 > rw.above+2 || x0 <= rw.below+2 && rw.above <= rw.below:
 			c.FillText(b.label, vg.Point{X: x0, Y: y1 + 1}, r.label)
+			rw.above = x0 + w
+		default:
+			sty := b.label
+			sty.YAlign = draw.YTop
+			c.FillText(sty, vg.Point{X: x0, Y: y0 - 1}, r.label)
+			rw.below = x0 + w
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,6 +50,53 @@ func synthetic() soak.Input {
 	return in
 }
 
+// scheduled is a 10-minute soak on five nodes from a real schedule: each
+// of three workloads moves to the next free node 3 s after a fault hits
+// its owner.
+func scheduled() soak.Input {
+	nodes := []string{"n1", "n2", "n3", "n4", "n5"}
+	in := soak.Input{Seed: 3, Duration: 10 * time.Minute, Workloads: []string{"counter", "counter2", "big"}}
+	in.Faults = soak.Schedule(soak.ScheduleConfig{Seed: 3, Duration: in.Duration, Nodes: nodes})
+	for i := range in.Faults {
+		f := &in.Faults[i]
+		if f.Kind == soak.LeaderKill {
+			f.Nodes = []string{nodes[f.Workload], nodes[4]}
+		}
+		f.Start, f.End = f.At, f.At+f.For
+	}
+	hit := func(n string, at time.Duration) bool {
+		for _, f := range in.Faults {
+			if at >= f.Start && at < f.End && slices.Contains(f.Nodes, n) {
+				return true
+			}
+		}
+		return false
+	}
+	owner := []string{"n1", "n2", "n3"}
+	downAt := []time.Duration{-1, -1, -1}
+	for at := time.Duration(0); at < in.Duration; at += 100 * time.Millisecond {
+		for wi, w := range in.Workloads {
+			if hit(owner[wi], at) && downAt[wi] < 0 {
+				downAt[wi] = at
+			}
+			if downAt[wi] >= 0 && at-downAt[wi] >= 3*time.Second {
+				for _, n := range nodes {
+					if !hit(n, at) && n != owner[wi] {
+						owner[wi], downAt[wi] = n, -1
+						break
+					}
+				}
+			}
+			sm := soak.Sample{At: at, Workload: w}
+			if downAt[wi] < 0 {
+				sm.Copies = []soak.Copy{{Node: owner[wi], Running: true, Serving: true, Counter: int64(at / (100 * time.Millisecond))}}
+			}
+			in.Samples = append(in.Samples, sm)
+		}
+	}
+	return in
+}
+
 func TestDraw(t *testing.T) {
 	full := synthetic()
 	cases := []struct {
@@ -57,6 +106,7 @@ func TestDraw(t *testing.T) {
 		{"synthetic", full},
 		{"empty", soak.Input{}},
 		{"faults only", soak.Input{Duration: time.Minute, Faults: full.Faults}},
+		{"scheduled", scheduled()},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,9 +127,10 @@ func TestDraw(t *testing.T) {
 			if format != "png" || cfg.Width != Width || cfg.Height != Height {
 				t.Fatalf("got a %s of %dx%d, want a png of %dx%d", format, cfg.Width, cfg.Height, Width, Height)
 			}
-			if out := os.Getenv("CRF_TIMELINE_OUT"); out != "" && tc.name == "synthetic" {
+			// CRF_TIMELINE_OUT=dir keeps the images to look at.
+			if out := os.Getenv("CRF_TIMELINE_OUT"); out != "" {
 				b, _ := os.ReadFile(path)
-				_ = os.WriteFile(out, b, 0o644)
+				_ = os.WriteFile(filepath.Join(out, strings.ReplaceAll(tc.name, " ", "-")+".png"), b, 0o644)
 			}
 		})
 	}
