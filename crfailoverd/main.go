@@ -84,6 +84,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	case "run":
 		stop() // run handles its own signals
 		err = cmdRun(rest, stderr)
+	case "fence-guard": // started by the daemon; not in the usage text
+		stop() // the guard handles its own signals
+		err = cmdFenceGuard(rest, stderr)
 	case "status":
 		err = cmdStatus(ctx, rest, stdout, stderr)
 	case "checkpoints":

@@ -242,6 +242,7 @@ func (d *daemonRun) run(format string) error {
 		comps = append(comps, component{"cluster", cl.Run})
 	}
 	comps = append(comps, capsComp)
+	comps = append(comps, newFenceGuard(c, board, d.agent, d.log)...) // kills the copies if this daemon stops renewing
 	comps = append(comps, component{"metrics recorder", func(ctx context.Context) error { rec.Run(ctx); return nil }})
 	if addr := c.Metrics.PrometheusAddr; addr != "" {
 		comps = append(comps, component{"prometheus endpoint on " + addr, func(ctx context.Context) error {

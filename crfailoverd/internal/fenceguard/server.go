@@ -203,8 +203,12 @@ func (s *Server) renew(r Renewal, rep *Reply) {
 		s.lastRenew = now
 	}
 	if s.st.Stopping && !wasStopping {
+		in := int64(0)
+		if s.st.Deadline != 0 {
+			in = -s.st.LateBy(now).Milliseconds()
+		}
 		s.o.Log.Info("fence guard asked to stop: exits once the deadline passed and the copies are killed, unless a daemon renews with quorum contact",
-			"copies", len(s.st.Copies), "deadline_in_ms", -s.st.LateBy(now).Milliseconds())
+			"copies", len(s.st.Copies), "armed", s.st.Deadline != 0, "deadline_in_ms", in)
 	}
 	rep.Armed = s.st.Deadline != 0
 	rep.Deadline = s.st.Deadline
