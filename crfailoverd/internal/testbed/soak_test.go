@@ -1,11 +1,16 @@
 package testbed
 
 import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -144,5 +149,79 @@ func TestFillDiskRefusesNonTmpfs(t *testing.T) {
 	}
 	if isTmpfs(sub) {
 		t.Errorf("isTmpfs(%s) on the disk: true", sub)
+	}
+}
+
+// TestNetnsDialer: HTTP through a dialer that entered a namespace (here
+// this process's own, which needs root) reaches a server there, and a
+// closed port fails fast.
+func TestNetnsDialer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("entering a network namespace needs root")
+	}
+	d, err := newNetnsDialer("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"counter":42}`))
+	}))
+	defer srv.Close()
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+	var s struct{ Counter int64 }
+	for i := 0; i < 3; i++ {
+		if err := getJSON(context.Background(), c, srv.URL+"/state", &s); err != nil || s.Counter != 42 {
+			t.Fatalf("GET through the dialer: %+v, %v; want counter 42", s, err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := getJSON(context.Background(), c, "http://"+addr+"/state", &s); err == nil {
+		t.Errorf("GET of closed %s through the dialer succeeded", addr)
+	}
+}
+
+// TestFillDiskTmpfs: on a tmpfs of its own, fillDisk leaves no byte free
+// and freeDisk gives the space back.
+func TestFillDiskTmpfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(dir, syscall.MNT_DETACH)
+	if !isTmpfs(dir) {
+		t.Fatalf("isTmpfs(%s) after mounting one: false", dir)
+	}
+	free := func() uint64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Bavail
+	}
+	before := free()
+	path, err := fillDisk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := free(); f != 0 {
+		t.Errorf("after fillDisk %d blocks free, want 0", f)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "x"), []byte("x"), 0o600); err == nil {
+		t.Error("a write after fillDisk succeeded, want ENOSPC")
+	}
+	if err := freeDisk(path); err != nil {
+		t.Fatal(err)
+	}
+	if f := free(); f < before-1 {
+		t.Errorf("after freeDisk %d blocks free, want %d", f, before)
 	}
 }
