@@ -113,9 +113,10 @@ func (b *Bed) Soak(ctx context.Context, c SoakConfig, log io.Writer) (soak.Repor
 
 	obsCtx, stopObs := context.WithCancel(context.WithoutCancel(ctx))
 	var bg sync.WaitGroup
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); obs.run(obsCtx) }()
 	go func() { defer bg.Done(); m.watchCrashes(obsCtx) }()
+	go func() { defer bg.Done(); statusLines(obsCtx, log, m, obs, in.Faults) }()
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -123,7 +124,6 @@ func (b *Bed) Soak(ctx context.Context, c SoakConfig, log io.Writer) (soak.Repor
 			bg.Wait()
 		}
 	}()
-	go statusLines(obsCtx, log, m, obs, in.Faults)
 
 	var faults sync.WaitGroup
 	for i := range in.Faults {
