@@ -15,8 +15,11 @@
 // (test-app/bigstate, filled from -state-seed) and rewrites one page of it
 // on every tick, so a restored copy can be checked byte for byte:
 // /checksum must equal bigstate.Expected(N, seed, counter). Hashing 100 MB
-// takes a few hundred milliseconds, during which the counter waits. POST
-// /state sets the big state to match the new counter.
+// takes a few hundred milliseconds: meanwhile the counter goes on and its
+// page writes wait, applied once the hash is done, so /checksum answers
+// the counter read when the hash began and the memory is that counter's
+// throughout (and the ticks keep their pace: a late tick would read as a
+// restore). POST /state sets the big state to match the new counter.
 //
 // It writes one log line per second.
 package main
@@ -42,6 +45,12 @@ type app struct {
 	restored bool
 	lastTick time.Time
 	state    *bigstate.State // nil: no big state
+	// While /checksum hashes the state (hashing), ticks queue their page
+	// writes in pending instead of changing the memory under the hash.
+	// hashMu serializes the hashes and the counter's POSTs.
+	hashMu  sync.Mutex
+	hashing bool
+	pending []int64
 }
 
 func main() {
@@ -90,7 +99,11 @@ func (a *app) tick(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.counter++
-	if a.state != nil {
+	switch {
+	case a.state == nil:
+	case a.hashing:
+		a.pending = append(a.pending, a.counter)
+	default:
 		a.state.Tick(a.counter)
 	}
 	// Wall clock, not Go's monotonic reading: CRIU restores the container's
@@ -125,12 +138,14 @@ func (a *app) routes() http.Handler {
 			http.Error(w, `want a JSON body {"counter":N}`, http.StatusBadRequest)
 			return
 		}
+		a.hashMu.Lock() // no hash reads the memory Set rewrites
 		a.mu.Lock()
 		a.counter = *body.Counter
 		if a.state != nil {
 			a.state.Set(a.counter)
 		}
 		a.mu.Unlock()
+		a.hashMu.Unlock()
 		writeJSON(w, map[string]int64{"counter": *body.Counter})
 	})
 	mux.HandleFunc("GET /restore", func(w http.ResponseWriter, _ *http.Request) {
@@ -139,14 +154,12 @@ func (a *app) routes() http.Handler {
 		writeJSON(w, map[string]any{"restore": a.restored, "counter": a.counter})
 	})
 	mux.HandleFunc("GET /checksum", func(w http.ResponseWriter, _ *http.Request) {
-		a.mu.Lock()
-		defer a.mu.Unlock()
 		if a.state == nil {
 			http.Error(w, "no big state: the app was started without -state-mb", http.StatusNotFound)
 			return
 		}
-		// Counter and memory under one lock: the sum is the counter's.
-		writeJSON(w, map[string]any{"counter": a.counter, "sha256": a.state.Sum()})
+		counter, sum := a.checksum()
+		writeJSON(w, map[string]any{"counter": counter, "sha256": sum})
 	})
 	mux.HandleFunc("GET /kill", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "exiting with status 1")
@@ -163,6 +176,27 @@ func (a *app) routes() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// checksum hashes the big state and returns it with the counter it
+// belongs to; ticks during the hash are applied after it.
+func (a *app) checksum() (int64, string) {
+	a.hashMu.Lock()
+	defer a.hashMu.Unlock()
+	a.mu.Lock()
+	a.hashing = true
+	counter := a.counter
+	a.mu.Unlock()
+
+	sum := a.state.Sum() // nothing writes the memory now
+
+	a.mu.Lock()
+	for _, c := range a.pending {
+		a.state.Tick(c)
+	}
+	a.pending, a.hashing = a.pending[:0], false
+	a.mu.Unlock()
+	return counter, sum
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -107,3 +107,46 @@ func TestChecksum(t *testing.T) {
 	a.tick(now.Add(100 * time.Millisecond))
 	check(42)
 }
+
+// TestChecksumWhileTicking hashes while the counter ticks (run with
+// -race): each answer is the sum its counter implies, and the ticks made
+// during a hash reach the memory afterwards.
+func TestChecksumWhileTicking(t *testing.T) {
+	const seed = 11
+	a := &app{lastTick: time.Now(), state: bigstate.New(1, seed)}
+	done := make(chan struct{})
+	ticked := make(chan struct{})
+	go func() {
+		defer close(ticked)
+		now := a.lastTick
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			now = now.Add(100 * time.Millisecond)
+			a.tick(now)
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		c, sum := a.checksum()
+		if want := bigstate.Expected(1, seed, c); sum != want {
+			close(done)
+			<-ticked
+			t.Fatalf("checksum %d at counter %d: %s, want %s", i, c, sum, want)
+		}
+	}
+	close(done)
+	<-ticked
+	c, sum := a.checksum()
+	if want := bigstate.Expected(1, seed, c); sum != want || c == 0 {
+		t.Fatalf("after the ticks: counter %d sum %s, want %s", c, sum, want)
+	}
+	if a.restored {
+		t.Fatal("ticks during hashes marked the app restored")
+	}
+	if cap(a.pending) == 0 {
+		t.Fatal("no tick came during a hash: the test did not test the queue")
+	}
+}
