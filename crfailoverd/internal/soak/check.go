@@ -34,7 +34,8 @@ func Check(in Input) Report {
 		downSince  time.Duration
 		seen       bool // highest is set
 		highest    int64
-		lastServed bool
+		owners     []string // the nodes of the last sample that served
+		downOwners []string // owners when the outage began
 	}
 	states := map[string]*state{}
 	get := func(w string) *state {
@@ -49,6 +50,7 @@ func Check(in Input) Report {
 		get(w)
 	}
 	var outages []Outage
+	var outageOwners [][]string // per outage, the nodes that served just before it
 
 	for _, sm := range samples {
 		st := get(sm.Workload)
@@ -86,15 +88,18 @@ func Check(in Input) Report {
 		}
 
 		serving := len(nodes) > 0
-		st.lastServed = serving
 		switch {
 		case !st.served:
 			st.served = serving
 		case !serving && !st.down:
-			st.down, st.downSince = true, sm.At
+			st.down, st.downSince, st.downOwners = true, sm.At, st.owners
 		case serving && st.down:
 			st.down = false
 			outages = append(outages, Outage{Workload: sm.Workload, Start: st.downSince, End: sm.At})
+			outageOwners = append(outageOwners, st.downOwners)
+		}
+		if serving {
+			st.owners = nodes
 		}
 	}
 
@@ -113,16 +118,19 @@ func Check(in Input) Report {
 		switch {
 		case st.down:
 			outages = append(outages, Outage{Workload: w, Start: st.downSince, End: in.Duration, Open: true})
+			outageOwners = append(outageOwners, st.downOwners)
 		case !st.served:
 			outages = append(outages, Outage{Workload: w, Start: firstSample(samples, w), End: in.Duration, Open: true})
+			outageOwners = append(outageOwners, nil)
 		case finalDown:
 			outages = append(outages, Outage{Workload: w, Start: in.Duration, End: in.Duration, Open: true})
+			outageOwners = append(outageOwners, st.owners)
 		}
 	}
 
 	for i := range outages {
 		o := &outages[i]
-		o.Fault = attribute(in, o.Start)
+		o.Fault = attribute(in, o.Start, outageOwners[i])
 		d := o.End - o.Start
 		if o.Fault >= 0 {
 			fr := &r.Faults[o.Fault]
@@ -148,10 +156,11 @@ func firstSample(samples []Sample, w string) time.Duration {
 }
 
 // attribute returns the index of the fault an outage starting at start is
-// put down to: among faults whose [Start, End+settle] holds start, the one
-// that started latest; -1: none.
-func attribute(in Input, start time.Duration) int {
-	best := -1
+// put down to: among the faults whose [Start, End+settle] holds start, the
+// one that started latest, preferring faults that hit one of owners (the
+// nodes that served just before the outage) or name no node; -1: none.
+func attribute(in Input, start time.Duration, owners []string) int {
+	best, bestHits := -1, false
 	var bestStart time.Duration
 	for i, f := range in.Faults {
 		if !Ran(f) {
@@ -161,8 +170,12 @@ func attribute(in Input, start time.Duration) int {
 		if start < s || start > e+attributeSettle {
 			continue
 		}
-		if best < 0 || s >= bestStart {
-			best, bestStart = i, s
+		hits := len(f.Nodes) == 0
+		for _, n := range f.Nodes {
+			hits = hits || slices.Contains(owners, n)
+		}
+		if best < 0 || hits && !bestHits || hits == bestHits && s >= bestStart {
+			best, bestHits, bestStart = i, hits, s
 		}
 	}
 	return best

@@ -144,6 +144,52 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
+			name: "a fault on the owner wins over a later one elsewhere",
+			in: Input{
+				Duration: s(30), Workloads: []string{"w"},
+				Faults: []Fault{
+					{Kind: PowerCut, Nodes: []string{"n1"}, At: s(5), For: s(8)},
+					{Kind: DiskFull, Nodes: []string{"n3"}, At: s(8), For: s(5)},
+					{Kind: OneWay, Nodes: []string{"n4"}, At: s(8.5), For: s(5)},
+				},
+				Samples: timeline("w", 0, s(30), func(at time.Duration) []Copy {
+					switch {
+					case at >= s(9) && at < s(12):
+						return nil
+					case at >= s(12):
+						return []Copy{serving("n2", at)}
+					}
+					return []Copy{serving("n1", at)}
+				}),
+			},
+			check: func(t *testing.T, r Report) {
+				if len(r.Outages) != 1 || r.Outages[0].Fault != 0 {
+					t.Fatalf("outages %v, want one put down to fault 0 (the power cut of the owner n1)", r.Outages)
+				}
+			},
+		},
+		{
+			name: "no fault on the owner: the latest covering one",
+			in: Input{
+				Duration: s(30), Workloads: []string{"w"},
+				Faults: []Fault{
+					{Kind: DiskFull, Nodes: []string{"n3"}, At: s(8), For: s(5)},
+					{Kind: OneWay, Nodes: []string{"n4"}, At: s(8.5), For: s(5)},
+				},
+				Samples: timeline("w", 0, s(30), func(at time.Duration) []Copy {
+					if at >= s(9) && at < s(12) {
+						return nil
+					}
+					return []Copy{serving("n1", at)}
+				}),
+			},
+			check: func(t *testing.T, r Report) {
+				if len(r.Outages) != 1 || r.Outages[0].Fault != 1 {
+					t.Fatalf("outages %v, want one put down to fault 1 (the latest)", r.Outages)
+				}
+			},
+		},
+		{
 			name: "unattributed outage counts in max recovery",
 			in: Input{Duration: s(20), Workloads: []string{"w"}, Faults: []Fault{cut},
 				Samples: timeline("w", 0, s(20), func(at time.Duration) []Copy {
