@@ -306,3 +306,48 @@ func TestPIDReuseNotKilled(t *testing.T) {
 		t.Fatalf("the log claims a kill:\n%s", logs.String())
 	}
 }
+
+// TestKillFrozenCopyV1: on a hybrid host (runc freezes with the v1
+// freezer there) a v1-frozen process dies only once thawed.
+func TestKillFrozenCopyV1(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a cgroup and kills a process in it")
+	}
+	m, err := FindCgroupMounts("/proc/self/mountinfo")
+	if err != nil || m.Freezer == "" {
+		t.Skipf("no cgroup v1 freezer mounted (%v)", err)
+	}
+	dir := filepath.Join(m.Freezer, "crf-fenceguard-test-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot make a v1 freezer cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0o644)
+		poll(t, "the test cgroup to go", func() bool { err := os.Remove(dir); return err == nil || errors.Is(err, os.ErrNotExist) })
+	})
+	pid, exited := sleeper(t, dir)
+	// Runs before sleeper's cleanup: a v1-frozen sleep dies only thawed.
+	t.Cleanup(func() { _ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0o644) })
+	if err := os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("FROZEN"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the v1 cgroup to freeze", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "freezer.state"))
+		return strings.TrimSpace(string(b)) == "FROZEN"
+	})
+	c, err := Proc{}.Describe("frozen-v1", pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket, _, logs := startServer(t, ServerOptions{})
+	send(t, socket, Renewal{Contact: true, Deadline: MonoNow() - 1, Copies: []Copy{c}})
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the v1-frozen copy is still alive; guard log:\n%s", logs.String())
+	}
+	poll(t, "the kill in the log", func() bool { return strings.Contains(logs.String(), "FENCE GUARD: killed") })
+	if !strings.Contains(logs.String(), "freezer.state") {
+		t.Errorf("the log does not name the thawed freezer:\n%s", logs.String())
+	}
+}
