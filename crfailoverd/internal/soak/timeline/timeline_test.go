@@ -111,6 +111,7 @@ func TestDraw(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := soak.Check(tc.in)
+			t.Logf("%s\n%s", r.Line(), r.KindTable())
 			path := filepath.Join(t.TempDir(), "timeline.png")
 			if err := Draw(path, tc.in, r); err != nil {
 				t.Fatal(err)
