@@ -21,11 +21,13 @@ import (
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/agent"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/config"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/discovery"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/fenceguard"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/logging"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/nativerestore"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/nativert"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/ownership"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/staticpod"
 )
 
 // cmdFenceGuard runs the fence guard (started by the daemon; not for
@@ -112,6 +114,8 @@ type fenceGuard struct {
 	agent     *agent.Agent
 	log       *slog.Logger
 	pids      *pidResolver
+	staticDir string // kubelet's static pod directory when restores go through it ("": none)
+	listErr   string // the last error listing it, logged once
 
 	mu     sync.Mutex
 	copies []fenceguard.Copy
@@ -130,6 +134,9 @@ func newFenceGuard(c config.Config, board *ownership.Board, a *agent.Agent, log 
 	}
 	g := &fenceGuard{socket: fenceguard.SocketPath(c.Node.DataDir), lease: c.Cluster.Lease, logFormat: c.Node.LogFormat,
 		board: board, agent: a, log: log, pids: newPIDResolver(c, log)}
+	if staticpod.Mode(c.Runtime.RestoreMode, c.Runtime.StaticPodDir) == staticpod.ModeStaticPod {
+		g.staticDir = c.Runtime.StaticPodDir
+	}
 	return []component{{"fence guard renewals", g.run}}
 }
 
@@ -149,7 +156,7 @@ func (g *fenceGuard) run(ctx context.Context) error {
 // next builds a renewal from what is known now; it never blocks on the
 // runtime or the agent (a late renewal is a killed copy).
 func (g *fenceGuard) next(context.Context) (fenceguard.Renewal, bool) {
-	r := fenceguard.Renewal{DaemonPID: os.Getpid()}
+	r := fenceguard.Renewal{DaemonPID: os.Getpid(), ParkDir: g.agent.ParkedDir()}
 	// Only real quorum contact gives a deadline; a daemon that had none
 	// since it started keeps the one its predecessor gave.
 	r.Deadline, r.Contact = fenceguard.DeadlineFrom(g.board.QuorumContact(), time.Now(), fenceguard.MonoNow(), g.lease)
@@ -170,9 +177,11 @@ func (g *fenceGuard) resolve(ctx context.Context) {
 	for {
 		locals, ok := g.agent.LocalCopies()
 		if ok {
+			manifests := g.manifests()
 			next := map[string]fenceguard.Copy{}
 			for _, l := range locals {
 				if c, ok := known[l.ContainerID]; ok && proc.Alive(c) {
+					c.Manifest = manifests[l.Workload.String()]
 					next[l.ContainerID] = c
 					continue
 				}
@@ -185,6 +194,7 @@ func (g *fenceGuard) resolve(ctx context.Context) {
 					continue
 				}
 				delete(failed, l.ContainerID)
+				c.Manifest = manifests[l.Workload.String()]
 				next[l.ContainerID] = c
 			}
 			known = next
@@ -202,6 +212,30 @@ func (g *fenceGuard) resolve(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// manifests maps workloads to the static pod manifests crfailoverd wrote
+// for them (none when restores do not go through kubelet).
+func (g *fenceGuard) manifests() map[string]string {
+	if g.staticDir == "" {
+		return nil
+	}
+	mine, err := staticpod.List(g.staticDir)
+	if err != nil {
+		if err.Error() != g.listErr {
+			g.log.Warn("cannot list the static pod manifests: the fence guard cannot park them", "err", err)
+		}
+		g.listErr = err.Error()
+		return nil
+	}
+	g.listErr = ""
+	out := make(map[string]string, len(mine))
+	for path, pod := range mine {
+		if id := pod.Annotations[discovery.AnnWorkload]; id != "" {
+			out[id] = path
+		}
+	}
+	return out
 }
 
 // start runs a guard in its own session, so that a signal to the daemon's

@@ -35,3 +35,8 @@ func (a *Agent) noteCopies(found []discovery.Workload) {
 	}
 	a.copiesKnown = true
 }
+
+// ParkedDir is where static pod manifests are held back until the cluster
+// says whether this node still owns their workloads (the fence guard parks
+// a killed copy's manifest there too).
+func (a *Agent) ParkedDir() string { return a.parkedDir() }

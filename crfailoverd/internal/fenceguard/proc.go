@@ -235,3 +235,54 @@ func (m CgroupMounts) Thaw(procCgroup string) ([]string, error) {
 	}
 	return wrote, errors.Join(errs...)
 }
+
+// Park moves a static pod manifest into dir (same base name), so that
+// kubelet stops the pod and does not start it again; the daemon's agent
+// puts it back or deletes it once the cluster says who owns the workload.
+// A manifest that is gone already is not an error (parked is "").
+func Park(manifest, dir string) (parked string, err error) {
+	if manifest == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(manifest) || !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("refused to park %q in %q: not absolute paths", manifest, dir)
+	}
+	b, err := os.ReadFile(manifest)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	dest := filepath.Join(dir, filepath.Base(manifest))
+	if err := os.Rename(manifest, dest); err == nil {
+		return dest, nil
+	}
+	// Another file system: write the copy, then remove the original.
+	tmp, err := os.CreateTemp(dir, ".park-*")
+	if err != nil {
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	if err := os.Rename(tmp.Name(), dest); err != nil {
+		return "", fmt.Errorf("park the static pod manifest %s: %w", manifest, err)
+	}
+	if err := os.Remove(manifest); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return dest, fmt.Errorf("park the static pod manifest %s: copied to %s, but: %w", manifest, dest, err)
+	}
+	return dest, nil
+}

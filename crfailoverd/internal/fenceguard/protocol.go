@@ -42,6 +42,11 @@ type Copy struct {
 	StartTime uint64 `json:"start_time"`
 	// Cgroup is /proc/PID/cgroup as read when the copy was listed.
 	Cgroup string `json:"cgroup"`
+	// Manifest is the kubelet static pod manifest that runs the copy ("":
+	// none). The guard moves it to the renewal's ParkDir before the kill,
+	// so that kubelet does not start the copy again; the daemon puts it
+	// back, or deletes it, once the cluster says who owns the workload.
+	Manifest string `json:"manifest,omitempty"`
 }
 
 func (c Copy) String() string { return fmt.Sprintf("container %s (pid %d)", c.ContainerID, c.PID) }
@@ -65,6 +70,9 @@ type Renewal struct {
 	// Copies are the local copies the daemon found (added to those the
 	// guard knows; the guard forgets a copy only once its process is gone).
 	Copies []Copy `json:"copies"`
+	// ParkDir is where manifests go (DATA_DIR/parked, the directory the
+	// daemon's agent unparks from).
+	ParkDir string `json:"park_dir,omitempty"`
 	// Stop asks the guard to exit once nothing is left to guard: at once
 	// when it has no deadline or no live copy, else after the deadline
 	// passed and the copies are killed. A later renewal with Contact

@@ -71,6 +71,7 @@ type ServerOptions struct {
 	Tick  time.Duration                                     // how often the deadline is looked at (default 50 ms)
 	UIDs  map[uint32]bool                                   // peers allowed besides uid 0 (default: this process's uid)
 	Peer  func(net.Conn) (uid uint32, pid int32, err error) // default SO_PEERCRED
+	Park  func(manifest, dir string) (string, error)        // default Park
 }
 
 // Server is a running guard.
@@ -106,6 +107,9 @@ func NewServer(o ServerOptions) *Server {
 	}
 	if o.Peer == nil {
 		o.Peer = peerCred
+	}
+	if o.Park == nil {
+		o.Park = Park
 	}
 	return &Server{o: o}
 }
@@ -230,6 +234,14 @@ func (s *Server) check() bool {
 			"late_ms", s.st.LateBy(now).Milliseconds(), "since_renewal_ms", s.sinceRenewal(now), "copies", len(due))
 	}
 	for _, c := range due {
+		// The manifest first: kubelet must not start the copy again.
+		if c.Manifest != "" {
+			if parked, err := s.o.Park(c.Manifest, s.st.ParkDir); err != nil {
+				s.o.Log.Error("FENCE GUARD: cannot park the copy's static pod manifest: kubelet may start it again", "container_id", c.ContainerID, "manifest", c.Manifest, "err", err)
+			} else if parked != "" {
+				s.o.Log.Error("FENCE GUARD: parked the copy's static pod manifest", "container_id", c.ContainerID, "manifest", c.Manifest, "parked", parked)
+			}
+		}
 		gone, thawed, err := s.o.Kill.Kill(c)
 		s.st.Handled(c)
 		switch {

@@ -351,3 +351,68 @@ func TestKillFrozenCopyV1(t *testing.T) {
 		t.Errorf("the log does not name the thawed freezer:\n%s", logs.String())
 	}
 }
+
+func TestPark(t *testing.T) {
+	dir := t.TempDir()
+	manifests, parked := filepath.Join(dir, "manifests"), filepath.Join(dir, "parked")
+	if err := os.Mkdir(manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := filepath.Join(manifests, "crfailoverd-counter.yaml")
+	if err := os.WriteFile(m, []byte("kind: Pod\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, manifest, dir, want, wantErr string
+	}{
+		{"moved", m, parked, filepath.Join(parked, "crfailoverd-counter.yaml"), ""},
+		{"gone already", m, parked, "", ""},
+		{"none", "", parked, "", ""},
+		{"relative refused", "manifests/x.yaml", parked, "", "refused to park"},
+	}
+	for _, tt := range tests {
+		got, err := Park(tt.manifest, tt.dir)
+		if got != tt.want || (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%s: %q, %v; want %q, %q", tt.name, got, err, tt.want, tt.wantErr)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(parked, "crfailoverd-counter.yaml")); err != nil || string(b) != "kind: Pod\n" {
+		t.Errorf("parked manifest: %q, %v", b, err)
+	}
+	if _, err := os.Stat(m); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the manifest is still in kubelet's directory: %v", err)
+	}
+}
+
+func TestServerParksBeforeKill(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	k := killFunc(func(c Copy) (bool, []string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, "kill "+c.ContainerID)
+		return false, nil, nil
+	})
+	park := func(m, dir string) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, "park "+m+" in "+dir)
+		return filepath.Join(dir, filepath.Base(m)), nil
+	}
+	socket, _, logs := startServer(t, ServerOptions{Kill: k, Alive: allAlive, Park: park})
+	c := cp("a", 5, 1)
+	c.Manifest = "/m/a.yaml"
+	send(t, socket, Renewal{Contact: true, Deadline: MonoNow() - 1, Copies: []Copy{c}, ParkDir: "/data/parked"})
+	poll(t, "the kill", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 2 })
+	mu.Lock()
+	got := strings.Join(order, "; ")
+	mu.Unlock()
+	if got != "park /m/a.yaml in /data/parked; kill a" {
+		t.Fatalf("order %q, want the park before the kill", got)
+	}
+	poll(t, "the park in the log", func() bool { return strings.Contains(logs.String(), "parked the copy's static pod manifest") })
+}
+
+type killFunc func(Copy) (bool, []string, error)
+
+func (f killFunc) Kill(c Copy) (bool, []string, error) { return f(c) }

@@ -16,6 +16,8 @@ type State struct {
 	Copies   []Copy
 	// Stopping: asked to exit once nothing is left to guard.
 	Stopping bool
+	// ParkDir is the last one a renewal gave.
+	ParkDir string
 	// signalled are the copies killed (or refused) since the deadline
 	// passed, so that each is handled once.
 	signalled map[key]bool
@@ -36,10 +38,23 @@ func (s *State) Apply(r Renewal, alive func(Copy) bool) bool {
 	if r.Stop {
 		s.Stopping = true
 	}
+	if r.ParkDir != "" {
+		s.ParkDir = r.ParkDir
+	}
 	seen := make(map[key]bool, len(s.Copies)+len(r.Copies))
 	var out []Copy
 	for _, c := range append(append([]Copy(nil), s.Copies...), r.Copies...) {
-		if c.PID <= 0 || seen[c.key()] {
+		if c.PID <= 0 {
+			continue
+		}
+		if seen[c.key()] {
+			// The same process listed again: the newer listing's
+			// manifest wins (a copy handed to kubelet gains one).
+			for i := range out {
+				if out[i].key() == c.key() && c.Manifest != "" {
+					out[i].Manifest = c.Manifest
+				}
+			}
 			continue
 		}
 		seen[c.key()] = true

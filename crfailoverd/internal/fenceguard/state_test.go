@@ -211,3 +211,19 @@ func TestDeadlineFrom(t *testing.T) {
 		}
 	}
 }
+
+func TestApplyManifestAndParkDir(t *testing.T) {
+	var s State
+	a := cp("a", 100, 7)
+	s.Apply(Renewal{Contact: true, Deadline: 10, Copies: []Copy{a}, ParkDir: "/d/parked"}, allAlive)
+	withManifest := a
+	withManifest.Manifest = "/etc/kubernetes/manifests/crf-a.yaml"
+	s.Apply(Renewal{Copies: []Copy{withManifest}}, allAlive)
+	if len(s.Copies) != 1 || s.Copies[0].Manifest != withManifest.Manifest {
+		t.Fatalf("copies %+v, want one with the manifest", s.Copies)
+	}
+	s.Apply(Renewal{Copies: []Copy{a}}, allAlive) // a listing without it keeps it
+	if s.Copies[0].Manifest != withManifest.Manifest || s.ParkDir != "/d/parked" {
+		t.Fatalf("manifest %q park dir %q after a listing without them", s.Copies[0].Manifest, s.ParkDir)
+	}
+}
