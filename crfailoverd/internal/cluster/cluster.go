@@ -225,13 +225,18 @@ func New(o Options) (*Cluster, error) {
 	}
 	c.leader = leader.New(leader.Options{Node: o.Node, MaxVoters: o.MaxVoters, DeadServerGrace: o.DeadServerGrace,
 		Policy: failover.Policy{FenceDelay: leader.FenceDelay(o.Lease), LeaderDelay: leader.LeaderDelay(o.Lease),
-			MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout},
+			MaxAttempts: o.MaxAttempts, RestoreTimeout: controller.RestoreTimeout, RetryFailed: RetryFailed},
 		Raft: raftNode{c}, Members: ml, State: c.fsm, Proposer: prop, Events: c.events.Emit, Log: c.log,
 		Prove: c.prove, Stabilization: stabilization})
 	c.srv = peer.NewServer(peer.Handlers{Node: o.Node, HasRaftState: func() bool { r := c.raftUp.Load(); return r != nil && r.LastIndex() > 0 }, Store: o.Store, Apply: c.applyHere, Migrate: c.Migrate, Authorize: authorizer{c},
 		Log: o.Log.With("component", "peer")})
 	return c, nil
 }
+
+// RetryFailed is how long after giving a workload up the leader places it
+// again, when a node that can restore one of its checkpoints (not marked
+// bad) is alive (failover rule 9).
+const RetryFailed = 30 * time.Second
 
 func (c *Cluster) closeListeners() {
 	if c.ml != nil {

@@ -5,7 +5,7 @@
 // goroutines): the same inputs always give the same commands, so the rules
 // can be tested by the thousand.
 //
-// # Rules, per workload (failed ones are skipped)
+// # Rules, per workload (failed ones only by rule 9)
 //
 //  1. Owner alive and running: nothing.
 //  2. Owner dead (in View.DeadSince, not alive): once it has been dead for
@@ -35,7 +35,9 @@
 //     moves it. Both at once, also within the leader wait: a failed
 //     attempt left no copy, and a restoring owner's copy is gone by the
 //     restore deadline (see the contract).
-//  6. Candidates: checkpoints newest first; for each, its holders that are
+//  6. Candidates: checkpoints newest first, except those marked bad (a
+//     copy restored from one failed within state.QuickFailWindow of its
+//     restore: the checkpoint caught the application dying); for each, its holders that are
 //     alive and known nodes and can restore it (state.CanRestore: the
 //     runtime that took it, a restore path, the CPU features it needs),
 //     except (node, checkpoint) pairs already tried and the failing owner;
@@ -54,6 +56,15 @@
 //     other node and why. It moves as soon as a node that can restore it
 //     holds or can fetch a checkpoint of it (a node reports new
 //     capabilities, say).
+//  9. A failed workload (given up) whose last change is at least
+//     Policy.RetryFailed old is placed again when a candidate exists now
+//     (rule 6, every (node, checkpoint) pair counted untried: the Place
+//     clears its Tried list, a new round of MaxAttempts); bad checkpoints
+//     stay passed over, so a retry never restores one. A node holding a
+//     checkpoint that came back, or a node that can now restore one,
+//     brings it back. Without a candidate it stays failed, silently. A
+//     failed workload has no copy anywhere (every node stops a copy the
+//     state gives to no one), so no fence wait applies.
 //
 // A workload whose only untried candidates are on nodes that are not alive
 // is left alone: those nodes may come back (a power cut), and giving up
@@ -136,6 +147,9 @@ type Policy struct {
 	// counts as a failed attempt, so a hung restore moves on; 0 disables
 	// the timeout.
 	RestoreTimeout time.Duration
+	// RetryFailed: a failed workload given up at least this long ago is
+	// placed again when a candidate exists (rule 9); 0 never retries.
+	RetryFailed time.Duration
 }
 
 // leaderReady is when rule 2's leader wait ends (zero: no wait).
@@ -186,7 +200,7 @@ type decider struct {
 // decide applies the rules to one workload.
 func (d *decider) decide(w *state.Workload) state.Command {
 	if w.Status == state.StatusFailed {
-		return nil
+		return d.retry(w)
 	}
 	if !d.v.Alive[w.Owner] {
 		dead, seen := d.v.DeadSince[w.Owner]
@@ -214,6 +228,21 @@ func (d *decider) decide(w *state.Workload) state.Command {
 		}
 	}
 	return nil
+}
+
+// retry places a failed workload again (rule 9), or returns nil.
+func (d *decider) retry(w *state.Workload) state.Command {
+	if d.p.RetryFailed <= 0 || d.v.Now.Sub(w.Since) < d.p.RetryFailed {
+		return nil
+	}
+	fresh := *w
+	fresh.Tried = nil // the Place starts a new round
+	c := d.candidate(&fresh, false)
+	if c.node == "" {
+		return nil
+	}
+	return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq,
+		Reason: fmt.Sprintf("retry after giving up %s ago (%s)", d.v.Now.Sub(w.Since).Round(time.Second), w.LastError)}
 }
 
 // move places w on the best candidate, gives it up, reports it
@@ -281,6 +310,9 @@ func (d *decider) candidate(w *state.Workload, ownerLast bool) choice {
 	var last pair // the owner, as a last resort
 	for i := range w.Checkpoints {
 		cp := &w.Checkpoints[i]
+		if cp.Bad != "" {
+			continue // rule 6: never restored again
+		}
 		best, source := "", false // source: an alive holder that cannot restore it can send it
 		for _, h := range cp.Holders {
 			if tried[pair{h, cp.Seq}] || d.s.Nodes[h] == nil {
@@ -395,6 +427,9 @@ func holders(cps []state.Checkpoint) string {
 			h = "no holder"
 		}
 		parts[i] = fmt.Sprintf("#%d on %s", cp.Seq, h)
+		if cp.Bad != "" {
+			parts[i] += " (bad: " + cp.Bad + ")"
+		}
 	}
 	return strings.Join(parts, ", ")
 }

@@ -197,6 +197,10 @@ func randomConfig(rng *rand.Rand) simConfig {
 	// restores fail.
 	c.policy.MaxAttempts = 1 + rng.IntN(4)
 	c.policy.RestoreTimeout = ticks(c.detect + c.detectSpread + c.electGap + c.reportLag + 2*c.stopMax + 20 + rng.IntN(41))
+	if rng.IntN(2) == 0 {
+		// Rule 9: given-up workloads are placed again (the daemon: 30 s).
+		c.policy.RetryFailed = ticks(20 + rng.IntN(300))
+	}
 	return c
 }
 
@@ -613,7 +617,14 @@ func (m *sim) propose(n *simNode, cmd state.Command) error {
 		m.fail("decode %T: %v", cmd, err)
 		return err
 	}
+	badBefore := 0
+	if af, ok := dec.(*state.AppFailed); ok && m.committed.Workloads[af.ID] != nil {
+		badBefore = countBad(m.committed.Workloads[af.ID])
+	}
 	err = m.committed.Apply(dec)
+	if af, ok := dec.(*state.AppFailed); ok && err == nil && countBad(m.committed.Workloads[af.ID]) > badBefore {
+		m.st["markedBad"]++
+	}
 	if err != nil {
 		m.st["refused"]++
 		m.tracef("%s: %s: refused: %v", n.name, describe(dec), err)
@@ -624,6 +635,16 @@ func (m *sim) propose(n *simNode, cmd state.Command) error {
 	m.tracef("%s: %s", n.name, describe(dec))
 	m.checkLog()
 	return nil
+}
+
+func countBad(w *state.Workload) int {
+	n := 0
+	for _, cp := range w.Checkpoints {
+		if cp.Bad != "" {
+			n++
+		}
+	}
+	return n
 }
 
 // checkLog is invariant (a), and the state's own invariants.
@@ -967,7 +988,12 @@ func (m *sim) lead() {
 		}
 		switch c := cmd.(type) {
 		case *state.Place:
+			if cp := m.committed.Workloads[c.ID].Checkpoint(c.Seq); cp == nil || cp.Bad != "" {
+				m.fail("%s placed from checkpoint #%d, bad or unknown", c.ID, c.Seq)
+			}
 			switch {
+			case strings.HasPrefix(c.Reason, "retry after giving up"):
+				m.st["placedRetry"]++
 			case strings.HasPrefix(c.Reason, "node "):
 				m.st["placedDead"]++
 				if m.step-m.leaderSince < int(m.cfg.policy.LeaderDelay/tick)+simMinDetect {
@@ -1047,6 +1073,9 @@ func (m *sim) untriedHolders(w *state.Workload) []*simNode {
 	var out []*simNode
 	for i := range w.Checkpoints {
 		cp := &w.Checkpoints[i]
+		if cp.Bad != "" {
+			continue // never restored again (rule 6)
+		}
 		for _, h := range cp.Holders {
 			if ok, _ := m.committed.CanRestore(h, cp); ok && !tried[fmt.Sprint(h, "#", cp.Seq)] && m.committed.Nodes[h] != nil {
 				out = append(out, m.node(h))
@@ -1066,6 +1095,9 @@ func (m *sim) fetchers(w *state.Workload) []*simNode {
 	var out []*simNode
 	for i := range w.Checkpoints {
 		cp := &w.Checkpoints[i]
+		if cp.Bad != "" {
+			continue
+		}
 		source := slices.ContainsFunc(cp.Holders, func(h string) bool {
 			ok, _ := m.committed.CanRestore(h, cp)
 			return !ok && m.committed.Nodes[h] != nil && m.node(h).up
@@ -1242,7 +1274,7 @@ func (m *sim) settle() {
 	// The longest a change can wait on time alone (no change before it),
 	// and a margin.
 	need := max(int((ticks(c.detect+c.detectSpread)+p.FenceDelay)/tick), int((ticks(c.electGap)+max(p.FenceDelay, p.LeaderDelay))/tick),
-		int(p.RestoreTimeout/tick), c.joinMax, c.reportLag, 20) + c.lease + simDiscovery + c.stopMax + 5
+		int(p.RestoreTimeout/tick), int(p.RetryFailed/tick), c.joinMax, c.reportLag, 20) + c.lease + simDiscovery + c.stopMax + 5
 	quiet, settled := 0, 0
 	for ; settled < 5000 && quiet < need && m.err == nil; settled++ {
 		m.step++
@@ -1430,7 +1462,7 @@ func TestSimulation(t *testing.T) {
 			want := []string{"placedDead", "placedApp", "placedRestore", "timeouts", "gaveUp", "fenced",
 				"minorityRestores", "refused", "endRunning", "endFailed", "endWaiting", "endWaitingUnseen",
 				"placedDeadEarlyInTerm", "repartitions", "leaderChanges",
-				"placedMixed", "placedByFetch", "unplaceable", "endUnplaceable"}
+				"placedMixed", "placedByFetch", "unplaceable", "endUnplaceable", "placedRetry", "markedBad"}
 			if tc.name == "stress" {
 				want = append(want, "deadlineStops")
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // The apply functions of the dispatch table. Each checks everything first
@@ -35,6 +36,7 @@ func (s *State) registerWorkload(c *RegisterWorkload) error {
 		w.Owner, w.Epoch, w.Status = c.Node, w.Epoch+1, StatusRunning
 		w.Reason = "registered by " + c.Node + " after the cluster gave up"
 		w.Since, w.Tried, w.LastError = c.At, nil, ""
+		w.RestoredFrom, w.RestoredAt = 0, time.Time{}
 	case w.Owner != c.Node || copyEpoch < w.Epoch:
 		return fmt.Errorf("register workload %q on %s (copy of epoch %d): %w: owner is %s at epoch %d",
 			c.ID, c.Node, copyEpoch, ErrStale, w.Owner, w.Epoch)
@@ -43,6 +45,7 @@ func (s *State) registerWorkload(c *RegisterWorkload) error {
 			c.ID, c.Node, copyEpoch, ErrStale, w.LastError)
 	case w.Status == StatusRestoring:
 		w.Status, w.Since, w.Tried, w.LastError = StatusRunning, c.At, nil, ""
+		w.RestoredFrom, w.RestoredAt = w.Seq, c.At
 	}
 	w.Interval, w.Config = c.Interval, bytes.Clone(c.Config)
 	return nil
@@ -76,6 +79,7 @@ func (s *State) commitCheckpoint(c *CommitCheckpoint) error {
 		switch {
 		case old.Seq == cp.Seq && old.SHA256 == cp.SHA256:
 			cp.Holders = addSorted(slices.Clone(old.Holders), c.Node)
+			cp.Bad = old.Bad
 		case old.Seq >= cp.Seq:
 			// numbered by an owner whose line the workload left
 		default:
@@ -144,6 +148,13 @@ func (s *State) place(c *Place) error {
 	if s.Nodes[c.Owner] == nil {
 		return fmt.Errorf("%s: %w %q", what, ErrUnknownNode, c.Owner)
 	}
+	if cp := w.Checkpoint(c.Seq); cp != nil && cp.Bad != "" {
+		return fmt.Errorf("%s: refused: the checkpoint is marked bad (%s): %w", what, cp.Bad, ErrInvalid)
+	}
+	if w.Status == StatusFailed {
+		// A retry of a workload the cluster gave up: a new round.
+		w.Tried, w.LastError = nil, ""
+	}
 	w.Owner, w.Epoch, w.Status, w.Seq = c.Owner, c.Epoch, StatusRestoring, c.Seq
 	w.Reason, w.Since = c.Reason, c.At
 	return nil
@@ -170,6 +181,7 @@ func (s *State) restoreDone(c *RestoreDone) error {
 		return fmt.Errorf("%s: %w: this attempt was already recorded as failed (%s)", what, ErrStale, w.LastError)
 	case c.OK:
 		w.Status, w.Since, w.Tried, w.LastError = StatusRunning, c.At, nil, ""
+		w.RestoredFrom, w.RestoredAt = w.Seq, c.At
 	default:
 		msg := c.Error
 		if msg == "" {
@@ -196,7 +208,14 @@ func (s *State) appFailed(c *AppFailed) error {
 	if w.Status != StatusRunning {
 		return fmt.Errorf("%s: %w: the workload is %s, not running", what, ErrStatus, w.Status)
 	}
+	if w.RestoredFrom != 0 && c.At.Sub(w.RestoredAt) < QuickFailWindow {
+		if cp := w.Checkpoint(w.RestoredFrom); cp != nil && cp.Bad == "" {
+			cp.Bad = fmt.Sprintf("the copy restored from it on %s at epoch %d failed %s after its restore: %s",
+				c.Node, w.Epoch, c.At.Sub(w.RestoredAt).Round(time.Millisecond), c.Reason)
+		}
+	}
 	w.Status, w.Reason, w.Since = StatusAppFailed, c.Reason, c.At
+	w.RestoredFrom, w.RestoredAt = 0, time.Time{}
 	return nil
 }
 

@@ -80,6 +80,7 @@ func TestApplyRules(t *testing.T) {
 			func(s *State) {
 				w := s.Workloads[wRest]
 				w.Status, w.Since, w.Tried, w.LastError, w.Interval, w.Config = StatusRunning, at, nil, "", time.Second, nil
+				w.RestoredFrom, w.RestoredAt = 7, at
 			}},
 		{"restoring owner's copy of an attempt recorded failed", &RegisterWorkload{At: at, ID: wRestFail, Node: "n2", CopyEpoch: 3}, ErrStale, nil},
 		{"app-failed owner re-registers: status kept", &RegisterWorkload{At: at, ID: wAppFailed, Node: "n1", CopyEpoch: 1, Interval: time.Hour}, nil,
@@ -154,6 +155,7 @@ func TestApplyRules(t *testing.T) {
 			func(s *State) {
 				w := s.Workloads[wFailed]
 				w.Owner, w.Epoch, w.Status, w.Seq, w.Reason, w.Since = "n3", 5, StatusRestoring, 9, "by hand", at
+				w.Tried, w.LastError = nil, "" // a new round
 			}},
 		{"place at the same epoch", &Place{At: at, ID: wRun, Owner: "n2", Epoch: 2, Seq: 4}, ErrStale, nil},
 		{"place two epochs ahead", &Place{At: at, ID: wRun, Owner: "n2", Epoch: 4, Seq: 4}, ErrStale, nil},
@@ -166,6 +168,7 @@ func TestApplyRules(t *testing.T) {
 			func(s *State) {
 				w := s.Workloads[wRest]
 				w.Status, w.Since, w.Tried, w.LastError = StatusRunning, at, nil, ""
+				w.RestoredFrom, w.RestoredAt = 7, at
 			}},
 		{"restore failed", &RestoreDone{At: at, ID: wRest, Node: "n2", Epoch: 5, Seq: 7, Error: "criu: exit 1"}, nil,
 			func(s *State) {

@@ -137,7 +137,10 @@ type DropHolder struct {
 
 // Place tells Owner to restore workload ID from checkpoint Seq, at Epoch.
 // It is a compare-and-set: Epoch must be the workload's Epoch+1 (ErrStale
-// otherwise), and Owner a known node. The workload becomes restoring.
+// otherwise), Owner a known node, and Seq not a checkpoint marked Bad
+// (ErrInvalid). The workload becomes restoring. Placing a failed workload
+// (the leader retrying one it gave up) starts a new round: its Tried list
+// and LastError are cleared.
 type Place struct {
 	At     time.Time `json:"at"`
 	ID     string    `json:"id"`
@@ -150,7 +153,7 @@ type Place struct {
 // RestoreDone reports the outcome of the restore the owner Node was told
 // to do at Epoch from Seq (ErrStale for any other node, epoch or
 // checkpoint). OK: the workload runs; its Tried list and LastError are
-// cleared. Not OK: the attempt is appended to Tried and the workload stays
+// cleared, and RestoredFrom and RestoredAt record Seq and At. Not OK: the attempt is appended to Tried and the workload stays
 // restoring, for the leader to move on. A report on an attempt already
 // recorded as failed (by the leader's timeout) is ErrStale; a repeated OK
 // on a running workload is no error and no change.
@@ -167,7 +170,11 @@ type RestoreDone struct {
 // AppFailed reports that the application of workload ID failed on its
 // owner Node at Epoch (ErrStale otherwise); the workload must be running
 // (ErrStatus otherwise: a failing restore is reported with RestoreDone).
-// It becomes app-failed, for the leader to restore it elsewhere.
+// It becomes app-failed, for the leader to restore it elsewhere. A copy
+// restored from a checkpoint that fails within QuickFailWindow of its
+// restore (At - RestoredAt, both the owner's clock) marks that checkpoint
+// Bad: the checkpoint caught the application dying, and restoring it
+// again would only fail again.
 type AppFailed struct {
 	At     time.Time `json:"at"`
 	ID     string    `json:"id"`

@@ -69,7 +69,19 @@ type Checkpoint struct {
 	Runtime capability.Runtime `json:"runtime,omitzero"`
 	CPU     string             `json:"cpu,omitempty"`
 	TakenOn string             `json:"taken_on,omitempty"`
+	// Bad, when set, says why this checkpoint must not be restored again:
+	// a copy restored from it failed within QuickFailWindow of its
+	// restore (the checkpoint caught the application dying). Placements
+	// pass over it (failover rule 6).
+	Bad string `json:"bad,omitempty"`
 }
+
+// QuickFailWindow: a restored copy whose application fails (AppFailed)
+// within this long of its restore being reported marks the checkpoint it
+// was restored from Bad. Long enough for the owner to notice a copy that
+// exits at once (its lost-copy grace of 5 s included), short enough that a
+// copy that ran for a while (and checkpointed again) does not condemn it.
+const QuickFailWindow = 10 * time.Second
 
 // Try is a failed restore attempt: Node could not restore checkpoint Seq.
 type Try struct {
@@ -103,6 +115,11 @@ type Workload struct {
 	Checkpoints []Checkpoint  `json:"checkpoints"` // newest (highest Seq) first, at most MaxCheckpoints
 	Tried       []Try         `json:"tried"`       // failed restore attempts since the workload last ran; reset on success
 	LastError   string        `json:"last_error"`
+	// RestoredFrom and RestoredAt: the checkpoint the running copy was
+	// restored from, and when its restore was reported (zero for a copy
+	// that was registered, not restored by a placement).
+	RestoredFrom uint64    `json:"restored_from,omitempty"`
+	RestoredAt   time.Time `json:"restored_at,omitzero"`
 }
 
 // AttemptFailed reports whether the current placement's restore attempt
