@@ -152,6 +152,9 @@ func (b *Bed) Soak(ctx context.Context, c SoakConfig, log io.Writer) (soak.Repor
 	stopped = true
 	in.Samples = obs.takeSamples()
 	in.Final = obs.final(context.WithoutCancel(ctx))
+	for _, err := range obs.finalErr {
+		fmt.Fprintf(log, "soak: final check: %v\n", err)
+	}
 
 	m.mu.Lock()
 	in.Crashes = slices.Clone(m.crashes)

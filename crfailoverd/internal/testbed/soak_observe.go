@@ -193,6 +193,8 @@ type observer struct {
 	wantMu sync.Mutex
 	want   map[int64]string
 	exp    *bigstate.Expecter // made on first use: 100 MiB
+
+	finalErr []error // why final found no copy it could check
 }
 
 // freshFor: an observation older than this says nothing (its prober is
@@ -378,8 +380,15 @@ func (o *observer) checksum(ctx context.Context, node string, wi int) (checkObs,
 		SHA256  string `json:"sha256"`
 	}
 	u := "http://127.0.0.1:" + strconv.Itoa(o.ws[wi].Port) + "/checksum"
-	if err := getJSON(ctx, o.clients[node], u, &s); err != nil {
-		return checkObs{}, err
+	// Hashing 100 MiB on a busy 2-core machine (or an app frozen by a
+	// dump) takes longer than a /state: its own 15 s, two tries.
+	c := &http.Client{Timeout: 15 * time.Second, Transport: o.clients[node].Transport}
+	err := getJSON(ctx, c, u, &s)
+	if err != nil {
+		err = getJSON(ctx, c, u, &s)
+	}
+	if err != nil {
+		return checkObs{}, fmt.Errorf("big-state checksum on %s: %w", node, err)
 	}
 	if s.Counter == nil || s.SHA256 == "" {
 		return checkObs{}, fmt.Errorf("GET %s on %s: no counter or sha256 in the answer", u, node)
@@ -483,6 +492,7 @@ func (o *observer) final(ctx context.Context) []soak.Copy {
 		if w.Big {
 			c, err := o.checksum(ctx, node, wi)
 			if err != nil {
+				o.finalErr = append(o.finalErr, err)
 				out[wi].Serving = false
 				continue
 			}
