@@ -58,6 +58,20 @@ const (
 // progress to log; the error is for a soak that could not run (the
 // report's problems are not errors).
 func (b *Bed) Soak(ctx context.Context, c SoakConfig, log io.Writer) (soak.Report, soak.Input, error) {
+	r, in, err := b.soak(ctx, c, log)
+	if err != nil && c.Out != "" {
+		// The bed is torn down after: keep what its nodes logged.
+		if os.MkdirAll(filepath.Join(c.Out, "logs"), 0o755) == nil {
+			for _, n := range b.Nodes() {
+				copyLogs(n, filepath.Join(c.Out, "logs"))
+			}
+			fmt.Fprintf(log, "soak: the nodes' logs are in %s\n", filepath.Join(c.Out, "logs"))
+		}
+	}
+	return r, in, err
+}
+
+func (b *Bed) soak(ctx context.Context, c SoakConfig, log io.Writer) (soak.Report, soak.Input, error) {
 	in := soak.Input{Seed: c.Seed, RegressionBound: soakRegressionBound, RecoveryBound: soakRecoveryBound}
 	nodes := b.Nodes()
 	if len(nodes) < 3 {
