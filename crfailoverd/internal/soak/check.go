@@ -77,7 +77,7 @@ func Check(in Input) Report {
 			switch {
 			case !st.seen:
 				st.seen, st.highest = true, c.Counter
-			case c.Counter < st.highest-in.RegressionBound:
+			case c.Counter < st.highest-in.regressionBound(sm.Workload):
 				r.Regressions = append(r.Regressions, Regression{
 					At: sm.At, Workload: sm.Workload, Node: c.Node, From: st.highest, To: c.Counter,
 				})
@@ -196,4 +196,13 @@ func FaultSpan(f Fault, soakEnd time.Duration) (start, end time.Duration) {
 		return f.Start, soakEnd
 	}
 	return f.Start, f.End
+}
+
+// regressionBound is workload w's bound: its own when measured, else the
+// common one.
+func (in Input) regressionBound(w string) int64 {
+	if b, ok := in.RegressionBounds[w]; ok {
+		return b
+	}
+	return in.RegressionBound
 }

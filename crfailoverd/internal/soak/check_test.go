@@ -238,6 +238,29 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
+			name: "a workload's own bound overrides the common one",
+			in: Input{Duration: s(20), Workloads: []string{"w", "v"}, RegressionBound: 30,
+				RegressionBounds: map[string]int64{"w": 90},
+				Samples: append(timeline("w", 0, s(20), func(at time.Duration) []Copy {
+					c := serving("n1", at)
+					if at >= s(10) { // 80 ticks back: within w's measured 90
+						c = Copy{Node: "n2", Running: true, Serving: true, Counter: int64(at/tick) - 80}
+					}
+					return []Copy{c}
+				}), timeline("v", 0, s(20), func(at time.Duration) []Copy {
+					c := serving("n3", at)
+					if at >= s(10) { // 80 ticks back: beyond the common 30
+						c = Copy{Node: "n4", Running: true, Serving: true, Counter: int64(at/tick) - 80}
+					}
+					return []Copy{c}
+				})...)},
+			check: func(t *testing.T, r Report) {
+				if len(r.Regressions) != 1 || r.Regressions[0].Workload != "v" {
+					t.Fatalf("regressions %v, want one of v only", r.Regressions)
+				}
+			},
+		},
+		{
 			name: "fresh container from zero is a regression",
 			in: Input{Duration: s(20), Workloads: []string{"w"}, RegressionBound: 30,
 				Samples: timeline("w", 0, s(20), func(at time.Duration) []Copy {

@@ -103,6 +103,9 @@ type Input struct {
 	// RegressionBound: how far a workload's counter may go back across a
 	// restore (checkpoint interval plus checkpoint time, in ticks).
 	RegressionBound int64
+	// RegressionBounds, when it has a workload, is that workload's own
+	// bound (measured in the run: a 100 MB app's checkpoints take longer).
+	RegressionBounds map[string]int64
 	// RecoveryBound: an outage longer than this is a problem.
 	RecoveryBound time.Duration
 	GivenUp       []string // workloads the cluster gave up at the end

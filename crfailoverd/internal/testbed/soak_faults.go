@@ -67,7 +67,10 @@ func (m *nemesis) run(ctx context.Context, f *soak.Fault) {
 	<-time.After(time.Until(m.start.Add(f.At + f.For)))
 	if undo != nil {
 		if err := undo(context.WithoutCancel(ctx)); err != nil {
-			f.Err = errors.Join(errors.New(f.Err), fmt.Errorf("undo: %w", err)).Error()
+			if f.Err != "" {
+				f.Err += "; "
+			}
+			f.Err += "undo: " + err.Error()
 			m.logf("%s %v: undo: %v", f.Kind, f.Nodes, err)
 		} else {
 			m.logf("%s %v undone", f.Kind, f.Nodes)

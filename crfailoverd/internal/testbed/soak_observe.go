@@ -477,12 +477,11 @@ func (o *observer) latestCounter(node string, wi int) int64 {
 	return o.http[node][wi].counter
 }
 
-// final is, per workload, the copy the end check finds: where it serves
-// (the first node when it serves on several) with its counter, and for
+// final is, per workload, the copy the end check finds: where it served
+// at the last look srv (the first node when it served on several) with its counter, and for
 // the big-state app its checksum.
-func (o *observer) final(ctx context.Context) []soak.Copy {
+func (o *observer) final(ctx context.Context, srv [][]string) []soak.Copy {
 	out := make([]soak.Copy, len(o.ws))
-	srv := o.serving()
 	for wi, w := range o.ws {
 		if len(srv[wi]) == 0 {
 			continue
