@@ -555,11 +555,13 @@ func standardMount(m specs.Mount, privileged bool, ids []string, opts *runtimeap
 // sameSource reports whether two host paths name the same volume: equal,
 // or both in a kubelet's per-pod directories (<root>/kubelet/pods/<uid>/),
 // which a pod started again, or on another node, has under another UID
-// (and root), with the same path after it (volume plugin and name), or
-// both a termination-log file of the same container
-// (containers/<name>/<file>). The UID is not compared with the
-// registration's (a restored pod has a new one); mountExcess refuses
-// mounts from more than one UID.
+// (and root), with the same path after it (volume plugin and name, or the
+// pod's etc-hosts), or both a termination-log file of the same container
+// (containers/<name>/<file>), or both the service account token kubelet
+// projects for the pod (volumes/kubernetes.io~projected/kube-api-access-
+// and a suffix kubelet picks at random). The UID is not compared with the
+// registration's (a restored pod has a new one); mountExcess and
+// equalMounts refuse mounts from more than one UID.
 func sameSource(a, b string) bool {
 	if a == b {
 		return true
@@ -572,14 +574,26 @@ func sameSource(a, b string) bool {
 	if ra == rb {
 		return true
 	}
+	if ta, ok := strings.CutPrefix(ra, serviceAccountToken); ok {
+		tb, ok := strings.CutPrefix(rb, serviceAccountToken)
+		return ok && ta != "" && tb != "" && !strings.Contains(ta, "/") && !strings.Contains(tb, "/")
+	}
 	ca, cb := strings.Split(ra, "/"), strings.Split(rb, "/")
 	return len(ca) == 3 && len(cb) == 3 && ca[0] == "containers" && cb[0] == "containers" && ca[1] == cb[1] && ca[2] != "" && cb[2] != ""
 }
 
+// serviceAccountToken begins the path, in a pod's kubelet directory, of
+// the service account token volume kubelet adds to the pod
+// (kube-api-access-<5 random characters>).
+const serviceAccountToken = "volumes/kubernetes.io~projected/kube-api-access-"
+
 // kubeletPodPath splits p into <root>/kubelet/pods/<uid> and the part
-// after it.
+// after it. The root is any directory (kubelet's --root-dir; the bed's
+// differs per node), not itself in a kubelet pod directory; the UID is
+// what kubelet names a pod's directory after: a UUID, or the hash of a
+// static pod's manifest (letters, digits and dashes only).
 func kubeletPodPath(p string) (pod, rest string, ok bool) {
-	if path.Clean(p) != p {
+	if path.Clean(p) != p || !strings.HasPrefix(p, "/") {
 		return "", "", false
 	}
 	root, after, ok := strings.Cut(p, "/kubelet/pods/")
@@ -587,7 +601,7 @@ func kubeletPodPath(p string) (pod, rest string, ok bool) {
 		return "", "", false
 	}
 	uid, rest, ok := strings.Cut(after, "/")
-	if !ok || uid == "" || rest == "" {
+	if !ok || uid == "" || rest == "" || strings.Trim(uid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
 		return "", "", false
 	}
 	return root + "/kubelet/pods/" + uid, rest, true

@@ -118,29 +118,53 @@ func Privileged(c Config) []string {
 	return out
 }
 
-// kubeletPods is where kubelet keeps each pod's volumes, named after the
-// pod's UID (which a new pod of the same workload does not share).
-const kubeletPods = "/var/lib/kubelet/pods/"
-
-// equalMounts compares mounts on what they expose: the container path,
-// read-only, propagation, relabeling, and the host path, except that two
-// host paths both in kubelet's per-pod directories count as the same
-// (kubelet names them after the pod's UID, so a pod started again has new
-// ones for the same volumes).
+// equalMounts compares mounts on what they expose, matched by container
+// path: the host path, read-only, propagation and relabeling. Host paths
+// in a kubelet's per-pod directories (<root>/kubelet/pods/<uid>/...) are
+// kubelet's own for the pod: its etc-hosts, its containers'
+// termination-log files, the service account token and the pod's
+// volumes. kubelet names them after the pod's UID, under its own root
+// directory, and gives a new pod (restored, or on another node) new ones
+// for the same volumes: two such paths are the same when they name the
+// same thing (sameSource). Kubelet paths of more than one pod in one
+// configuration are never the same as anything: a pod's are all in its
+// own directory.
 func equalMounts(a, b []*runtimeapi.Mount) bool {
-	if len(a) != len(b) {
+	if len(a) != len(b) || kubeletPodsOf(a) > 1 || kubeletPodsOf(b) > 1 {
 		return false
 	}
-	for i := range a {
-		x, y := a[i], b[i]
-		sameHost := x.GetHostPath() == y.GetHostPath() ||
-			(strings.HasPrefix(x.GetHostPath(), kubeletPods) && strings.HasPrefix(y.GetHostPath(), kubeletPods))
-		if !sameHost || x.GetContainerPath() != y.GetContainerPath() || x.GetReadonly() != y.GetReadonly() ||
+	byPath := make(map[string]*runtimeapi.Mount, len(b))
+	for _, m := range b {
+		if byPath[m.GetContainerPath()] != nil {
+			return false // one path mounted twice: compare nothing by guessing which
+		}
+		byPath[m.GetContainerPath()] = m
+	}
+	seen := make(map[string]bool, len(a))
+	for _, x := range a {
+		y := byPath[x.GetContainerPath()]
+		if y == nil || seen[x.GetContainerPath()] {
+			return false
+		}
+		seen[x.GetContainerPath()] = true
+		if !sameSource(x.GetHostPath(), y.GetHostPath()) || x.GetReadonly() != y.GetReadonly() ||
 			x.GetPropagation() != y.GetPropagation() || x.GetSelinuxRelabel() != y.GetSelinuxRelabel() {
 			return false
 		}
 	}
 	return true
+}
+
+// kubeletPodsOf counts the kubelet pod directories the mounts' host paths
+// are in.
+func kubeletPodsOf(ms []*runtimeapi.Mount) int {
+	pods := map[string]bool{}
+	for _, m := range ms {
+		if pod, _, ok := kubeletPodPath(m.GetHostPath()); ok {
+			pods[pod] = true
+		}
+	}
+	return len(pods)
 }
 
 func cdi(m map[string]string) map[string]string {

@@ -85,18 +85,105 @@ func TestSecurityDiff(t *testing.T) {
 	}
 }
 
-func TestKubeletPodPathsOfANewPodAreTheSameMounts(t *testing.T) {
-	a, b := base(), base()
-	a.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/var/lib/kubelet/pods/u1/etc-hosts", ContainerPath: "/etc/hosts"},
-		{HostPath: "/var/lib/kubelet/pods/u1/containers/app/7f3a", ContainerPath: "/dev/termination-log"}}
-	b.Container.Mounts = []*runtimeapi.Mount{{HostPath: "/var/lib/kubelet/pods/u2/etc-hosts", ContainerPath: "/etc/hosts"},
-		{HostPath: "/var/lib/kubelet/pods/u2/containers/app/91bc", ContainerPath: "/dev/termination-log"}}
-	if d := SecurityDiff(a, b); len(d) != 0 {
-		t.Fatalf("a new pod's kubelet volumes count as a change: %v", d)
+// kubeletMounts are what kubelet gives container app of pod uid under
+// root: etc-hosts, a termination-log file, a secret volume and the
+// service account token.
+func kubeletMounts(root, uid, logFile, token string) []*runtimeapi.Mount {
+	pod := root + "/kubelet/pods/" + uid
+	return []*runtimeapi.Mount{
+		{HostPath: pod + "/volumes/kubernetes.io~secret/app", ContainerPath: "/var/run/secrets/app", Readonly: true},
+		{HostPath: pod + "/volumes/kubernetes.io~projected/kube-api-access-" + token, ContainerPath: "/var/run/secrets/kubernetes.io/serviceaccount", Readonly: true},
+		{HostPath: pod + "/etc-hosts", ContainerPath: "/etc/hosts"},
+		{HostPath: pod + "/containers/app/" + logFile, ContainerPath: "/dev/termination-log"},
 	}
-	b.Container.Mounts[0].HostPath = "/etc/shadow"
-	if d := SecurityDiff(a, b); len(d) == 0 {
-		t.Fatal("a kubelet volume replaced by a host file is no change")
+}
+
+func TestSecurityDiffKubeletMounts(t *testing.T) {
+	const root = "/var/lib"
+	cases := []struct {
+		name   string
+		change func(ms []*runtimeapi.Mount) []*runtimeapi.Mount
+		same   bool
+	}{
+		{"the same pod", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount { return ms }, true},
+		{"a new pod of the same spec (another UID, log file and token suffix)", func([]*runtimeapi.Mount) []*runtimeapi.Mount {
+			return kubeletMounts(root, "c0ffee0123456789abcdef0123456789", "91bc", "q8w4z")
+		}, true},
+		{"a new pod on a node whose kubelet has another root directory", func([]*runtimeapi.Mount) []*runtimeapi.Mount {
+			return kubeletMounts("/var/lib/crfailoverd-bed/nodes/n2", "u2", "91bc", "q8w4z")
+		}, true},
+		{"the same mounts in another order", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			return []*runtimeapi.Mount{ms[3], ms[2], ms[1], ms[0]}
+		}, true},
+		{"etc-hosts replaced by a host file", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[2].HostPath = "/etc/shadow"
+			return ms
+		}, false},
+		{"the secret replaced by another of the pod's volumes", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[0].HostPath = root + "/kubelet/pods/u1/volumes/kubernetes.io~secret/other"
+			return ms
+		}, false},
+		{"the token replaced by another volume", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[1].HostPath = root + "/kubelet/pods/u1/volumes/kubernetes.io~host-path/root"
+			return ms
+		}, false},
+		{"the token path below a volume", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[1].HostPath += "/../../kubernetes.io~secret/app"
+			return ms
+		}, false},
+		{"another container's termination log", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[3].HostPath = root + "/kubelet/pods/u1/containers/other/7f3a"
+			return ms
+		}, false},
+		{"a volume of another pod beside the pod's own", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[0].HostPath = root + "/kubelet/pods/victim/volumes/kubernetes.io~secret/app"
+			return ms
+		}, false},
+		{"a kubelet path whose UID is a path", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			for _, m := range ms {
+				m.HostPath = strings.Replace(m.HostPath, "/u1/", "/../", 1)
+			}
+			return ms
+		}, false},
+		{"the secret made writable", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[0].Readonly = false
+			return ms
+		}, false},
+		{"etc-hosts with shared propagation", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[2].Propagation = runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL
+			return ms
+		}, false},
+		{"the termination log at another path", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[3].ContainerPath = "/etc/passwd"
+			return ms
+		}, false},
+		{"a host mount added", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			return append(ms, &runtimeapi.Mount{HostPath: "/", ContainerPath: "/host"})
+		}, false},
+		{"a host mount in place of the token", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[1] = &runtimeapi.Mount{HostPath: "/", ContainerPath: "/host"}
+			return ms
+		}, false},
+		{"one path mounted twice", func(ms []*runtimeapi.Mount) []*runtimeapi.Mount {
+			ms[1] = &runtimeapi.Mount{HostPath: "/", ContainerPath: "/etc/hosts"}
+			return ms
+		}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := base(), base()
+			a.Container.Mounts = kubeletMounts(root, "u1", "7f3a", "7xk2p")
+			b.Container.Mounts = tc.change(kubeletMounts(root, "u1", "7f3a", "7xk2p"))
+			for _, pair := range [][2]Config{{a, b}, {b, a}} {
+				d := SecurityDiff(pair[0], pair[1])
+				if tc.same && len(d) != 0 {
+					t.Fatalf("diff %v, want none", d)
+				}
+				if !tc.same && !slices.Equal(d, []string{"container mounts"}) {
+					t.Fatalf("diff %v, want [container mounts]", d)
+				}
+			}
+		})
 	}
 }
 
