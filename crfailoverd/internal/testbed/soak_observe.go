@@ -278,6 +278,9 @@ func (o *observer) criLoop(ctx context.Context, n Node) {
 			}
 		}
 		running, err := runningWorkloads(ctx, c, o.ws, n.Name)
+		if ctx.Err() != nil {
+			return // stopped mid-look
+		}
 		if err != nil {
 			// Redial: after a boot the socket is a new one, and gRPC's
 			// reconnect backoff would hide it for a long while.
@@ -338,6 +341,9 @@ func (o *observer) httpLoop(ctx context.Context, n Node, wi int) {
 			Counter *int64 `json:"counter"`
 		}
 		err := getJSON(ctx, client, base+"/state", &s)
+		if ctx.Err() != nil {
+			return // stopped mid-look: that says nothing of the copy
+		}
 		ob := httpObs{at: time.Now(), serving: err == nil && s.Counter != nil}
 		if ob.serving {
 			ob.counter = *s.Counter
