@@ -65,7 +65,8 @@ func Parse(b []byte) (Config, error) {
 const cdiPrefix = "cdi.k8s.io/"
 
 // SecurityDiff names the security-relevant fields in which b differs from
-// a: the image; the sandbox's and container's Linux security contexts
+// a: the image (b's is one of the names a was created with, sameImage);
+// the sandbox's and container's Linux security contexts
 // (privileged, capabilities, host namespaces, users, SELinux, seccomp,
 // AppArmor, read-only root, masked and read-only paths, ...); sysctls;
 // mounts; devices; CDI devices and annotations. Empty when they agree.
@@ -78,7 +79,7 @@ func SecurityDiff(a, b Config) []string {
 	}
 	sa, sb := a.Sandbox.GetLinux(), b.Sandbox.GetLinux()
 	ca, cb := a.Container.GetLinux(), b.Container.GetLinux()
-	add("image", a.Container.GetImage().GetImage() != b.Container.GetImage().GetImage())
+	add("image", !sameImage(a.Container.GetImage(), b.Container.GetImage()))
 	add("sandbox security context", !proto.Equal(sa.GetSecurityContext(), sb.GetSecurityContext()))
 	add("sandbox sysctls", !equalMaps(sa.GetSysctls(), sb.GetSysctls()))
 	add("sandbox CDI annotations", !equalMaps(cdi(a.Sandbox.GetAnnotations()), cdi(b.Sandbox.GetAnnotations())))
@@ -116,6 +117,25 @@ func Privileged(c Config) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// sameImage reports whether b runs a's image: b's image is a's (after
+// docker's normalization, or by the same digest), or the reference a's
+// user gave (kubelet creates a container with the image's ID and the
+// user's reference beside it; a runtime restoring a checkpoint reports the
+// reference). a's user-given reference counts for a only, the trusted
+// side: b's own says nothing about what b runs.
+func sameImage(a, b *runtimeapi.ImageSpec) bool {
+	got := b.GetImage()
+	for _, want := range []string{a.GetImage(), a.GetUserSpecifiedImage()} {
+		if want == "" {
+			continue
+		}
+		if want == got || got != "" && (normalizeImage(want) == normalizeImage(got) || digestOf(want) != "" && digestOf(want) == digestOf(got)) {
+			return true
+		}
+	}
+	return a.GetImage() == "" && got == ""
 }
 
 // equalMounts compares mounts on what they expose, matched by container

@@ -187,6 +187,42 @@ func TestSecurityDiffKubeletMounts(t *testing.T) {
 	}
 }
 
+func TestSecurityDiffImage(t *testing.T) {
+	const id = "sha256:928b3680b2f350537cb41174c465290d9cb6f517791c6792978ae0188304d761"
+	kubelet := &runtimeapi.ImageSpec{Image: id, UserSpecifiedImage: "localhost:5000/counter:latest"}
+	cases := []struct {
+		name string
+		a, b *runtimeapi.ImageSpec
+		same bool
+	}{
+		{"the same", kubelet, kubelet, true},
+		{"a restored copy reports the user's reference", kubelet, &runtimeapi.ImageSpec{Image: "localhost:5000/counter:latest"}, true},
+		{"the reference normalized", &runtimeapi.ImageSpec{Image: "counter"}, &runtimeapi.ImageSpec{Image: "docker.io/library/counter:latest"}, true},
+		{"the image's ID by a reference with its digest", kubelet, &runtimeapi.ImageSpec{Image: "localhost:5000/counter@" + id}, true},
+		{"none on either side", &runtimeapi.ImageSpec{}, nil, true},
+		{"another image", kubelet, &runtimeapi.ImageSpec{Image: "localhost:5000/evil:latest"}, false},
+		{"another tag", kubelet, &runtimeapi.ImageSpec{Image: "localhost:5000/counter:2"}, false},
+		{"another image's ID", kubelet, &runtimeapi.ImageSpec{Image: "sha256:0000000000000000000000000000000000000000000000000000000000000000"}, false},
+		{"another image claiming the user's reference", kubelet, &runtimeapi.ImageSpec{Image: "localhost:5000/evil:latest", UserSpecifiedImage: "localhost:5000/counter:latest"}, false},
+		{"the reference where the registration has only the ID", &runtimeapi.ImageSpec{Image: id}, &runtimeapi.ImageSpec{Image: "localhost:5000/counter:latest"}, false},
+		{"an image where the registration has none", &runtimeapi.ImageSpec{}, &runtimeapi.ImageSpec{Image: "localhost:5000/evil:latest"}, false},
+		{"none where the registration has one", kubelet, &runtimeapi.ImageSpec{}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := base(), base()
+			a.Container.Image, b.Container.Image = tc.a, tc.b
+			d := SecurityDiff(a, b)
+			if tc.same && len(d) != 0 {
+				t.Fatalf("diff %v, want none", d)
+			}
+			if !tc.same && !slices.Equal(d, []string{"image"}) {
+				t.Fatalf("diff %v, want [image]", d)
+			}
+		})
+	}
+}
+
 func TestPrivileged(t *testing.T) {
 	c := base()
 	if p := Privileged(c); len(p) != 0 {
