@@ -170,7 +170,11 @@ func storeFiles(t *testing.T, n testbed.Node) []string {
 // the endpoint's credentials (kubelet's, so any pod's) pull nothing while
 // no restore is handed to kubelet (404).
 func TestE2EHostileArchive(t *testing.T) {
-	cb := startCluster(t, 3)
+	// The owner's daemon is stopped below for an attacker who holds the
+	// node, not a frozen daemon: without the fence guard, which would
+	// kill the owner's copy 2.5 s into the stop (TestE2EDaemonPause
+	// tests that), the copy serves until the power cut.
+	cb := startCluster(t, 3, "fence_guard = false")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	leader := cb.leader(ctx, "n1")
@@ -324,6 +328,16 @@ func TestE2EHostileArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The restored copy answers before its node reports the restore: the
+	// record says "restoring" until then.
+	poll.Until(t, 30*time.Second, "the cluster records the counter running on "+r.ServedOn, func() (bool, string) {
+		w, err := cb.workload(ctx, r.ServedOn)
+		if err != nil {
+			return false, err.Error()
+		}
+		r.Workload = w
+		return w.Status == "running" && w.Owner == r.ServedOn, fmt.Sprintf("record %+v", w)
+	})
 	// The planted checkpoint: marked bad where it was refused, and never
 	// the one that runs.
 	privilegedRefused := false

@@ -22,6 +22,7 @@ import (
 
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/api"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cluster/state"
+	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/cri"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/peer"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/pki"
 	"github.com/crfailoverd/crfailoverd/crfailoverd/internal/poll"
@@ -235,17 +236,62 @@ func TestE2EHostilePeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	restored := readCfg(r.ServedOn)
+	// What the restored copy runs with, as its runtime reports it (the
+	// recorded file on its node is the registration's until the node's
+	// agent adopts the copy, then the copy's own: reading it right after
+	// the counter answers tells nothing about the copy).
+	var restored restorecfg.Config
+	poll.Until(t, 30*time.Second, "the configuration of the copy running on "+r.ServedOn, func() (bool, string) {
+		restored, err = runningConfig(ctx, mustNode(t, cb.b, r.ServedOn))
+		return err == nil, fmt.Sprint(err)
+	})
 	diff := restorecfg.SecurityDiff(original, restored)
 	// The bed's counter runs in its node's network namespace (host network)
 	// and nothing else: the restored copy has no more than that.
 	restoredOK := r.ServedOn != "mallory" && r.Lost() < 20 && len(diff) == 0 && !restored.Container.GetLinux().GetSecurityContext().GetPrivileged()
 	if !restoredOK {
 		t.Errorf("restored on %s, lost %d ticks, configuration changed in %v (privileges now %v)", r.ServedOn, r.Lost(), diff, restorecfg.Privileged(restored))
+		b1, _ := restorecfg.Marshal(original.Sandbox, original.Container)
+		b2, _ := restorecfg.Marshal(restored.Sandbox, restored.Container)
+		t.Logf("recorded on n1:\n%s\nthe copy on %s:\n%s", b1, r.ServedOn, b2)
 	}
 	if !t.Failed() {
 		fmt.Printf("E2E hostile-peer: runtime=%s attacks=%d refused=%d state_changed=%d restored_ok=%t\n", cb.b.Flavor(), total, refused, changed, restoredOK)
 	}
+}
+
+// runningConfig is the sandbox and container configuration of the
+// running counter container on n, as its runtime reports them (what the
+// agent records for a copy).
+func runningConfig(ctx context.Context, n testbed.Node) (restorecfg.Config, error) {
+	c, err := testbed.DialCRI(n.Socket)
+	if err != nil {
+		return restorecfg.Config{}, err
+	}
+	defer c.Close()
+	resp, err := c.Runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+		LabelSelector: map[string]string{testbed.LabelContainerName: "counter"}}})
+	if err != nil {
+		return restorecfg.Config{}, fmt.Errorf("list the counter's containers on %s: %w", n.Name, err)
+	}
+	if len(resp.Containers) != 1 {
+		return restorecfg.Config{}, fmt.Errorf("%d running counter containers on %s, want 1", len(resp.Containers), n.Name)
+	}
+	ctr := resp.Containers[0]
+	rt, err := cri.Dial(n.Socket, 10*time.Second)
+	if err != nil {
+		return restorecfg.Config{}, err
+	}
+	defer rt.Close()
+	var cfg restorecfg.Config
+	if cfg.Sandbox, err = rt.SandboxConfig(ctx, ctr.PodSandboxId); err != nil {
+		return cfg, fmt.Errorf("the counter's sandbox configuration on %s: %w", n.Name, err)
+	}
+	if cfg.Container, err = rt.ContainerConfig(ctx, ctr.Id); err != nil {
+		return cfg, fmt.Errorf("the counter's container configuration on %s: %w", n.Name, err)
+	}
+	return cfg, nil
 }
 
 // TestE2ELeaderRestart: the leader's daemon is stopped and started again
