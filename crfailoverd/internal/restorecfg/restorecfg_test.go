@@ -234,3 +234,32 @@ func TestPrivileged(t *testing.T) {
 		t.Fatalf("privileged configuration reported as %v", p)
 	}
 }
+
+func TestSameSource(t *testing.T) {
+	const tok = "/volumes/kubernetes.io~projected/kube-api-access-"
+	cases := []struct {
+		a, b string
+		same bool
+	}{
+		{"/data", "/data", true},
+		{"/data", "/data2", false},
+		{"/var/lib/kubelet/pods/u1/etc-hosts", "/var/lib/crfailoverd-bed/nodes/n2/kubelet/pods/u2/etc-hosts", true},
+		{"/var/lib/kubelet/pods/u1" + tok + "7xk2p", "/var/lib/kubelet/pods/u2" + tok + "q8w4z", true},
+		{"/var/lib/kubelet/pods/u1" + tok + "7xk2p", "/var/lib/kubelet/pods/u2" + tok, false},
+		{"/var/lib/kubelet/pods/u1" + tok + "7xk2p", "/var/lib/kubelet/pods/u2" + tok + "q8w4z/x", false},
+		{"/var/lib/kubelet/pods/u1" + tok + "7xk2p", "/var/lib/kubelet/pods/u2/volumes/kubernetes.io~projected/other", false},
+		{"/var/lib/kubelet/pods/u1/containers/app/7f3a", "/var/lib/kubelet/pods/u2/containers/app/91bc", true},
+		{"/var/lib/kubelet/pods/u1/containers/app/7f3a", "/var/lib/kubelet/pods/u2/containers/other/91bc", false},
+		{"/var/lib/kubelet/pods/u1/etc-hosts", "/var/lib/kubelet/pods/u1/../u2/etc-hosts", false},
+		{"/var/lib/kubelet/pods/u1/etc-hosts", "/var/lib/kubelet/pods/u$2/etc-hosts", false},
+		{"/var/lib/kubelet/pods/u1/etc-hosts", "kubelet/pods/u2/etc-hosts", false},
+		{"/var/lib/kubelet/pods/u1/etc-hosts", "/etc/hosts", false},
+	}
+	for _, tc := range cases {
+		for _, p := range [][2]string{{tc.a, tc.b}, {tc.b, tc.a}} {
+			if got := sameSource(p[0], p[1]); got != tc.same {
+				t.Errorf("sameSource(%q, %q) = %t, want %t", p[0], p[1], got, tc.same)
+			}
+		}
+	}
+}
