@@ -233,9 +233,10 @@ func New(o Options) (*Cluster, error) {
 	return c, nil
 }
 
-// RetryFailed is how long after giving a workload up the leader places it
-// again, when a node that can restore one of its checkpoints (not marked
-// bad) is alive (failover rule 9).
+// RetryFailed is how long after giving a workload up the leader retries
+// it, when a node that can restore one of its checkpoints (not marked bad)
+// is alive (failover rule 9: every copy is stopped first, the placement
+// follows after the leader wait).
 const RetryFailed = 30 * time.Second
 
 func (c *Cluster) closeListeners() {

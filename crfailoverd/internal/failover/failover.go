@@ -5,7 +5,7 @@
 // goroutines): the same inputs always give the same commands, so the rules
 // can be tested by the thousand.
 //
-// # Rules, per workload (failed ones only by rule 9)
+// # Rules, per workload (failed and retrying ones only by rule 9)
 //
 //  1. Owner alive and running: nothing.
 //  2. Owner dead (in View.DeadSince, not alive): once it has been dead for
@@ -35,9 +35,13 @@
 //     moves it. Both at once, also within the leader wait: a failed
 //     attempt left no copy, and a restoring owner's copy is gone by the
 //     restore deadline (see the contract).
-//  6. Candidates: checkpoints newest first, except those marked bad (a
-//     copy restored from one failed within state.QuickFailWindow of its
-//     restore: the checkpoint caught the application dying); for each, its holders that are
+//  6. Candidates: checkpoints newest first, except those marked bad
+//     (state.MarkCheckpointBad: before placing an app-failed workload
+//     whose copy was restored from checkpoint C and failed on its own, a
+//     state.FailKind.Own kind, within state.QuickFailWindow of its
+//     restore, the leader marks C bad: it caught the application dying;
+//     a lost, fenced or killed copy, a failed migration or a failure of
+//     unknown kind marks nothing); for each, its holders that are
 //     alive and known nodes and can restore it (state.CanRestore: the
 //     runtime that took it, a restore path, the CPU features it needs),
 //     except (node, checkpoint) pairs already tried and the failing owner;
@@ -57,14 +61,23 @@
 //     holds or can fetch a checkpoint of it (a node reports new
 //     capabilities, say).
 //  9. A failed workload (given up) whose last change is at least
-//     Policy.RetryFailed old is placed again when a candidate exists now
-//     (rule 6, every (node, checkpoint) pair counted untried: the Place
-//     clears its Tried list, a new round of MaxAttempts); bad checkpoints
+//     Policy.RetryFailed old is retried when a candidate exists now (rule
+//     6, every (node, checkpoint) pair counted untried), in two steps.
+//     First state.RetryWorkload: a new epoch, no owner, status retrying,
+//     Tried cleared (a new round of MaxAttempts). A failed workload may
+//     still have a copy somewhere: one started by hand whose registration
+//     is not committed yet, or one a node waits on (View.Admit says Wait,
+//     not Stop, for a workload the cluster gave up). Under retrying, every
+//     node stops any copy of it and its registration is refused. Then,
+//     once the retry is max(FenceDelay, LeaderDelay) old (its At) and this
+//     leader has led for its leader wait (rule 2's reasoning: a node with
+//     quorum contact applies the retry and stops its copy within
+//     StopLatency of its next discovery; a node without it stops all its
+//     copies within the lease of its last contact), the Place on the best
+//     candidate then, or GiveUp again when none is left. Bad checkpoints
 //     stay passed over, so a retry never restores one. A node holding a
 //     checkpoint that came back, or a node that can now restore one,
-//     brings it back. Without a candidate it stays failed, silently. A
-//     failed workload has no copy anywhere (every node stops a copy the
-//     state gives to no one), so no fence wait applies.
+//     brings it back. Without a candidate it stays failed, silently.
 //
 // A workload whose only untried candidates are on nodes that are not alive
 // is left alone: those nodes may come back (a power cut), and giving up
@@ -168,7 +181,7 @@ func Decide(s *state.State, v View, p Policy) []state.Command {
 	ids := make([]string, 0, len(s.Workloads))
 	for id, w := range s.Workloads {
 		ids = append(ids, id)
-		if w.Status != state.StatusFailed {
+		if w.Owner != "" {
 			d.owned[w.Owner]++
 		}
 	}
@@ -199,8 +212,14 @@ type decider struct {
 
 // decide applies the rules to one workload.
 func (d *decider) decide(w *state.Workload) state.Command {
-	if w.Status == state.StatusFailed {
+	switch w.Status {
+	case state.StatusFailed:
 		return d.retry(w)
+	case state.StatusRetrying:
+		return d.place(w)
+	}
+	if mark := d.quickFail(w); mark != nil {
+		return mark // before any placement, which then passes over it
 	}
 	if !d.v.Alive[w.Owner] {
 		dead, seen := d.v.DeadSince[w.Owner]
@@ -230,19 +249,58 @@ func (d *decider) decide(w *state.Workload) state.Command {
 	return nil
 }
 
-// retry places a failed workload again (rule 9), or returns nil.
+// retry starts the retry of a failed workload (rule 9): RetryWorkload
+// once RetryFailed has passed and a candidate exists, or nil.
 func (d *decider) retry(w *state.Workload) state.Command {
 	if d.p.RetryFailed <= 0 || d.v.Now.Sub(w.Since) < d.p.RetryFailed {
 		return nil
 	}
 	fresh := *w
-	fresh.Tried = nil // the Place starts a new round
-	c := d.candidate(&fresh, false)
-	if c.node == "" {
+	fresh.Tried = nil // RetryWorkload starts a new round
+	if c := d.candidate(&fresh, false); c.node == "" {
 		return nil
 	}
-	return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq,
+	return &state.RetryWorkload{At: d.v.Now, ID: w.ID, Epoch: w.Epoch + 1,
 		Reason: fmt.Sprintf("retry after giving up %s ago (%s)", d.v.Now.Sub(w.Since).Round(time.Second), w.LastError)}
+}
+
+// retryWait is how long a retrying workload waits before it is placed:
+// as long as the leader wait of rule 2, for the same reason.
+func (p Policy) retryWait() time.Duration { return max(p.FenceDelay, p.LeaderDelay) }
+
+// place ends the retry of a retrying workload (rule 9): once the retry has
+// been committed for the fence wait (and this leader has led for its own
+// wait), Place on a candidate, or GiveUp again when none is left.
+func (d *decider) place(w *state.Workload) state.Command {
+	if d.v.Now.Sub(w.Since) < d.p.retryWait() || d.v.Now.Before(d.v.leaderReady(d.p)) {
+		return nil // a copy on some node may not have stopped yet
+	}
+	c := d.candidate(w, false)
+	if c.node == "" {
+		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch,
+			Reason: fmt.Sprintf("%s; no candidate left after the fence wait (%s)", w.Reason, holders(w.Checkpoints))}
+	}
+	return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq, Reason: w.Reason}
+}
+
+// quickFail returns MarkCheckpointBad for an app-failed workload whose
+// copy, restored from a checkpoint not yet marked, failed on its own
+// within state.QuickFailWindow of its restore (rule 6), or nil.
+func (d *decider) quickFail(w *state.Workload) state.Command {
+	if w.Status != state.StatusAppFailed || w.RestoredFrom == 0 || !w.FailKind.Own() {
+		return nil
+	}
+	ran := w.Since.Sub(w.RestoredAt)
+	if ran < 0 || ran >= state.QuickFailWindow {
+		return nil
+	}
+	cp := w.Checkpoint(w.RestoredFrom)
+	if cp == nil || cp.Bad != "" {
+		return nil
+	}
+	return &state.MarkCheckpointBad{At: d.v.Now, ID: w.ID, Seq: cp.Seq, SHA256: cp.SHA256,
+		Why: fmt.Sprintf("the copy restored from it on %s at epoch %d failed on its own (%s) %s after its restore: %s",
+			w.Owner, w.Epoch, w.FailKind, ran.Round(time.Millisecond), w.Reason)}
 }
 
 // move places w on the best candidate, gives it up, reports it
@@ -376,15 +434,11 @@ func (d *decider) noNodeCanRestore(w *state.Workload) string {
 		if n == w.Owner && !d.v.Alive[n] {
 			continue
 		}
-		cp := &w.Checkpoints[0]
-		for i := range w.Checkpoints {
-			if slices.Contains(w.Checkpoints[i].Holders, n) {
-				cp = &w.Checkpoints[i]
-				break
-			}
-		}
+		cp := judgedWith(w.Checkpoints, n)
 		why := ""
 		switch ok, reason := d.s.CanRestore(n, cp); {
+		case cp.Bad != "":
+			why = fmt.Sprintf("#%d is marked bad (%s)", cp.Seq, cp.Bad)
 		case !ok:
 			why = reason
 		case !d.v.Alive[n]:
@@ -400,6 +454,31 @@ func (d *decider) noNodeCanRestore(w *state.Workload) string {
 		return "no node can restore it: no other node"
 	}
 	return "no node can restore it: " + strings.Join(parts, "; ")
+}
+
+// judgedWith is the checkpoint noNodeCanRestore judges node n with: the
+// newest that n holds and that is not marked bad, else the newest n holds,
+// else the newest not marked bad, else the newest. cps is not empty.
+func judgedWith(cps []state.Checkpoint, n string) *state.Checkpoint {
+	held, good := -1, -1
+	for i := range cps {
+		h := slices.Contains(cps[i].Holders, n)
+		switch {
+		case h && cps[i].Bad == "":
+			return &cps[i]
+		case h && held < 0:
+			held = i
+		case cps[i].Bad == "" && good < 0:
+			good = i
+		}
+	}
+	switch {
+	case held >= 0:
+		return &cps[held]
+	case good >= 0:
+		return &cps[good]
+	}
+	return &cps[0]
 }
 
 func sortedNames(m map[string]*state.Node) []string {

@@ -184,7 +184,7 @@ func randomConfig(rng *rand.Rand) simConfig {
 		reportLag: rng.IntN(31),
 		flakyRate: 30, failPct: 40, hangPct: 20,
 		events: [evCount]int{evPowerCut: 8, evRestart: 12, evPartition: 6, evHeal: 12, evAppFailure: 12,
-			evCheckpoint: 40, evLeaderChange: 6, evRediscover: 8},
+			evCheckpoint: 40, evLeaderChange: 6, evRediscover: 8, evHandStart: 10},
 	}
 	c.restoreMargin = c.stopMax
 	c.formulas()
@@ -229,7 +229,7 @@ func boundaryConfig(rng *rand.Rand) simConfig {
 	c.lease, c.detect, c.detectSpread, c.electGap, c.staleLead, c.stopMax, c.stopAtMaxPct = simMinLease, simMinDetect, 20, 5+rng.IntN(3), simStaleLead, simStopMax, 70
 	c.joinMax, c.reportLag = 40, rng.IntN(6)
 	c.events = [evCount]int{evPowerCut: 10, evRestart: 15, evPartition: 25, evHeal: 15, evAppFailure: 10,
-		evCheckpoint: 40, evLeaderChange: 15, evRediscover: 5}
+		evCheckpoint: 40, evLeaderChange: 15, evRediscover: 5, evHandStart: 10}
 	c.restoreMargin = c.stopMax
 	c.formulas()
 	c.policy.RestoreTimeout = ticks(c.detect + c.detectSpread + c.electGap + c.reportLag + 2*c.stopMax + 20 + rng.IntN(21))
@@ -246,6 +246,7 @@ const (
 	evCheckpoint
 	evLeaderChange
 	evRediscover
+	evHandStart
 	evCount
 )
 
@@ -264,6 +265,15 @@ type simNode struct {
 	stopping    map[string]stop   // copies told to stop, not yet gone
 	hiwater     map[string]uint64 // its store's highest checkpoint number per workload
 	reporting   map[string]uint64 // restore reports in flight: workload -> epoch
+	// hand: copies of workloads the cluster gave up, started by hand (as
+	// original pods, epoch 1) and not registered yet: workload -> the tick
+	// its registration is proposed from. The node keeps such a copy while
+	// its view shows the workload failed (View.Admit: Wait), and stops it
+	// as soon as its view shows anything else (retrying, placed: Stop).
+	hand map[string]int
+	// gone: why a copy of a workload it owns went away (the kind of its
+	// AppFailed report); none: it was lost (a power cut).
+	gone map[string]state.FailKind
 }
 
 // stop is a copy being stopped: live until tick goneAt.
@@ -343,7 +353,8 @@ func newSim(seed uint64, cfg func(*rand.Rand) simConfig, st simStats) *sim {
 	for i := range m.cfg.nodes {
 		n := &simNode{name: fmt.Sprintf("n%d", i+1), idx: i, up: true, phase: rng.IntN(simDiscovery), detect: m.cfg.detect + rng.IntN(m.cfg.detectSpread+1),
 			heard:  slices.Repeat([]int{-1}, m.cfg.nodes),
-			copies: map[string]uint64{}, stopping: map[string]stop{}, hiwater: map[string]uint64{}, reporting: map[string]uint64{}}
+			copies: map[string]uint64{}, stopping: map[string]stop{}, hiwater: map[string]uint64{}, reporting: map[string]uint64{},
+			hand: map[string]int{}, gone: map[string]state.FailKind{}}
 		m.nodes = append(m.nodes, n)
 	}
 	c := m.cfg
@@ -617,14 +628,7 @@ func (m *sim) propose(n *simNode, cmd state.Command) error {
 		m.fail("decode %T: %v", cmd, err)
 		return err
 	}
-	badBefore := 0
-	if af, ok := dec.(*state.AppFailed); ok && m.committed.Workloads[af.ID] != nil {
-		badBefore = countBad(m.committed.Workloads[af.ID])
-	}
 	err = m.committed.Apply(dec)
-	if af, ok := dec.(*state.AppFailed); ok && err == nil && countBad(m.committed.Workloads[af.ID]) > badBefore {
-		m.st["markedBad"]++
-	}
 	if err != nil {
 		m.st["refused"]++
 		m.tracef("%s: %s: refused: %v", n.name, describe(dec), err)
@@ -635,16 +639,6 @@ func (m *sim) propose(n *simNode, cmd state.Command) error {
 	m.tracef("%s: %s", n.name, describe(dec))
 	m.checkLog()
 	return nil
-}
-
-func countBad(w *state.Workload) int {
-	n := 0
-	for _, cp := range w.Checkpoints {
-		if cp.Bad != "" {
-			n++
-		}
-	}
-	return n
 }
 
 // checkLog is invariant (a), and the state's own invariants.
@@ -714,6 +708,10 @@ func (m *sim) startCopy(n *simNode, id string, epoch uint64, why string) {
 func (m *sim) stopCopy(n *simNode, id, why string) {
 	epoch := n.copies[id]
 	delete(n.copies, id)
+	delete(n.hand, id)
+	if strings.HasPrefix(why, "fenced") {
+		n.gone[id] = state.FailFenced
+	}
 	m.changes++
 	d := 0
 	if m.cfg.stopMax > 0 {
@@ -803,6 +801,14 @@ func (m *sim) reactNode(n *simNode) {
 			continue
 		}
 		w := view.Workloads[id]
+		if _, hand := n.hand[id]; hand {
+			if w != nil && w.Status == state.StatusFailed {
+				continue // Admit: Wait, until its registration commits
+			}
+			m.stopCopy(n, id, "a copy started by hand of a workload the cluster took back")
+			m.st["handStopped"]++
+			continue
+		}
 		switch {
 		case w == nil || w.Owner != n.name || w.Epoch != epoch:
 			m.stopCopy(n, id, "owner or epoch changed")
@@ -815,6 +821,11 @@ func (m *sim) reactNode(n *simNode) {
 		}
 	}
 	if m.canCommit(n) {
+		for _, id := range sortedIDs(n.hand) {
+			if n.hand[id] <= m.step {
+				m.registerHand(n, id)
+			}
+		}
 		for _, id := range m.ids {
 			w := m.committed.Workloads[id]
 			if w == nil || w.Owner != n.name {
@@ -826,7 +837,12 @@ func (m *sim) reactNode(n *simNode) {
 			switch {
 			case w.Status == state.StatusRunning && !has && (!stopping || m.cfg.appFailedWhileStopping):
 				m.st["appFailures"]++
-				m.propose(n, &state.AppFailed{At: m.now(), ID: id, Node: n.name, Epoch: w.Epoch, Reason: "container not running"})
+				kind, ok := n.gone[id]
+				if !ok {
+					kind = state.FailLost
+				}
+				delete(n.gone, id)
+				m.propose(n, &state.AppFailed{At: m.now(), ID: id, Node: n.name, Epoch: w.Epoch, Reason: "container not running", Kind: kind})
 			case w.Status == state.StatusRestoring && has && !reporting:
 				m.report(n, w, "")
 			case w.Status == state.StatusRestoring && !fenced && !has && !stopping && !reporting && !w.AttemptFailed() && m.now().Before(m.deadline(w)):
@@ -847,6 +863,22 @@ func (m *sim) reactNode(n *simNode) {
 			m.st["minorityRestores"]++
 			m.restore(n, w, false)
 		}
+	}
+}
+
+// registerHand proposes the registration of n's copy of id started by
+// hand: accepted, the copy runs at the epoch the cluster gave it; refused
+// as stale, it is stopped.
+func (m *sim) registerHand(n *simNode, id string) {
+	err := m.propose(n, &state.RegisterWorkload{At: m.now(), ID: id, Node: n.name, Interval: 10 * time.Second, Config: []byte(`{}`)})
+	switch {
+	case err == nil:
+		delete(n.hand, id)
+		n.copies[id] = m.committed.Workloads[id].Epoch
+		m.st["handRegistered"]++
+	case errors.Is(err, state.ErrStale):
+		m.stopCopy(n, id, "registration of a copy started by hand refused")
+		m.st["handStopped"]++
 	}
 }
 
@@ -977,8 +1009,23 @@ func (m *sim) lead() {
 		}
 	}
 	for _, cmd := range cmds {
-		if g, ok := cmd.(*state.GiveUp); ok {
+		if g, ok := cmd.(*state.GiveUp); ok && m.committed.Workloads[g.ID].Status != state.StatusRetrying {
+			// A retry that found no candidate after its wait returns to
+			// failed, where it was.
 			m.checkGiveUp(m.committed.Workloads[g.ID])
+		}
+		if b, ok := cmd.(*state.MarkCheckpointBad); ok {
+			if w := m.committed.Workloads[b.ID]; !w.FailKind.Own() || w.RestoredFrom != b.Seq {
+				m.fail("%s: #%d marked bad after a failure of kind %q of a copy restored from #%d", b.ID, b.Seq, w.FailKind, w.RestoredFrom)
+			}
+		}
+		if p, ok := cmd.(*state.Place); ok && m.committed.Workloads[p.ID].Status == state.StatusRetrying {
+			// Rule 9: no copy of it may be live when it is placed.
+			for _, n := range m.nodes {
+				if n.live(p.ID) {
+					m.fail("%s placed on %s for its retry while %s still has a copy", p.ID, p.Owner, n.name)
+				}
+			}
 		}
 		if p, ok := cmd.(*state.Place); ok {
 			m.checkCapable(p)
@@ -1011,6 +1058,10 @@ func (m *sim) lead() {
 			m.checkTimeout(c)
 		case *state.GiveUp:
 			m.st["gaveUp"]++
+		case *state.RetryWorkload:
+			m.st["retries"]++
+		case *state.MarkCheckpointBad:
+			m.st["markedBad"]++
 		case *state.Unplaceable:
 			m.st["unplaceable"]++
 			if !strings.Contains(c.Reason, "no node can restore it: ") {
@@ -1149,6 +1200,7 @@ func (m *sim) event() {
 		if n := pick(func(n *simNode) bool { return n.up }); n != nil {
 			m.tracef("EVENT power cut %s", n.name)
 			n.up, n.copies, n.stopping, n.reporting = false, map[string]uint64{}, map[string]stop{}, map[string]uint64{}
+			n.hand, n.gone = map[string]int{}, map[string]state.FailKind{}
 			m.membershipChanged()
 			m.st["powerCuts"]++
 		}
@@ -1172,6 +1224,11 @@ func (m *sim) event() {
 			m.tracef("EVENT application %s fails on %s", id, n.name)
 			m.tracef("%s: copy of %s at epoch %d gone (application failed)", n.name, id, n.copies[id])
 			delete(n.copies, id)
+			if _, hand := n.hand[id]; hand {
+				delete(n.hand, id) // its registration never comes
+			} else {
+				n.gone[id] = []state.FailKind{state.FailExited, state.FailProbe}[m.rng.IntN(2)]
+			}
 			m.changes++
 		}
 	case evCheckpoint:
@@ -1194,7 +1251,38 @@ func (m *sim) event() {
 		if n := pick(m.canCommit); n != nil {
 			m.rediscover(n)
 		}
+	case evHandStart:
+		m.handStart()
 	}
+}
+
+// handStart: someone starts a workload the cluster gave up by hand, as an
+// original pod, on an up node that is not fenced and whose view shows it
+// failed, while no copy of it is live anywhere (two copies started by hand
+// are the user's doing). Its registration is proposed 0..30 ticks later
+// (pending, or the node cut off): until then the node waits (Admit).
+func (m *sim) handStart() {
+	var cands [][2]string
+	for _, n := range m.nodes {
+		if !n.up || m.step-n.lastContact > m.cfg.lease/2 || !m.gossipQuorum(n) {
+			continue
+		}
+		for _, id := range m.ids {
+			w := m.viewOf(n).Workloads[id]
+			if w != nil && w.Status == state.StatusFailed && !slices.ContainsFunc(m.nodes, func(o *simNode) bool { return o.live(id) }) {
+				cands = append(cands, [2]string{n.name, id})
+			}
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	c := cands[m.rng.IntN(len(cands))]
+	n := m.node(c[0])
+	m.tracef("EVENT %s started by hand on %s", c[1], n.name)
+	m.startCopy(n, c[1], 1, "started by hand")
+	n.hand[c[1]] = m.step + m.rng.IntN(31)
+	m.st["handStarts"]++
 }
 
 // restart: no quorum contact until it is in the majority side; its gossip
@@ -1240,6 +1328,9 @@ func (m *sim) heal() {
 func (m *sim) rediscover(n *simNode) {
 	m.tracef("EVENT rediscovery on %s", n.name)
 	for _, id := range sortedIDs(n.copies) {
+		if _, hand := n.hand[id]; hand {
+			continue // registered when due
+		}
 		err := m.propose(n, &state.RegisterWorkload{At: m.now(), ID: id, Node: n.name, CopyEpoch: n.copies[id], Interval: 10 * time.Second, Config: []byte(`{}`)})
 		m.st["reg"]++
 		switch {
@@ -1274,7 +1365,7 @@ func (m *sim) settle() {
 	// The longest a change can wait on time alone (no change before it),
 	// and a margin.
 	need := max(int((ticks(c.detect+c.detectSpread)+p.FenceDelay)/tick), int((ticks(c.electGap)+max(p.FenceDelay, p.LeaderDelay))/tick),
-		int(p.RestoreTimeout/tick), int(p.RetryFailed/tick), c.joinMax, c.reportLag, 20) + c.lease + simDiscovery + c.stopMax + 5
+		int(p.RestoreTimeout/tick), int((p.RetryFailed+max(p.FenceDelay, p.LeaderDelay))/tick), c.joinMax, c.reportLag, 20) + c.lease + simDiscovery + c.stopMax + 5
 	quiet, settled := 0, 0
 	for ; settled < 5000 && quiet < need && m.err == nil; settled++ {
 		m.step++
@@ -1462,7 +1553,7 @@ func TestSimulation(t *testing.T) {
 			want := []string{"placedDead", "placedApp", "placedRestore", "timeouts", "gaveUp", "fenced",
 				"minorityRestores", "refused", "endRunning", "endFailed", "endWaiting", "endWaitingUnseen",
 				"placedDeadEarlyInTerm", "repartitions", "leaderChanges",
-				"placedMixed", "placedByFetch", "unplaceable", "endUnplaceable", "placedRetry", "markedBad"}
+				"placedMixed", "placedByFetch", "unplaceable", "endUnplaceable", "placedRetry", "markedBad", "retries", "handStarts", "handStopped", "handRegistered"}
 			if tc.name == "stress" {
 				want = append(want, "deadlineStops")
 			}

@@ -151,10 +151,6 @@ func (s *State) place(c *Place) error {
 	if cp := w.Checkpoint(c.Seq); cp != nil && cp.Bad != "" {
 		return fmt.Errorf("%s: refused: the checkpoint is marked bad (%s): %w", what, cp.Bad, ErrInvalid)
 	}
-	if w.Status == StatusFailed {
-		// A retry of a workload the cluster gave up: a new round.
-		w.Tried, w.LastError = nil, ""
-	}
 	w.Owner, w.Epoch, w.Status, w.Seq = c.Owner, c.Epoch, StatusRestoring, c.Seq
 	w.Reason, w.Since = c.Reason, c.At
 	return nil
@@ -208,14 +204,48 @@ func (s *State) appFailed(c *AppFailed) error {
 	if w.Status != StatusRunning {
 		return fmt.Errorf("%s: %w: the workload is %s, not running", what, ErrStatus, w.Status)
 	}
-	if w.RestoredFrom != 0 && c.At.Sub(w.RestoredAt) < QuickFailWindow {
-		if cp := w.Checkpoint(w.RestoredFrom); cp != nil && cp.Bad == "" {
-			cp.Bad = fmt.Sprintf("the copy restored from it on %s at epoch %d failed %s after its restore: %s",
-				c.Node, w.Epoch, c.At.Sub(w.RestoredAt).Round(time.Millisecond), c.Reason)
-		}
-	}
 	w.Status, w.Reason, w.Since = StatusAppFailed, c.Reason, c.At
-	w.RestoredFrom, w.RestoredAt = 0, time.Time{}
+	w.FailKind = c.Kind
+	return nil
+}
+
+func (s *State) retryWorkload(c *RetryWorkload) error {
+	what := fmt.Sprintf("retry workload %q at epoch %d", c.ID, c.Epoch)
+	if c.ID == "" {
+		return fmt.Errorf("%s: id is required: %w", what, ErrInvalid)
+	}
+	if c.Epoch > MaxNumber {
+		return fmt.Errorf("%s: epochs above %d are refused: %w", what, uint64(MaxNumber), ErrInvalid)
+	}
+	w, err := s.workload(what, c.ID)
+	if err != nil {
+		return err
+	}
+	if c.Epoch != w.Epoch+1 {
+		return fmt.Errorf("%s: %w: the workload is at epoch %d (owner %q)", what, ErrStale, w.Epoch, w.Owner)
+	}
+	if w.Status != StatusFailed {
+		return fmt.Errorf("%s: %w: the workload is %s, not failed", what, ErrStatus, w.Status)
+	}
+	w.Owner, w.Epoch, w.Status, w.Reason, w.Since = "", c.Epoch, StatusRetrying, c.Reason, c.At
+	w.Tried, w.LastError = nil, ""
+	return nil
+}
+
+func (s *State) markCheckpointBad(c *MarkCheckpointBad) error {
+	what := fmt.Sprintf("mark checkpoint #%d (sha256 %.12s) of workload %q bad", c.Seq, c.SHA256, c.ID)
+	if c.ID == "" || c.Seq == 0 || c.SHA256 == "" || c.Why == "" {
+		return fmt.Errorf("%s: id, seq, sha256 and why are required: %w", what, ErrInvalid)
+	}
+	w, err := s.workload(what, c.ID)
+	if err != nil {
+		return err
+	}
+	cp := w.Checkpoint(c.Seq)
+	if cp == nil || cp.SHA256 != c.SHA256 || cp.Bad != "" {
+		return nil // trimmed away, replaced, or marked already
+	}
+	cp.Bad = c.Why
 	return nil
 }
 

@@ -155,7 +155,7 @@ func TestApplyRules(t *testing.T) {
 			func(s *State) {
 				w := s.Workloads[wFailed]
 				w.Owner, w.Epoch, w.Status, w.Seq, w.Reason, w.Since = "n3", 5, StatusRestoring, 9, "by hand", at
-				w.Tried, w.LastError = nil, "" // a new round
+				// Tried and LastError kept, as before retries existed
 			}},
 		{"place at the same epoch", &Place{At: at, ID: wRun, Owner: "n2", Epoch: 2, Seq: 4}, ErrStale, nil},
 		{"place two epochs ahead", &Place{At: at, ID: wRun, Owner: "n2", Epoch: 4, Seq: 4}, ErrStale, nil},
@@ -227,6 +227,28 @@ func TestApplyRules(t *testing.T) {
 				s.Workloads[wFailed].Checkpoints[0].Holders = []string{}
 			}},
 		{"remove an unknown node", &RemoveNode{At: at, Name: "n9"}, nil, nil},
+
+		// RetryWorkload
+		{"retry a failed workload", &RetryWorkload{At: at, ID: wFailed, Epoch: 5, Reason: "retry"}, nil,
+			func(s *State) {
+				w := s.Workloads[wFailed]
+				w.Epoch, w.Status, w.Reason, w.Since, w.Tried, w.LastError = 5, StatusRetrying, "retry", at, nil, ""
+			}},
+		{"retry at the same epoch", &RetryWorkload{At: at, ID: wFailed, Epoch: 4}, ErrStale, nil},
+		{"retry two epochs ahead", &RetryWorkload{At: at, ID: wFailed, Epoch: 6}, ErrStale, nil},
+		{"retry a running workload", &RetryWorkload{At: at, ID: wRun, Epoch: 3}, ErrStatus, nil},
+		{"retry an app-failed workload", &RetryWorkload{At: at, ID: wAppFailed, Epoch: 2}, ErrStatus, nil},
+		{"retry an unknown workload", &RetryWorkload{At: at, ID: "x/y/z", Epoch: 1}, ErrUnknownWorkload, nil},
+		{"retry without id", &RetryWorkload{At: at, Epoch: 1}, ErrInvalid, nil},
+
+		// MarkCheckpointBad
+		{"mark a checkpoint bad", &MarkCheckpointBad{At: at, ID: wRun, Seq: 4, SHA256: "sha-4", Why: "died at once"}, nil,
+			func(s *State) { s.Workloads[wRun].Checkpoints[0].Bad = "died at once" }},
+		{"mark a replaced checkpoint", &MarkCheckpointBad{At: at, ID: wRun, Seq: 4, SHA256: "sha-old", Why: "x"}, nil, nil},
+		{"mark a trimmed checkpoint", &MarkCheckpointBad{At: at, ID: wRun, Seq: 1, SHA256: "sha-1", Why: "x"}, nil, nil},
+		{"mark without why", &MarkCheckpointBad{At: at, ID: wRun, Seq: 4, SHA256: "sha-4"}, ErrInvalid, nil},
+		{"mark without sha256", &MarkCheckpointBad{At: at, ID: wRun, Seq: 4, Why: "x"}, ErrInvalid, nil},
+		{"mark of an unknown workload", &MarkCheckpointBad{At: at, ID: "x/y/z", Seq: 4, SHA256: "sha-4", Why: "x"}, ErrUnknownWorkload, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := fixture()

@@ -192,7 +192,7 @@ func (s *State) CanRestore(name string, cp *Checkpoint) (bool, string) {
 // without checkpoints, is not at risk (there is nothing to lose, or
 // nothing yet).
 func (s *State) AtRisk(w *Workload) (bool, string) {
-	if w.Status == StatusFailed || len(w.Checkpoints) == 0 {
+	if w.Status == StatusFailed || w.Status == StatusRetrying || len(w.Checkpoints) == 0 {
 		return false, ""
 	}
 	reasons := map[string]string{}

@@ -43,6 +43,13 @@ const (
 	// leader cannot place a workload (LastError), which no decision reads
 	// but the leader's own check that it said so already.
 	TypeUnplaceable = IgnoreUnknownFlag | 13
+	// TypeRetryWorkload and TypeMarkCheckpointBad have no
+	// IgnoreUnknownFlag: the first changes ownership (a new epoch, no
+	// owner), the second what placements may restore. A node that does not
+	// know them stops at them instead of deciding differently from the
+	// others: upgrade every node before the leader proposes them.
+	TypeRetryWorkload     CommandType = 14
+	TypeMarkCheckpointBad CommandType = 15
 )
 
 // String returns the command type's name, or "type-N" for one this
@@ -138,9 +145,9 @@ type DropHolder struct {
 // Place tells Owner to restore workload ID from checkpoint Seq, at Epoch.
 // It is a compare-and-set: Epoch must be the workload's Epoch+1 (ErrStale
 // otherwise), Owner a known node, and Seq not a checkpoint marked Bad
-// (ErrInvalid). The workload becomes restoring. Placing a failed workload
-// (the leader retrying one it gave up) starts a new round: its Tried list
-// and LastError are cleared.
+// (ErrInvalid; only [MarkCheckpointBad] marks one, so a log without it
+// applies as it always did). The workload becomes restoring; its Tried
+// list is kept (a retry's new round is [RetryWorkload]'s).
 type Place struct {
 	At     time.Time `json:"at"`
 	ID     string    `json:"id"`
@@ -153,7 +160,8 @@ type Place struct {
 // RestoreDone reports the outcome of the restore the owner Node was told
 // to do at Epoch from Seq (ErrStale for any other node, epoch or
 // checkpoint). OK: the workload runs; its Tried list and LastError are
-// cleared, and RestoredFrom and RestoredAt record Seq and At. Not OK: the attempt is appended to Tried and the workload stays
+// cleared, and RestoredFrom and RestoredAt record Seq and At (read only
+// by the leader's decisions). Not OK: the attempt is appended to Tried and the workload stays
 // restoring, for the leader to move on. A report on an attempt already
 // recorded as failed (by the leader's timeout) is ErrStale; a repeated OK
 // on a running workload is no error and no change.
@@ -170,17 +178,67 @@ type RestoreDone struct {
 // AppFailed reports that the application of workload ID failed on its
 // owner Node at Epoch (ErrStale otherwise); the workload must be running
 // (ErrStatus otherwise: a failing restore is reported with RestoreDone).
-// It becomes app-failed, for the leader to restore it elsewhere. A copy
-// restored from a checkpoint that fails within QuickFailWindow of its
-// restore (At - RestoredAt, both the owner's clock) marks that checkpoint
-// Bad: the checkpoint caught the application dying, and restoring it
-// again would only fail again.
+// It becomes app-failed, for the leader to restore it elsewhere; Kind is
+// recorded in the workload's FailKind. It marks nothing itself: the
+// leader proposes [MarkCheckpointBad] when the copy was restored from a
+// checkpoint and the application itself failed within QuickFailWindow.
 type AppFailed struct {
 	At     time.Time `json:"at"`
 	ID     string    `json:"id"`
 	Node   string    `json:"node"`
 	Epoch  uint64    `json:"epoch"`
 	Reason string    `json:"reason"`
+	// Kind says what failed, as the reporter knows it; empty when it
+	// cannot tell (and for entries of older versions).
+	Kind FailKind `json:"kind,omitempty"`
+}
+
+// FailKind is what an application failure report is about.
+type FailKind string
+
+// Failure kinds. Only FailExited and FailProbe are the application's own
+// failures ([FailKind.Own]); the others say nothing about the checkpoint
+// the copy was restored from.
+const (
+	FailExited    FailKind = "exited"    // the container exited on its own
+	FailProbe     FailKind = "probe"     // its liveness/health probe failed
+	FailLost      FailKind = "lost"      // the owner finds no copy running (removed, never started, killed by others)
+	FailFenced    FailKind = "fenced"    // the copy was stopped or killed because its node was fenced (the fence guard included)
+	FailMigration FailKind = "migration" // a migration stopped the copy and could not place it
+)
+
+// Own reports whether the failure is the application's own: only those
+// can condemn the checkpoint a copy was restored from. An empty or
+// unknown kind is not.
+func (k FailKind) Own() bool { return k == FailExited || k == FailProbe }
+
+// RetryWorkload is the first half of the leader's retry of a failed
+// workload (failover rule 9): Epoch must be the workload's Epoch+1
+// (ErrStale otherwise) and the workload failed (ErrStatus otherwise). It
+// becomes retrying, owned by no node at the new epoch, so that every node
+// stops any copy of it it runs or registers (a copy started by hand, a
+// registration on its way); its Tried list and LastError are cleared (a
+// new round of attempts). The leader places it ([Place]) only once this
+// has been committed for the fence wait, or gives it up again.
+type RetryWorkload struct {
+	At     time.Time `json:"at"`
+	ID     string    `json:"id"`
+	Epoch  uint64    `json:"epoch"`
+	Reason string    `json:"reason"`
+}
+
+// MarkCheckpointBad marks checkpoint Seq of workload ID (whose sha256 is
+// SHA256) Bad with Why: the leader found that a copy restored from it
+// failed on its own within QuickFailWindow of its restore. Placements pass
+// over it from then on. A checkpoint that is no longer recorded, or is now
+// another one (another SHA256), or is already marked, is no error and no
+// change.
+type MarkCheckpointBad struct {
+	At     time.Time `json:"at"`
+	ID     string    `json:"id"`
+	Seq    uint64    `json:"seq"`
+	SHA256 string    `json:"sha256"`
+	Why    string    `json:"why"`
 }
 
 // GiveUp marks workload ID failed, with no owner: a compare-and-set on
@@ -260,6 +318,10 @@ func (*RemoveNode) Type() CommandType       { return TypeRemoveNode }
 func (*DropHolder) Type() CommandType       { return TypeDropHolder }
 func (*NodeCapabilities) Type() CommandType { return TypeNodeCapabilities }
 func (*Unplaceable) Type() CommandType      { return TypeUnplaceable }
+func (*RetryWorkload) Type() CommandType    { return TypeRetryWorkload }
+func (*MarkCheckpointBad) Type() CommandType {
+	return TypeMarkCheckpointBad
+}
 func (u *Unknown) Type() CommandType {
 	if u == nil {
 		return 0
@@ -276,19 +338,21 @@ type commandInfo struct {
 
 // commands is the dispatch table: every command type this version knows.
 var commands = map[CommandType]commandInfo{
-	TypeRegisterWorkload: entry("register-workload", (*State).registerWorkload),
-	TypeCommitCheckpoint: entry("commit-checkpoint", (*State).commitCheckpoint),
-	TypeAddHolder:        entry("add-holder", (*State).addHolder),
-	TypePlace:            entry("place", (*State).place),
-	TypeRestoreDone:      entry("restore-done", (*State).restoreDone),
-	TypeAppFailed:        entry("app-failed", (*State).appFailed),
-	TypeGiveUp:           entry("give-up", (*State).giveUp),
-	TypeRemoveWorkload:   entry("remove-workload", (*State).removeWorkload),
-	TypeUpsertNode:       entry("upsert-node", (*State).upsertNode),
-	TypeRemoveNode:       entry("remove-node", (*State).removeNode),
-	TypeDropHolder:       entry("drop-holder", (*State).dropHolder),
-	TypeNodeCapabilities: entry("node-capabilities", (*State).nodeCapabilities),
-	TypeUnplaceable:      entry("unplaceable", (*State).unplaceable),
+	TypeRegisterWorkload:  entry("register-workload", (*State).registerWorkload),
+	TypeCommitCheckpoint:  entry("commit-checkpoint", (*State).commitCheckpoint),
+	TypeAddHolder:         entry("add-holder", (*State).addHolder),
+	TypePlace:             entry("place", (*State).place),
+	TypeRestoreDone:       entry("restore-done", (*State).restoreDone),
+	TypeAppFailed:         entry("app-failed", (*State).appFailed),
+	TypeGiveUp:            entry("give-up", (*State).giveUp),
+	TypeRemoveWorkload:    entry("remove-workload", (*State).removeWorkload),
+	TypeUpsertNode:        entry("upsert-node", (*State).upsertNode),
+	TypeRemoveNode:        entry("remove-node", (*State).removeNode),
+	TypeDropHolder:        entry("drop-holder", (*State).dropHolder),
+	TypeNodeCapabilities:  entry("node-capabilities", (*State).nodeCapabilities),
+	TypeUnplaceable:       entry("unplaceable", (*State).unplaceable),
+	TypeRetryWorkload:     entry("retry-workload", (*State).retryWorkload),
+	TypeMarkCheckpointBad: entry("mark-checkpoint-bad", (*State).markCheckpointBad),
 }
 
 // entry builds a dispatch table row for command struct T, applied by

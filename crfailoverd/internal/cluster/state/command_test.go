@@ -22,7 +22,7 @@ func allCommands() []Command {
 		&DropHolder{At: t0, ID: "ns/p/c", Seq: 7, SHA256: "abc", Node: "n2", Reason: "sha256 mismatch"},
 		&Place{At: t0, ID: "ns/p/c", Owner: "n2", Epoch: 4, Seq: 7, Reason: "node n1 dead"},
 		&RestoreDone{At: t0, ID: "ns/p/c", Node: "n2", Epoch: 4, Seq: 7, OK: false, Error: "criu: boom"},
-		&AppFailed{At: t0, ID: "ns/p/c", Node: "n2", Epoch: 4, Reason: "probe failed"},
+		&AppFailed{At: t0, ID: "ns/p/c", Node: "n2", Epoch: 4, Reason: "probe failed", Kind: FailProbe},
 		&GiveUp{At: t0, ID: "ns/p/c", Epoch: 4, Reason: "no candidate"},
 		&RemoveWorkload{At: t0, ID: "ns/p/c"},
 		&UpsertNode{At: t0, Name: "n3", RPCAddr: "10.0.0.3:7947"},
@@ -30,6 +30,8 @@ func allCommands() []Command {
 		&NodeCapabilities{At: t0, Node: "n2", Caps: capability.Node{Runtime: capability.Runtime{Name: "containerd", Version: "2.1.9"},
 			Checkpoint: true, Restore: capability.RestoreCreate, Kernel: "6.12.0", CRIU: "4.2.1", CPUFlags: []string{"avx", "sse4_2"}, Checked: t0}},
 		&Unplaceable{At: t0, ID: "ns/p/c", Epoch: 4, Reason: "no node can restore it: n3: it runs cri-o 1.36.3"},
+		&RetryWorkload{At: t0, ID: "ns/p/c", Epoch: 5, Reason: "retry after giving up 30s ago"},
+		&MarkCheckpointBad{At: t0, ID: "ns/p/c", Seq: 7, SHA256: "abc", Why: "failed 900ms after its restore"},
 	}
 }
 

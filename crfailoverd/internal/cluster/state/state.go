@@ -70,15 +70,17 @@ type Checkpoint struct {
 	CPU     string             `json:"cpu,omitempty"`
 	TakenOn string             `json:"taken_on,omitempty"`
 	// Bad, when set, says why this checkpoint must not be restored again:
-	// a copy restored from it failed within QuickFailWindow of its
-	// restore (the checkpoint caught the application dying). Placements
-	// pass over it (failover rule 6).
+	// a copy restored from it failed on its own (FailKind.Own) within
+	// QuickFailWindow of its restore (the checkpoint caught the
+	// application dying). Only MarkCheckpointBad sets it. Placements pass
+	// over it (failover rule 6).
 	Bad string `json:"bad,omitempty"`
 }
 
-// QuickFailWindow: a restored copy whose application fails (AppFailed)
-// within this long of its restore being reported marks the checkpoint it
-// was restored from Bad. Long enough for the owner to notice a copy that
+// QuickFailWindow: a restored copy whose application fails on its own
+// (AppFailed of a FailKind.Own kind) within this long of its restore being
+// reported has the checkpoint it was restored from marked Bad by the
+// leader (MarkCheckpointBad). Long enough for the owner to notice a copy that
 // exits at once (its lost-copy grace of 5 s included), short enough that a
 // copy that ran for a while (and checkpointed again) does not condemn it.
 const QuickFailWindow = 10 * time.Second
@@ -99,6 +101,10 @@ const (
 	StatusRestoring Status = "restoring"  // owner was told to restore it at Epoch from Seq
 	StatusAppFailed Status = "app-failed" // owner reported the application failed; wants it restored on a peer
 	StatusFailed    Status = "failed"     // gave up: no candidate left, or attempts exhausted
+	// StatusRetrying: the leader retries a failed workload (RetryWorkload):
+	// no node owns it, so every node stops any copy of it, until the leader
+	// places it once the fence wait has passed (or gives it up again).
+	StatusRetrying Status = "retrying"
 )
 
 // Workload is a container the cluster protects.
@@ -120,6 +126,9 @@ type Workload struct {
 	// that was registered, not restored by a placement).
 	RestoredFrom uint64    `json:"restored_from,omitempty"`
 	RestoredAt   time.Time `json:"restored_at,omitzero"`
+	// FailKind is the Kind of the last AppFailed (empty: none, or the
+	// reporter could not tell).
+	FailKind FailKind `json:"fail_kind,omitempty"`
 }
 
 // AttemptFailed reports whether the current placement's restore attempt
@@ -242,9 +251,9 @@ func (w *Workload) validate() error {
 		if w.Owner == "" {
 			return fmt.Errorf("status %s without an owner", w.Status)
 		}
-	case StatusFailed:
+	case StatusFailed, StatusRetrying:
 		if w.Owner != "" {
-			return fmt.Errorf("status failed with owner %s", w.Owner)
+			return fmt.Errorf("status %s with owner %s", w.Status, w.Owner)
 		}
 	default:
 		return fmt.Errorf("unknown status %q", w.Status)
