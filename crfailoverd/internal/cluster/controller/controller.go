@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -347,7 +348,7 @@ func (c *Controller) checkLostCopies(st *state.State) {
 	c.mu.Unlock()
 	for _, w := range lost {
 		c.log.Warn("an owned workload has no local copy; asking the cluster to restore it", "workload", w.ID, "epoch", w.Epoch)
-		c.o.Replication.InOrder("report lost copy", &state.AppFailed{At: now, ID: w.ID, Node: c.o.Node, Epoch: w.Epoch, Reason: "no copy running on " + c.o.Node})
+		c.o.Replication.InOrder("report lost copy", &state.AppFailed{At: now, ID: w.ID, Node: c.o.Node, Epoch: w.Epoch, Reason: "no copy running on " + c.o.Node, Kind: state.FailLost})
 	}
 }
 
@@ -367,7 +368,7 @@ func (c *Controller) reports(ctx context.Context) {
 				// After the checkpoints reported before it: the leader then
 				// places the workload from the newest one.
 				c.o.Replication.InOrder("report application failure", &state.AppFailed{At: time.Now(), ID: r.Workload.ID.String(),
-					Node: c.o.Node, Epoch: r.CopyEpoch, Reason: r.Reason})
+					Node: c.o.Node, Epoch: r.CopyEpoch, Reason: r.Reason, Kind: agentFailKind(r.Reason)})
 			case ownership.BadCopy:
 				c.log.Warn("dropping this node's holder record of a refused copy", "workload", r.Workload.ID.String(), "seq", r.Record.Seq,
 					"recorded_sha256", r.Record.SHA256, "why", r.Reason)
@@ -532,4 +533,19 @@ func (c *Controller) restoreFrom(ctx context.Context, w state.Workload) (time.Du
 		p.Record = ownership.Record{Seq: cp.Seq, SHA256: cp.SHA256, Size: cp.Size}
 	}
 	return c.o.Local.Restore(ctx, p)
+}
+
+// agentFailKind is the kind of an application failure the agent handed
+// over, from its reason: the agent reports only an exited container
+// ("container exited") and a failed liveness probe ("liveness probe
+// failed ..."); anything else is a kind it cannot tell (no checkpoint is
+// condemned for it). The agent's Report carries no kind of its own yet.
+func agentFailKind(reason string) state.FailKind {
+	switch {
+	case reason == "container exited":
+		return state.FailExited
+	case strings.HasPrefix(reason, "liveness probe failed"):
+		return state.FailProbe
+	}
+	return ""
 }

@@ -75,7 +75,7 @@ func (c *Controller) Migrate(ctx context.Context, workload, to string) (uint64, 
 	if err := c.o.Proposer.Apply(ctx, &state.Place{At: time.Now(), ID: workload, Owner: to, Epoch: epoch, Seq: e.Seq, Reason: "migrate from " + c.o.Node}); err != nil {
 		// The copy is stopped: hand the workload to the leader, which places
 		// it on a holder (this node among them).
-		_ = c.o.Proposer.Apply(ctx, &state.AppFailed{At: time.Now(), ID: workload, Node: c.o.Node, Epoch: w.Epoch, Reason: "migration failed: " + err.Error()})
+		_ = c.o.Proposer.Apply(ctx, &state.AppFailed{At: time.Now(), ID: workload, Node: c.o.Node, Epoch: w.Epoch, Reason: "migration failed: " + err.Error(), Kind: state.FailMigration})
 		return e.Seq, 0, fmt.Errorf("commit the new placement: %w", err)
 	}
 	log.Info("migration placed; waiting for the target", "seq", e.Seq, "epoch", epoch)
