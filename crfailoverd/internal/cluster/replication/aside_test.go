@@ -68,6 +68,12 @@ func TestSetAsidePeerIsReplacedToKeepTheFactor(t *testing.T) {
 			peer.Targets(wid.String(), "n1", []string{kept, spare}, 2), false},
 		{"two set aside: one target left", []string{full, spare}, nil, fmt.Errorf("replicate: %w", peer.ErrSetAside),
 			[]string{kept}, true},
+		// No other target: back to the same peer, whose queue waits out
+		// the set-aside (it was dropped for good).
+		{"the only other target holds it: it waits for the same peer", []string{full, spare}, []string{kept}, fmt.Errorf("replicate: %w", peer.ErrSetAside),
+			[]string{kept}, true},
+		{"every other peer set aside: it waits for the same peer", []string{full, spare, kept}, nil, fmt.Errorf("replicate: %w", peer.ErrSetAside),
+			nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := st.Clone()
@@ -98,6 +104,9 @@ func TestSetAsidePeerIsReplacedToKeepTheFactor(t *testing.T) {
 					if !slices.Contains(tc.holders, n) {
 						to = append(to, n)
 					}
+				}
+				if len(to) == 0 {
+					to = []string{full}
 				}
 				want = []string{"#7->" + strings.Join(to, ",")}
 			}

@@ -186,6 +186,16 @@ func (r *Replication) Targets(workload string) []string {
 // among the peers that can restore it (ChooseTargets); when none can, among
 // all, and an event says so (once until it changes).
 func (r *Replication) targets(workload string, cc *state.CommitCheckpoint) []string {
+	var st *state.State
+	if cc != nil && r.o.State != nil {
+		st = r.o.State.State()
+	}
+	return r.targetsIn(st, workload, cc)
+}
+
+// targetsIn is targets judged with state st (nil: no state to judge
+// with, rendezvous among all alive peers).
+func (r *Replication) targetsIn(st *state.State, workload string, cc *state.CommitCheckpoint) []string {
 	var peers []string
 	for n, ok := range r.o.Members.Alive() {
 		if ok && n != r.o.Node && !r.setAside(n) {
@@ -193,10 +203,9 @@ func (r *Replication) targets(workload string, cc *state.CommitCheckpoint) []str
 		}
 	}
 	sort.Strings(peers)
-	if cc == nil || r.o.State == nil {
+	if cc == nil || st == nil {
 		return peer.Targets(workload, r.o.Node, peers, r.o.Factor)
 	}
-	st := r.o.State.State()
 	cp := cc.Checkpoint
 	targets, why := ChooseTargets(workload, r.o.Node, peers, r.o.Factor, func(n string) (bool, string) { return st.CanRestore(n, &cp) })
 	r.mu.Lock()
@@ -267,7 +276,10 @@ func (r *Replication) Replicated(e store.Entry, to string, took time.Duration, b
 
 // ReplicateFailed records that e could not be sent to peer to. When the
 // queue set that peer aside (peer.ErrSetAside), e goes to the peers
-// chosen without it that do not hold it yet, to keep the factor.
+// chosen without it that do not hold it yet, to keep the factor; when no
+// such peer is left, back to the same peer, whose queue waits until the
+// set-aside ends (the replica is never dropped for it). The state is read
+// once per entry.
 func (r *Replication) ReplicateFailed(e store.Entry, to string, err error) {
 	r.o.Events(event.Event{Kind: event.ReplicateFailed, Workload: e.Workload.String(), Node: r.o.Node, To: to, Seq: e.Seq, Err: err.Error()})
 	if !errors.Is(err, peer.ErrSetAside) || r.queue == nil {
@@ -275,8 +287,10 @@ func (r *Replication) ReplicateFailed(e store.Entry, to string, err error) {
 	}
 	id := e.Workload.String()
 	var held []string
+	var st *state.State
 	if r.o.State != nil {
-		if w := r.o.State.State().Workloads[id]; w != nil {
+		st = r.o.State.State()
+		if w := st.Workloads[id]; w != nil {
 			if cp := w.Checkpoint(e.Seq); cp != nil && cp.SHA256 == e.SHA256 {
 				held = cp.Holders
 			} else {
@@ -285,13 +299,14 @@ func (r *Replication) ReplicateFailed(e store.Entry, to string, err error) {
 		}
 	}
 	var instead []string
-	for _, t := range r.targets(id, &state.CommitCheckpoint{ID: id, Node: r.o.Node, Checkpoint: r.Checkpoint(e)}) {
+	for _, t := range r.targetsIn(st, id, &state.CommitCheckpoint{ID: id, Node: r.o.Node, Checkpoint: r.Checkpoint(e)}) {
 		if t != to && !slices.Contains(held, t) {
 			instead = append(instead, t)
 		}
 	}
 	if len(instead) == 0 {
-		r.o.Log.Warn("peer set aside and no other peer is left for this replica", "workload", id, "seq", e.Seq, "peer", to)
+		r.o.Log.Warn("peer set aside and no other peer is left for this replica; it waits for the same peer", "workload", id, "seq", e.Seq, "peer", to)
+		r.queue.Enqueue(e, []string{to})
 		return
 	}
 	r.o.Log.Info("replicating to other peers while a peer is set aside", "workload", id, "seq", e.Seq, "peer", to, "instead", strings.Join(instead, ","))
