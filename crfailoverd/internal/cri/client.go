@@ -270,7 +270,7 @@ func (c *Client) RestoreContainer(ctx context.Context, sb *runtimeapi.PodSandbox
 		// An exited copy left by a failed or interrupted restore, or by a
 		// node boot, holds the name: remove it (never a running one) and
 		// try once more.
-		if ferr := c.freeName(ctx, sandboxID, cc, holder); ferr != nil {
+		if ferr := c.freeName(ctx, sb, sandboxID, cc, holder); ferr != nil {
 			return sandboxID, "", fmt.Errorf("%w; %w", c.wrap("CreateContainer from "+archive, err), ferr)
 		}
 		cr, err = create()

@@ -155,13 +155,38 @@ type fakeRuntime struct {
 	// runtime's refusal (%s: the holder's ID; "" names no ID).
 	holder  *runtimeapi.Container
 	holdMsg string
+	// sandboxes are listed by ListPodSandbox (nil: Unimplemented);
+	// sandboxReady is every sandbox's state; startAfter, when > 0, starts
+	// the holder at that ContainerStatus call.
+	sandboxes    []*runtimeapi.PodSandbox
+	sandboxReady bool
+	startAfter   int
+	statusCalls  int
+}
+
+func (f *fakeRuntime) ListPodSandbox(context.Context, *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
+	f.record("ListPodSandbox")
+	if f.sandboxes == nil {
+		return nil, status.Error(codes.Unimplemented, "no listing")
+	}
+	return &runtimeapi.ListPodSandboxResponse{Items: f.sandboxes}, nil
+}
+
+func (f *fakeRuntime) PodSandboxStatus(_ context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	f.record("PodSandboxStatus " + r.PodSandboxId)
+	st := runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+	if f.sandboxReady {
+		st = runtimeapi.PodSandboxState_SANDBOX_READY
+	}
+	return &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{Id: r.PodSandboxId, State: st}}, nil
 }
 
 func (f *fakeRuntime) ListContainers(_ context.Context, r *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f.record("ListContainers")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.holder == nil || (r.Filter.GetPodSandboxId() != "" && r.Filter.GetPodSandboxId() != f.holder.PodSandboxId) {
+	if f.holder == nil || (r.Filter.GetPodSandboxId() != "" && r.Filter.GetPodSandboxId() != f.holder.PodSandboxId) ||
+		(r.Filter.GetId() != "" && r.Filter.GetId() != f.holder.Id) {
 		return &runtimeapi.ListContainersResponse{}, nil
 	}
 	return &runtimeapi.ListContainersResponse{Containers: []*runtimeapi.Container{f.holder}}, nil
@@ -173,6 +198,9 @@ func (f *fakeRuntime) ContainerStatus(_ context.Context, r *runtimeapi.Container
 	defer f.mu.Unlock()
 	if f.holder == nil || f.holder.Id != r.ContainerId {
 		return nil, status.Errorf(codes.NotFound, "container %q not found", r.ContainerId)
+	}
+	if f.statusCalls++; f.startAfter > 0 && f.statusCalls >= f.startAfter {
+		f.holder.State = runtimeapi.ContainerState_CONTAINER_RUNNING
 	}
 	return &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: f.holder.Id, Metadata: f.holder.Metadata, State: f.holder.State}}, nil
 }
@@ -342,6 +370,10 @@ const (
 func TestRestoreContainerNameHeld(t *testing.T) {
 	archive := crioArchive(t)
 	exited, running := runtimeapi.ContainerState_CONTAINER_EXITED, runtimeapi.ContainerState_CONTAINER_RUNNING
+	created := runtimeapi.ContainerState_CONTAINER_CREATED
+	noID := `the container name "k8s_counter_p_default_uid_0" is already in use`
+	earlier := []*runtimeapi.PodSandbox{{Id: "other", Metadata: &runtimeapi.PodSandboxMetadata{Name: "q", Namespace: "default"}},
+		{Id: "earlier", Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "default", Attempt: 0}}}
 	for _, tc := range []struct {
 		name    string
 		runtime string
@@ -351,26 +383,61 @@ func TestRestoreContainerNameHeld(t *testing.T) {
 		calls   []string
 		ok      bool
 		running bool // the refusal is ErrNameHeldByRunning
+		// in: the holder's sandbox ("": sb, the new one); sandboxes: what
+		// ListPodSandbox lists; ready: sandboxes are ready; startAfter:
+		// the holder starts at that status read; refusal: the error says it.
+		in         string
+		sandboxes  []*runtimeapi.PodSandbox
+		ready      bool
+		startAfter int
+		refusal    string
 	}{
+		{"created holder, sandbox ready: refused", "containerd", containerdHeld, created, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "ListContainers", "PodSandboxStatus sb", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "", nil, true, 0, "its sandbox sb is ready"},
+		{"created holder started between the reads: refused", "containerd", containerdHeld, created, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "ListContainers", "PodSandboxStatus sb", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "", nil, false, 2, "is now CONTAINER_RUNNING"},
+		{"unknown holder: refused, named", "containerd", containerdHeld, runtimeapi.ContainerState_CONTAINER_UNKNOWN, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "", nil, false, 0, "container old holding the name \"counter\" (attempt 0): refused: its state is CONTAINER_UNKNOWN"},
+		{"holder not named: found in an earlier sandbox of the pod", "cri-o", noID, exited, "",
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ListPodSandbox", "ListContainers", "ListContainers",
+				"ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"},
+			true, false, "earlier", earlier, false, 0, ""},
+		{"holder not named, sandboxes not listed, not in the new one", "cri-o", noID, exited, "",
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ListPodSandbox", "ListContainers", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "earlier", nil, false, 0, "none listed"},
+		{"CRIU's address already in use is no name conflict", "containerd", "criu failed: bind: Address already in use", exited, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "", nil, false, 0, "Address already in use"},
 		{"containerd exited holder", "containerd", containerdHeld, exited, "",
-			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false, "", nil, false, 0, ""},
 		{"cri-o exited holder", "cri-o", crioHeld, exited, "",
-			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
-		{"created (never started) holder", "containerd", containerdHeld, runtimeapi.ContainerState_CONTAINER_CREATED, "",
-			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
-		{"holder not named in the refusal: found in the sandbox", "containerd", "that name is already in use", exited, "",
-			[]string{"Version", "RunPodSandbox", "CreateContainer", "ListContainers", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false},
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false, "", nil, false, 0, ""},
+		{"created (never started) holder, sandbox not ready", "containerd", containerdHeld, created, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "ListContainers", "PodSandboxStatus sb", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false,
+			"", nil, false, 0, ""},
+		{"holder not named in the refusal: found in the sandbox", "containerd", noID, exited, "",
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ListContainers", "ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"}, true, false, "", nil, false, 0, ""},
 		{"running holder: refused, not removed", "containerd", containerdHeld, running, "",
-			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true},
+			[]string{"Version", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true, "", nil, false, 0, ""},
 		{"cri-o running holder: refused", "cri-o", crioHeld, running, "",
-			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true},
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ContainerStatus old", "StopPodSandbox", "RemovePodSandbox"}, false, true, "", nil, false, 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeRuntime{name: tc.runtime, have: true, holdMsg: tc.msg,
-				holder: &runtimeapi.Container{Id: "old", PodSandboxId: "sb", State: tc.state,
+			in := tc.in
+			if in == "" {
+				in = "sb"
+			}
+			f := &fakeRuntime{name: tc.runtime, have: true, holdMsg: tc.msg, sandboxes: tc.sandboxes, sandboxReady: tc.ready, startAfter: tc.startAfter,
+				holder: &runtimeapi.Container{Id: "old", PodSandboxId: in, State: tc.state,
 					Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}}}
 			c := serveFake(t, f)
 			sb := &runtimeapi.PodSandboxConfig{LogDirectory: filepath.Join(t.TempDir(), "pods", "p")}
+			if tc.in != "" {
+				sb.Metadata = &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "default", Attempt: 1}
+			}
 			ctr := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}, LogPath: "counter/0.log"}
 			sbID, ctrID, err := c.RestoreContainer(context.Background(), sb, ctr, archive)
 			switch {
@@ -378,6 +445,9 @@ func TestRestoreContainerNameHeld(t *testing.T) {
 				t.Fatalf("restore: %q %q %v", sbID, ctrID, err)
 			case !tc.ok && err == nil:
 				t.Fatalf("restore over a %s holder succeeded", tc.state)
+			}
+			if tc.refusal != "" && (err == nil || !strings.Contains(err.Error(), tc.refusal)) {
+				t.Errorf("error %v does not say %q", err, tc.refusal)
 			}
 			if got := errors.Is(err, ErrNameHeldByRunning); got != tc.running {
 				t.Errorf("error %v: ErrNameHeldByRunning %v, want %v", err, got, tc.running)
@@ -403,7 +473,7 @@ func TestFreeNameRefusesAnotherContainer(t *testing.T) {
 			Metadata: &runtimeapi.ContainerMetadata{Name: "counter"}}}
 	c := serveFake(t, f)
 	for _, md := range []*runtimeapi.ContainerMetadata{{Name: "other"}, {Name: "counter", Attempt: 1}} {
-		err := c.freeName(context.Background(), "sb", &runtimeapi.ContainerConfig{Metadata: md}, "old")
+		err := c.freeName(context.Background(), &runtimeapi.PodSandboxConfig{}, "sb", &runtimeapi.ContainerConfig{Metadata: md}, "old")
 		if err == nil || !strings.Contains(err.Error(), "refused") {
 			t.Errorf("freeName for %v: %v, want a refusal", md, err)
 		}
@@ -423,6 +493,9 @@ func TestNameConflict(t *testing.T) {
 		{status.Error(codes.Unknown, fmt.Sprintf(crioHeld, "0123abcd")), "0123abcd", true},
 		{status.Error(codes.AlreadyExists, "exists"), "", true},
 		{status.Error(codes.Unknown, "image not known"), "", false},
+		{status.Error(codes.Unknown, "criu: restore failed: bind: Address already in use"), "", false},
+		{status.Error(codes.Unknown, "that name is already in use"), "", false},
+		{status.Error(codes.Unknown, `the container name "k8s_c_p_ns_uid_0" is already in use`), "", true},
 		{nil, "", false},
 	} {
 		holder, ok := nameConflict(tc.err)
