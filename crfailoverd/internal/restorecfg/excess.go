@@ -242,12 +242,25 @@ func normalizeImage(ref string) string {
 	return name
 }
 
-// digestOf returns the sha256 digest a reference names ("" when none).
+// digestOf returns the sha256 digest a reference pins ("" when none): a
+// bare image ID "sha256:<64 hex>", or a canonical reference's "@sha256:"
+// digest. A tag that merely contains "sha256:" (attacker/sha256:<hex> is
+// a tag in another repository) pins nothing.
 func digestOf(ref string) string {
-	if i := strings.Index(ref, "sha256:"); i >= 0 {
-		return ref[i:]
+	if isImageID(ref) {
+		return ref
+	}
+	_, d, ok := strings.Cut(ref, "@")
+	if ok && isImageID(d) && !strings.Contains(d, "@") {
+		return d
 	}
 	return ""
+}
+
+// isImageID: "sha256:" and 64 lower-case hex digits.
+func isImageID(s string) bool {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	return ok && len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
 }
 
 // capsBeyond lists the capabilities in any of the spec's sets that the
@@ -555,13 +568,11 @@ func standardMount(m specs.Mount, privileged bool, ids []string, opts *runtimeap
 // sameSource reports whether two host paths name the same volume: equal,
 // or both in a kubelet's per-pod directories (<root>/kubelet/pods/<uid>/),
 // which a pod started again, or on another node, has under another UID
-// (and root), with the same path after it (volume plugin and name, or the
-// pod's etc-hosts), or both a termination-log file of the same container
-// (containers/<name>/<file>), or both the service account token kubelet
-// projects for the pod (volumes/kubernetes.io~projected/kube-api-access-
-// and a suffix kubelet picks at random). The UID is not compared with the
-// registration's (a restored pod has a new one); mountExcess and
-// equalMounts refuse mounts from more than one UID.
+// (and root), with the same path after it (volume plugin and name), or
+// both a termination-log file of the same container
+// (containers/<name>/<file>). The UID is not compared with the
+// registration's (a restored pod has a new one); mountExcess refuses
+// mounts from more than one UID.
 func sameSource(a, b string) bool {
 	if a == b {
 		return true
@@ -574,26 +585,14 @@ func sameSource(a, b string) bool {
 	if ra == rb {
 		return true
 	}
-	if ta, ok := strings.CutPrefix(ra, serviceAccountToken); ok {
-		tb, ok := strings.CutPrefix(rb, serviceAccountToken)
-		return ok && ta != "" && tb != "" && !strings.Contains(ta, "/") && !strings.Contains(tb, "/")
-	}
 	ca, cb := strings.Split(ra, "/"), strings.Split(rb, "/")
 	return len(ca) == 3 && len(cb) == 3 && ca[0] == "containers" && cb[0] == "containers" && ca[1] == cb[1] && ca[2] != "" && cb[2] != ""
 }
 
-// serviceAccountToken begins the path, in a pod's kubelet directory, of
-// the service account token volume kubelet adds to the pod
-// (kube-api-access-<5 random characters>).
-const serviceAccountToken = "volumes/kubernetes.io~projected/kube-api-access-"
-
 // kubeletPodPath splits p into <root>/kubelet/pods/<uid> and the part
-// after it. The root is any directory (kubelet's --root-dir; the bed's
-// differs per node), not itself in a kubelet pod directory; the UID is
-// what kubelet names a pod's directory after: a UUID, or the hash of a
-// static pod's manifest (letters, digits and dashes only).
+// after it.
 func kubeletPodPath(p string) (pod, rest string, ok bool) {
-	if path.Clean(p) != p || !strings.HasPrefix(p, "/") {
+	if path.Clean(p) != p {
 		return "", "", false
 	}
 	root, after, ok := strings.Cut(p, "/kubelet/pods/")
@@ -601,7 +600,7 @@ func kubeletPodPath(p string) (pod, rest string, ok bool) {
 		return "", "", false
 	}
 	uid, rest, ok := strings.Cut(after, "/")
-	if !ok || uid == "" || rest == "" || strings.Trim(uid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+	if !ok || uid == "" || rest == "" {
 		return "", "", false
 	}
 	return root + "/kubelet/pods/" + uid, rest, true

@@ -8,6 +8,7 @@ package restorecfg
 import (
 	"encoding/json"
 	"fmt"
+	"path"
 	"sort"
 	"strings"
 
@@ -65,8 +66,7 @@ func Parse(b []byte) (Config, error) {
 const cdiPrefix = "cdi.k8s.io/"
 
 // SecurityDiff names the security-relevant fields in which b differs from
-// a: the image (b's is one of the names a was created with, sameImage);
-// the sandbox's and container's Linux security contexts
+// a: the image; the sandbox's and container's Linux security contexts
 // (privileged, capabilities, host namespaces, users, SELinux, seccomp,
 // AppArmor, read-only root, masked and read-only paths, ...); sysctls;
 // mounts; devices; CDI devices and annotations. Empty when they agree.
@@ -79,7 +79,7 @@ func SecurityDiff(a, b Config) []string {
 	}
 	sa, sb := a.Sandbox.GetLinux(), b.Sandbox.GetLinux()
 	ca, cb := a.Container.GetLinux(), b.Container.GetLinux()
-	add("image", !sameImage(a.Container.GetImage(), b.Container.GetImage()))
+	add("image", a.Container.GetImage().GetImage() != b.Container.GetImage().GetImage())
 	add("sandbox security context", !proto.Equal(sa.GetSecurityContext(), sb.GetSecurityContext()))
 	add("sandbox sysctls", !equalMaps(sa.GetSysctls(), sb.GetSysctls()))
 	add("sandbox CDI annotations", !equalMaps(cdi(a.Sandbox.GetAnnotations()), cdi(b.Sandbox.GetAnnotations())))
@@ -119,72 +119,90 @@ func Privileged(c Config) []string {
 	return out
 }
 
-// sameImage reports whether b runs a's image: b's image is a's (after
-// docker's normalization, or by the same digest), or the reference a's
-// user gave (kubelet creates a container with the image's ID and the
-// user's reference beside it; a runtime restoring a checkpoint reports the
-// reference). a's user-given reference counts for a only, the trusted
-// side: b's own says nothing about what b runs.
-func sameImage(a, b *runtimeapi.ImageSpec) bool {
-	got := b.GetImage()
-	for _, want := range []string{a.GetImage(), a.GetUserSpecifiedImage()} {
-		if want == "" {
-			continue
-		}
-		if want == got || got != "" && (normalizeImage(want) == normalizeImage(got) || digestOf(want) != "" && digestOf(want) == digestOf(got)) {
-			return true
-		}
-	}
-	return a.GetImage() == "" && got == ""
-}
+// kubeletPods is where kubelet keeps each pod's volumes, named after the
+// pod's UID (which a new pod of the same workload does not share).
+const kubeletPods = "/var/lib/kubelet/pods/"
 
-// equalMounts compares mounts on what they expose, matched by container
-// path: the host path, read-only, propagation and relabeling. Host paths
-// in a kubelet's per-pod directories (<root>/kubelet/pods/<uid>/...) are
-// kubelet's own for the pod: its etc-hosts, its containers'
-// termination-log files, the service account token and the pod's
-// volumes. kubelet names them after the pod's UID, under its own root
-// directory, and gives a new pod (restored, or on another node) new ones
-// for the same volumes: two such paths are the same when they name the
-// same thing (sameSource). Kubelet paths of more than one pod in one
-// configuration are never the same as anything: a pod's are all in its
-// own directory.
+// equalMounts compares mounts, in order, on everything but the host path,
+// and the host paths as sameHostPath does.
 func equalMounts(a, b []*runtimeapi.Mount) bool {
-	if len(a) != len(b) || kubeletPodsOf(a) > 1 || kubeletPodsOf(b) > 1 {
+	if len(a) != len(b) {
 		return false
 	}
-	byPath := make(map[string]*runtimeapi.Mount, len(b))
-	for _, m := range b {
-		if byPath[m.GetContainerPath()] != nil {
-			return false // one path mounted twice: compare nothing by guessing which
-		}
-		byPath[m.GetContainerPath()] = m
-	}
-	seen := make(map[string]bool, len(a))
-	for _, x := range a {
-		y := byPath[x.GetContainerPath()]
-		if y == nil || seen[x.GetContainerPath()] {
+	uidA, uidB := "", "" // the one pod each side's kubelet paths belong to
+	for i := range a {
+		x, y := a[i], b[i]
+		if !sameHostPath(x.GetHostPath(), y.GetHostPath(), &uidA, &uidB) {
 			return false
 		}
-		seen[x.GetContainerPath()] = true
-		if !sameSource(x.GetHostPath(), y.GetHostPath()) || x.GetReadonly() != y.GetReadonly() ||
-			x.GetPropagation() != y.GetPropagation() || x.GetSelinuxRelabel() != y.GetSelinuxRelabel() {
+		// Everything else about the mount, read-only-ness, propagation,
+		// SELinux, ID mappings, recursive read-only and image volumes
+		// included, must be the same.
+		xc, yc := proto.Clone(x).(*runtimeapi.Mount), proto.Clone(y).(*runtimeapi.Mount)
+		xc.HostPath, yc.HostPath = "", ""
+		if !proto.Equal(xc, yc) {
 			return false
 		}
 	}
 	return true
 }
 
-// kubeletPodsOf counts the kubelet pod directories the mounts' host paths
-// are in.
-func kubeletPodsOf(ms []*runtimeapi.Mount) int {
-	pods := map[string]bool{}
-	for _, m := range ms {
-		if pod, _, ok := kubeletPodPath(m.GetHostPath()); ok {
-			pods[pod] = true
+// sameHostPath says whether two mounts' host paths are the same source: the
+// same path, or the same file or volume of one pod under kubelet's pods
+// directory (a pod restored elsewhere gets a new UID; its projected
+// service account token volume a new random suffix). Every kubelet path of
+// one side must belong to one pod (uidA, uidB remember it), so that a
+// mount cannot be swapped for another pod's.
+func sameHostPath(x, y string, uidA, uidB *string) bool {
+	if x == y && !strings.HasPrefix(x, kubeletPods) {
+		return true
+	}
+	ux, rx, okx := kubeletPodUID(x)
+	uy, ry, oky := kubeletPodUID(y)
+	if !okx || !oky || !sameInPod(rx, ry) {
+		return false
+	}
+	for _, p := range []struct {
+		uid  string
+		seen *string
+	}{{ux, uidA}, {uy, uidB}} {
+		if *p.seen == "" {
+			*p.seen = p.uid
+		} else if *p.seen != p.uid {
+			return false
 		}
 	}
-	return len(pods)
+	return true
+}
+
+// kubeletPodUID splits a clean path under kubeletPods into the pod UID
+// and the rest.
+func kubeletPodUID(p string) (uid, rest string, ok bool) {
+	if path.Clean(p) != p || !strings.HasPrefix(p, kubeletPods) {
+		return "", "", false
+	}
+	uid, rest, _ = strings.Cut(strings.TrimPrefix(p, kubeletPods), "/")
+	if uid == "" || rest == "" || strings.Trim(uid, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-") != "" {
+		return "", "", false
+	}
+	return uid, rest, true
+}
+
+// sameInPod compares the parts of two kubelet pod paths after the UID;
+// the projected token volume's random suffix (kube-api-access-XXXXX) and
+// a container's termination log file (containers/NAME/ID) may differ.
+func sameInPod(x, y string) bool {
+	cx, cy := strings.Split(x, "/"), strings.Split(y, "/")
+	if len(cx) == 3 && len(cy) == 3 && cx[0] == "containers" && cy[0] == "containers" {
+		return cx[1] == cy[1] && cx[2] != "" && cy[2] != ""
+	}
+	const token = "volumes/kubernetes.io~projected/kube-api-access-"
+	if strings.HasPrefix(x, token) && strings.HasPrefix(y, token) {
+		sx, _, _ := strings.Cut(strings.TrimPrefix(x, token), "/")
+		sy, _, _ := strings.Cut(strings.TrimPrefix(y, token), "/")
+		return strings.TrimPrefix(strings.TrimPrefix(x, token), sx) == strings.TrimPrefix(strings.TrimPrefix(y, token), sy)
+	}
+	return x == y
 }
 
 func cdi(m map[string]string) map[string]string {
