@@ -166,7 +166,8 @@ func (c *Client) findHolder(ctx context.Context, sb *runtimeapi.PodSandboxConfig
 		cancel()
 		if err == nil { // a runtime that cannot list them: the new sandbox only
 			for _, s := range resp.Items {
-				if s.Id != sandboxID && s.GetMetadata().GetName() == pod.GetName() && s.GetMetadata().GetNamespace() == pod.GetNamespace() {
+				if s.Id != sandboxID && s.GetMetadata().GetName() == pod.GetName() && s.GetMetadata().GetNamespace() == pod.GetNamespace() &&
+					s.GetMetadata().GetUid() == pod.GetUid() { // a recreated pod of that name is another pod
 					sandboxes = append(sandboxes, s.Id)
 				}
 			}

@@ -374,6 +374,9 @@ func TestRestoreContainerNameHeld(t *testing.T) {
 	noID := `the container name "k8s_counter_p_default_uid_0" is already in use`
 	earlier := []*runtimeapi.PodSandbox{{Id: "other", Metadata: &runtimeapi.PodSandboxMetadata{Name: "q", Namespace: "default"}},
 		{Id: "earlier", Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "default", Attempt: 0}}}
+	// A recreated pod of the same name (another UID) is another pod: its
+	// container is no holder of this pod's name.
+	recreated := []*runtimeapi.PodSandbox{{Id: "earlier", Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "default", Uid: "another-pod"}}}
 	for _, tc := range []struct {
 		name    string
 		runtime string
@@ -405,6 +408,9 @@ func TestRestoreContainerNameHeld(t *testing.T) {
 			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ListPodSandbox", "ListContainers", "ListContainers",
 				"ContainerStatus old", "RemoveContainer old", "CreateContainer", "StartContainer"},
 			true, false, "earlier", earlier, false, 0, ""},
+		{"holder not named: a same-named container of another pod (UID) is left alone", "cri-o", noID, exited, "",
+			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ListPodSandbox", "ListContainers", "StopPodSandbox", "RemovePodSandbox"},
+			false, false, "earlier", recreated, false, 0, "none listed"},
 		{"holder not named, sandboxes not listed, not in the new one", "cri-o", noID, exited, "",
 			[]string{"Version", "ImageStatus localhost:5000/counter:latest", "RunPodSandbox", "CreateContainer", "ListPodSandbox", "ListContainers", "StopPodSandbox", "RemovePodSandbox"},
 			false, false, "earlier", nil, false, 0, "none listed"},

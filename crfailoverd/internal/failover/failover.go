@@ -278,7 +278,9 @@ func (d *decider) place(w *state.Workload) state.Command {
 	c := d.candidate(w, false)
 	if c.node == "" {
 		return &state.GiveUp{At: d.v.Now, ID: w.ID, Epoch: w.Epoch,
-			Reason: fmt.Sprintf("%s; no candidate left after the fence wait (%s)", w.Reason, holders(w.Checkpoints))}
+			// Not w.Reason: it holds the last error, which would nest once
+			// more at every round.
+			Reason: fmt.Sprintf("retry found no candidate left after the fence wait (%s)", holders(w.Checkpoints))}
 	}
 	return &state.Place{At: d.v.Now, ID: w.ID, Owner: c.node, Epoch: w.Epoch + 1, Seq: c.seq, Reason: w.Reason}
 }

@@ -121,6 +121,11 @@ func TestRetryingIsPlacedAfterTheFenceWait(t *testing.T) {
 				if tc.want != "give up" || c.Epoch != 5 {
 					t.Fatalf("got %s, want %s", show(cmds), tc.want)
 				}
+				// The retry's reason holds the last error: giving up again
+				// must not nest it once more at every round.
+				if strings.Contains(c.Reason, "retry after giving up") {
+					t.Fatalf("give-up reason %q nests the retry's reason", c.Reason)
+				}
 			default:
 				t.Fatalf("got %s, want %s", show(cmds), tc.want)
 			}
